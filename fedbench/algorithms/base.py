@@ -1,0 +1,150 @@
+"""What every algorithm is built from: the environment, the round log and shared client work.
+
+An algorithm is `Algorithm(init, round, params)`: pure functions over an explicit state
+(a NamedTuple named with the paper's symbols). Per-client state is one `[n, d]` tensor whose
+rows are gathered for the cohort and written back in place (copying `[n, d]` every round
+would cost more than the round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fedbench import seeding
+from fedbench.compressors import Compressor, error_feedback
+from fedbench.seeding import RoundRng
+from fedbench.task import Task
+
+State = Any
+Correction = Callable[[Tensor, Tensor], Tensor]  # (y [m, d], g [m, d]) -> corrected g [m, d]
+
+
+class Env(NamedTuple):
+    """Read-only for a run: the task, compressors and shared hyperparameters."""
+
+    task: Task
+    uplink: Compressor  # client -> server, as configured (without error feedback)
+    downlink: Compressor  # server -> clients
+    participation: float  # fraction of the n clients sampled each round
+    batch_size: int | str  # minibatch per local step, or "full"
+    error_feedback: bool = False  # EF14 around the uplink where the method sends model updates
+
+    @property
+    def n(self) -> int:
+        return self.task.n
+
+    @property
+    def d(self) -> int:
+        return self.task.d
+
+    @property
+    def device(self) -> torch.device:
+        return self.task.device
+
+
+class RoundLog(NamedTuple):
+    bits_up: Tensor  # [k] exact bits of every uplink message this round (usually one per client)
+    bits_down: Tensor  # [k] exact bits every receiving client got this round
+    participants: int
+    extra: dict[str, float]
+
+
+class Algorithm(NamedTuple):
+    init: Callable[[Tensor, Env, RoundRng], State]  # (x0 [d], env, rng) -> state
+    round: Callable[[State, Env, RoundRng], tuple[State, RoundLog]]
+    params: Callable[[State], Tensor]  # the model to evaluate [d]
+
+
+def update_compressor(env: Env) -> Compressor:
+    """The uplink compressor for model updates: wrapped in error feedback when the grid asks.
+
+    Methods that track a target through compressed differences (EF21, SCAFFOLD's control
+    variates) use `env.uplink` itself: their difference already carries what was not sent, so
+    error feedback on top would count it twice.
+    """
+    return error_feedback(env.uplink) if env.error_feedback else env.uplink
+
+
+def cohort_size(n: int, participation: float) -> int:
+    return max(1, min(n, round(participation * n)))
+
+
+def sample_cohort(env: Env, rng: RoundRng) -> Tensor:
+    """Participating client ids `[m]`, uniform without replacement, sorted."""
+    m = cohort_size(env.n, env.participation)
+    if m == env.n:
+        return torch.arange(env.n, device=env.device)
+    perm = torch.randperm(env.n, generator=rng(seeding.COHORT), device=rng.device)
+    return perm[:m].sort().values.to(env.device)
+
+
+def gradients(env: Env, w: Tensor, ids: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One stochastic (or full, for batch_size = "full") gradient per row: loss [m], g [m, d]."""
+    if env.batch_size == "full":
+        return env.task.loss_grad(w, ids)
+    idx = env.task.batch_indices(ids, 1, int(env.batch_size), gen)[:, 0]
+    return env.task.loss_grad(w, ids, idx)
+
+
+def local_sgd(
+    env: Env,
+    y0: Tensor,
+    ids: Tensor,
+    steps: int,
+    lr: float,
+    gen: torch.Generator,
+    correction: Correction | None = None,
+) -> tuple[Tensor, Tensor]:
+    """K local SGD steps for the whole cohort at once: y ← y − lr·(g_i(y) [+ correction]).
+
+    `y0` is `[d]` (everyone starts from the broadcast model) or `[m, d]`. Returns the final
+    models `[m, d]` and each client's mean minibatch loss over the steps `[m]`.
+    """
+    m = ids.numel()
+    y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
+    g = torch.empty_like(y)
+    full = env.batch_size == "full"
+    idx = None if full else env.task.batch_indices(ids, steps, int(env.batch_size), gen)
+    loss_sum = torch.zeros(m, device=y.device)
+    for k in range(steps):  # steps, not clients: every step is one batched pass over the cohort
+        loss, g = env.task.loss_grad(y, ids, None if idx is None else idx[:, k], out=g)
+        loss_sum += loss
+        if correction is not None:
+            g = correction(y, g)
+        y.add_(g, alpha=-lr)
+    return y, loss_sum / steps
+
+
+class Broadcast(NamedTuple):
+    x_hat: Tensor  # [d] the model every client holds
+    state: Any  # downlink compressor state
+
+
+def broadcast_init(env: Env, x0: Tensor) -> Broadcast:
+    return Broadcast(x0.clone(), env.downlink.init(1, env.d, env.device))
+
+
+def broadcast(env: Env, x: Tensor, b: Broadcast, gen: torch.Generator) -> tuple[Broadcast, int]:
+    """Send the server model down: clients track x̂ ← x̂ + C(x − x̂) (exact: x̂ = x).
+
+    Returns the new broadcast state and the bits each receiving client gets.
+    """
+    if env.downlink.kind == "exact":
+        msg, _ = env.downlink.compress(x.unsqueeze(0), _ZERO, b.state, gen)
+        return Broadcast(x, b.state), int(msg.bits[0])
+    msg, state = env.downlink.compress((x - b.x_hat).unsqueeze(0), _ZERO, b.state, gen)
+    return Broadcast(b.x_hat + msg.value[0], state), int(msg.bits[0])
+
+
+_ZERO = torch.zeros(1, dtype=torch.int64)
+
+
+def bits_vector(m: int, bits: int | Tensor, device: torch.device) -> Tensor:
+    """`[m]` int64 bits from a per-message constant or an `[m]` tensor."""
+    if isinstance(bits, Tensor):
+        return bits.to(torch.int64)
+    return torch.full((m,), bits, dtype=torch.int64, device=device)

@@ -1,0 +1,1 @@
+"""One module per command; `fedbench.cli` only wires them."""

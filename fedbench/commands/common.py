@@ -1,0 +1,91 @@
+"""Shared option aliases, output helpers and the one-line error handling of every command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="SQLAlchemy URL or SQLite path [default: $FEDBENCH_DB or results/fedbench.db]"
+    ),
+]
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="table | json | csv")]
+ExperimentOption = Annotated[
+    str | None,
+    typer.Option("--experiment", "-e", help="experiment name [default: the most recent]"),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line per entry, exit status 2."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn the project's known errors into one red line each on stderr and exit status 2."""
+    from fedbench.data import DataError
+    from fedbench.grid import GridError
+    from fedbench.report import ReportError
+    from fedbench.store import StoreError
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GridError as e:
+            lines = e.problems
+        except CommandError as e:
+            lines = e.lines
+        except (DataError, StoreError, ReportError) as e:
+            lines = [str(e)]
+        for line in lines:
+            err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_format(fmt: str, allowed: Sequence[str]) -> str:
+    if fmt not in allowed:
+        raise CommandError(f"--format {fmt}: allowed: {', '.join(allowed)}")
+    return fmt
+
+
+def emit_rows(
+    rows: list[dict[str, Any]], fmt: str, title: str = "", columns: Sequence[str] | None = None
+) -> None:
+    """Print rows as a rich table, JSON (for scripts) or CSV."""
+    cols = list(columns or (rows[0].keys() if rows else []))
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    if fmt == "csv":
+        import csv
+
+        w = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        return
+    table = Table(title=title or None, show_lines=False, header_style="bold")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+    console.print(table)

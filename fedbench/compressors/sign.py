@@ -1,0 +1,31 @@
+"""Scaled sign compression (Karimireddy et al., ICML 2019, "EF-signSGD", arXiv 1901.09847).
+
+C(x) = (‖x‖₁/d)·sign(x): contractive with δ = ‖x‖₁²/(d‖x‖²) ≥ 1/d. Bits: d signs + one
+32-bit scale per row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fedbench.compressors.base import (
+    FLOAT_BITS,
+    Compressed,
+    Compressor,
+    State,
+    constant_bits,
+    no_state,
+)
+
+
+def sign(d: int) -> Compressor:
+    bits = d + FLOAT_BITS
+
+    def compress(
+        x: Tensor, ids: Tensor, state: State, gen: torch.Generator
+    ) -> tuple[Compressed, State]:
+        scale = x.abs().mean(dim=1, keepdim=True)  # [m, 1] = ‖x‖₁ / d
+        return Compressed(scale * x.sign(), constant_bits(x.shape[0], bits, x.device)), state
+
+    return Compressor("sign", no_state, compress, "contractive", 1.0 / d)

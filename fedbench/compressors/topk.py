@@ -1,0 +1,37 @@
+"""Top-k sparsification: keep the k largest-magnitude coordinates of each row.
+
+Contractive with δ = k/d deterministically: ‖TopK(x) − x‖² ≤ (1 − k/d)‖x‖².
+Bits: k values and their positions (k·⌈log2 d⌉ or a d-bit mask, whichever is smaller).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fedbench.compressors.base import (
+    FLOAT_BITS,
+    Compressed,
+    Compressor,
+    State,
+    constant_bits,
+    index_bits,
+    no_state,
+    resolve_k,
+)
+
+
+def topk(d: int, ratio: float = 0.01, k: int = 0) -> Compressor:
+    kk = resolve_k(d, ratio, k)
+    bits = FLOAT_BITS * kk + index_bits(kk, d)
+
+    def compress(
+        x: Tensor, ids: Tensor, state: State, gen: torch.Generator
+    ) -> tuple[Compressed, State]:
+        if kk == d:
+            return Compressed(x, constant_bits(x.shape[0], bits, x.device)), state
+        idx = x.abs().topk(kk, dim=1, sorted=False).indices  # [m, k]
+        value = torch.zeros_like(x).scatter_(1, idx, x.gather(1, idx))
+        return Compressed(value, constant_bits(x.shape[0], bits, x.device)), state
+
+    return Compressor("topk", no_state, compress, "contractive", kk / d)

@@ -1,0 +1,206 @@
+"""Built-in datasets: nothing is downloaded.
+
+- `digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 samples, 10 classes).
+- `mnist1d`: MNIST-1D of Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D",
+  ICML 2024 (arXiv 2011.14439), generated locally by the `mnist1d` package.
+- `synthetic`: Synthetic(α, β) of Li et al., "Federated Optimization in Heterogeneous
+  Networks" (FedProx), MLSys 2020 (arXiv 1812.06127), following the paper's generator. For
+  client k:
+      n_k = int(lognormal(4, 2)) + 50            (capped at `max_samples`: our addition)
+      u_k ~ N(0, α),  B_k ~ N(0, β)              (α, β are standard deviations, as in the code)
+      W_k ~ N(u_k, 1) [dim, classes],  b_k ~ N(u_k, 1) [classes],  v_k ~ N(B_k, 1) [dim]
+      x ~ N(v_k, Σ),  Σ = diag((j+1)^-1.2),  y = argmax(x W_k + b_k)
+  Note that u_k shifts every logit of client k by the same amount, so α changes the draws of
+  W_k and b_k but never a label: with the same seed Synthetic(0, β) and Synthetic(1, β) hold the
+  same samples. β (the spread of the client feature means) is what makes clients differ more.
+
+Every build has the signature `build(rng, *, clients, **params) -> RawData`; only `synthetic`
+uses `rng` and `clients` (the others are fixed pools that the test split and partition cut).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import NamedTuple
+
+import numpy as np
+
+from fedbench.data.base import DATASETS, RawData
+from fedbench.params import Component, Param
+
+POOLED = {"partitions": ("iid", "dirichlet", "shards", "quantity")}
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # cached arrays are shared by every caller
+    return a
+
+
+# -- digits ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_pool() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8] in [0, 1]
+    return _frozen(x), _frozen(d.target.astype(np.int64))  # [N]
+
+
+def digits(rng: np.random.Generator, *, clients: int) -> RawData:
+    """scikit-learn's bundled digits; `rng` and `clients` are unused."""
+    x, y = _digits_pool()
+    return RawData(x=x, y=y, num_classes=10, client=None, name="digits")
+
+
+# -- mnist1d -----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_pool(samples: int, generator_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The package's train and test parts as one pool (fedbench makes its own test split).
+
+    `make_dataset` reseeds numpy's and Python's global generators; both are restored.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = samples
+    args.seed = generator_seed
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)[:, None, :]  # [N, 1, 40]
+    y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)  # [N]
+    return _frozen(x), _frozen(y)
+
+
+def mnist1d(
+    rng: np.random.Generator, *, clients: int, samples: int, generator_seed: int
+) -> RawData:
+    """MNIST-1D generated locally; `rng` and `clients` are unused (the package seeds itself)."""
+    x, y = _mnist1d_pool(samples, generator_seed)
+    return RawData(x=x, y=y, num_classes=10, client=None, name="mnist1d")
+
+
+# -- synthetic ---------------------------------------------------------------------------------
+
+
+class SyntheticDraw(NamedTuple):
+    """Samples of Synthetic(α, β) and the client models that labelled them."""
+
+    x: np.ndarray  # [N, dim] float32, grouped by client
+    y: np.ndarray  # [N] int64
+    client: np.ndarray  # [N] int64
+    W: np.ndarray  # [K, dim, classes]
+    b: np.ndarray  # [K, classes]
+
+
+def make_synthetic(
+    rng: np.random.Generator,
+    clients: int,
+    alpha: float,
+    beta: float,
+    dim: int,
+    classes: int,
+    max_samples: int,
+) -> SyntheticDraw:
+    """Draw Synthetic(α, β) for `clients` clients (see the module docstring)."""
+    K = clients
+    sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)  # [K]
+    u = rng.normal(0.0, alpha, K)  # [K]
+    B = rng.normal(0.0, beta, K)  # [K]
+    W = u[:, None, None] + rng.standard_normal((K, dim, classes))  # [K, dim, classes]
+    b = u[:, None] + rng.standard_normal((K, classes))  # [K, classes]
+    v = B[:, None] + rng.standard_normal((K, dim))  # [K, dim]
+    sd = np.arange(1, dim + 1, dtype=np.float64) ** -0.6  # [dim] sqrt of Σ_jj = (j+1)^-1.2
+    client = np.repeat(np.arange(K, dtype=np.int64), sizes)  # [N]
+    x = (v[client] + rng.standard_normal((client.shape[0], dim)) * sd).astype(np.float32)
+    x64 = x.astype(np.float64)  # label the float32 samples that are returned
+    y = np.empty(client.shape[0], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    for k in range(K):  # loop over clients: one [n_k, dim] @ [dim, classes] each
+        s, e = starts[k], starts[k] + sizes[k]
+        y[s:e] = np.argmax(x64[s:e] @ W[k] + b[k], axis=1)
+    return SyntheticDraw(x=x, y=y, client=client, W=W, b=b)
+
+
+def synthetic(
+    rng: np.random.Generator,
+    *,
+    clients: int,
+    alpha: float,
+    beta: float,
+    dim: int,
+    classes: int,
+    max_samples: int,
+) -> RawData:
+    """FedProx's Synthetic(α, β) with `clients` natural clients."""
+    d = make_synthetic(rng, clients, alpha, beta, dim, classes, max_samples)
+    name = f"synthetic({alpha:g},{beta:g})"
+    return RawData(x=d.x, y=d.y, num_classes=classes, client=d.client, name=name)
+
+
+DATASETS.add(
+    Component(
+        "digits",
+        digits,
+        {},
+        summary="scikit-learn's 8x8 handwritten digits, 1,797 samples, 10 classes (bundled)",
+        paper="Alpaydin & Kaynak, Optical Recognition of Handwritten Digits, UCI ML Repository, "
+        "1998",
+        kind="builtin",
+        extra=POOLED,
+    )
+)
+DATASETS.add(
+    Component(
+        "mnist1d",
+        mnist1d,
+        {
+            "samples": Param(
+                5000, "samples generated (rounded down to a multiple of 10)", "int", low=100
+            ),
+            "generator_seed": Param(
+                42,
+                "seed of the MNIST-1D generator (42 = the standard dataset)",
+                "int",
+                low=0,
+                high=2**32 - 1,
+            ),
+        },
+        summary="MNIST-1D: 1-D signals of length 40, 10 classes, generated locally",
+        paper="Greydanus & Kobak, Scaling Down Deep Learning with MNIST-1D, ICML 2024, "
+        "arXiv 2011.14439",
+        kind="builtin",
+        extra=POOLED,
+    )
+)
+DATASETS.add(
+    Component(
+        "synthetic",
+        synthetic,
+        {
+            "alpha": Param(1.0, "std of u_k: how much client models differ", low=0.0),
+            "beta": Param(1.0, "std of B_k: how much client feature means differ", low=0.0),
+            "dim": Param(60, "features", "int", low=1),
+            "classes": Param(10, "classes", "int", low=2),
+            "max_samples": Param(
+                2000,
+                "cap on a client's samples (fedbench's addition to the generator)",
+                "int",
+                low=1,
+            ),
+        },
+        summary="FedProx Synthetic(alpha, beta): one linear softmax model per client",
+        paper="Li et al., Federated Optimization in Heterogeneous Networks, MLSys 2020, "
+        "arXiv 1812.06127",
+        kind="builtin",
+        extra={"partitions": ("natural",), "default_partition": "natural"},
+    )
+)

@@ -1,0 +1,490 @@
+"""TOML grid -> list of jobs, with whole-grid validation (DESIGN §4, a contract).
+
+A grid has base sections (`[experiment]`, `[task]`, `[algorithm]`, `[compressor]`,
+`[downlink]`), optional `[grid]` axes ("section.field" = list) and optional `[[variant]]`
+tables. Jobs are the base grid (base config × grid axes) plus one family per variant (base,
+then the variant's overrides, which take precedence over a grid axis on the same key, × the
+remaining grid axes × the variant's own list-valued axes), each times the seeds.
+
+Every job is resolved: defaults filled in for the chosen dataset, model, partition, algorithm
+and compressors. A field that no registered component understands is an error; a field that
+only other components understand (e.g. `ratio` when `compressor.name = "identity"` on one
+axis value) is dropped from that job, and jobs that become identical are merged. The job key
+is a hash of the resolved config and the seed, so a re-run skips finished jobs and editing one
+value re-runs only the jobs it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedbench.algorithms import ALGORITHMS
+from fedbench.compressors import COMPRESSORS, compressor_kind
+from fedbench.data import DATASETS, PARTITIONS
+from fedbench.models import MODELS
+from fedbench.params import Param, Registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SECTIONS = ("experiment", "task", "algorithm", "compressor", "downlink")
+TOP_LEVEL = (*SECTIONS, "grid", "variant")
+
+# Fields every job has, whatever components it uses.
+COMMON: dict[str, dict[str, Param]] = {
+    "experiment": {
+        "name": Param("", "groups runs in the database (default: the grid file's name)", "str"),
+        "rounds": Param(100, "communication rounds per run", "int", low=1),
+        "eval_every": Param(
+            5, "rounds between evaluations (the last round is always evaluated)", "int", low=1
+        ),
+        "description": Param("", "free text shown by `fedbench ls`", "str"),
+    },
+    "task": {
+        "dataset": Param("digits", "dataset (see `fedbench datasets`)", "str"),
+        "model": Param("mlp", "model: logreg | mlp | cnn", "str"),
+        "clients": Param(10, "number of clients n", "int", low=1),
+        "partition": Param("iid", "how training samples are split over clients", "str"),
+        "test_fraction": Param(
+            0.2, "held-out share of the samples for the test set", low=0.0, high=1.0, high_open=True
+        ),
+        "init": Param(
+            "default",
+            "initial model: PyTorch's default init or all zeros",
+            "str",
+            choices=("default", "zeros"),
+        ),
+        "data_seed": Param(0, "seed of data generation, test split and partition", "int", low=0),
+    },
+    "algorithm": {
+        "name": Param("fedavg", "algorithm (see `fedbench algorithms`)", "str"),
+        "batch_size": Param(
+            32, 'minibatch per local step, or "full" for each client\'s whole data', "int_or_full"
+        ),
+        "participation": Param(
+            1.0, "fraction of clients sampled each round", low=0.0, high=1.0, low_open=True
+        ),
+    },
+    "compressor": {
+        "name": Param("identity", "uplink compressor (see `fedbench compressors`)", "str"),
+        "error_feedback": Param(
+            False, "wrap the uplink compressor in error feedback (EF14)", "bool"
+        ),
+    },
+    "downlink": {
+        "name": Param("identity", "downlink compressor: clients track x̂ += C(x − x̂)", "str"),
+    },
+}
+
+
+class GridError(ValueError):
+    """A grid that cannot run. `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    seed: int
+    config: dict[str, dict[str, Any]]  # resolved sections (experiment has no seeds)
+
+    @property
+    def algorithm(self) -> str:
+        return str(self.config["algorithm"]["name"])
+
+    @property
+    def compressor(self) -> str:
+        c = self.config["compressor"]
+        return f"ef({c['name']})" if c["error_feedback"] else str(c["name"])
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config["task"]["dataset"])
+
+    @property
+    def model(self) -> str:
+        return str(self.config["task"]["model"])
+
+    @property
+    def experiment(self) -> str:
+        return str(self.config["experiment"]["name"])
+
+
+@dataclass
+class Grid:
+    path: Path
+    text: str
+    jobs: list[Job]
+    ignored: dict[str, set[str]] = field(default_factory=dict)  # field -> components ignoring it
+
+    @property
+    def name(self) -> str:
+        return self.jobs[0].experiment if self.jobs else self.path.stem
+
+
+# -- components of each section --------------------------------------------------------------
+
+
+def dataset_name(value: str) -> str:
+    """`mnist:DIR` -> `mnist` (file datasets take a path after a colon)."""
+    return value.split(":", 1)[0]
+
+
+def _components(section: str, cfg: Mapping[str, Any]) -> list[tuple[Registry, str]]:
+    """The (registry, chosen name) pairs whose parameters live in this section."""
+    if section == "task":
+        return [
+            (DATASETS, dataset_name(str(cfg.get("dataset", "")))),
+            (MODELS, str(cfg.get("model", ""))),
+            (PARTITIONS, str(cfg.get("partition", ""))),
+        ]
+    if section == "algorithm":
+        return [(ALGORITHMS, str(cfg.get("name", "")))]
+    if section in ("compressor", "downlink"):
+        return [(COMPRESSORS, str(cfg.get("name", "")))]
+    return []
+
+
+def _section_registries(section: str) -> list[Registry]:
+    return {
+        "task": [DATASETS, MODELS, PARTITIONS],
+        "algorithm": [ALGORITHMS],
+        "compressor": [COMPRESSORS],
+        "downlink": [COMPRESSORS],
+    }.get(section, [])
+
+
+def allowed_fields(section: str) -> list[str]:
+    names = set(COMMON[section])
+    for reg in _section_registries(section):
+        names |= reg.all_params()
+    return sorted(names)
+
+
+# -- parsing and expansion -------------------------------------------------------------------
+
+
+def load(path: str | Path) -> Grid:
+    """Read, expand and validate a grid file; GridError lists every problem, one per line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise GridError([f"{p}: cannot read grid file ({e.strerror or e})"]) from None
+    return parse(text, p)
+
+
+def parse(text: str, path: Path) -> Grid:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise GridError([f"{path}: invalid TOML: {e}"]) from None
+    problems: list[str] = []
+    say = problems.append
+    for key in raw:
+        if key not in TOP_LEVEL:
+            say(f"{path}: unknown section [{key}]; allowed: {', '.join(TOP_LEVEL)}")
+    base: dict[str, dict[str, Any]] = {}
+    for s in SECTIONS:
+        sec = raw.get(s, {})
+        if not isinstance(sec, dict):
+            say(f"{path}: {s} must be a table [{s}]")
+            sec = {}
+        base[s] = dict(sec)
+        allowed = allowed_fields(s) + (["seeds"] if s == "experiment" else [])
+        for k in sec:
+            if k not in allowed:
+                say(f"{path}: [{s}] {k}: unknown field; allowed: {', '.join(allowed)}")
+    axes = _axes(raw.get("grid", {}), "[grid]", path, say)
+    variants_raw = raw.get("variant", [])
+    if not isinstance(variants_raw, list):
+        say(f"{path}: variants must be written [[variant]]")
+        variants_raw = []
+    seeds = _seeds(base["experiment"].pop("seeds", [0]), path, say)
+    if not base["experiment"].get("name"):
+        base["experiment"]["name"] = path.stem
+    families: list[tuple[str, dict[str, Any], dict[str, list[Any]]]] = [("", {}, axes)]
+    for i, v in enumerate(variants_raw, 1):
+        where = f"[[variant]] {i}"
+        if not isinstance(v, dict):
+            say(f'{path}: {where} must be a table of "section.field" = value')
+            continue
+        fixed = {k: val for k, val in v.items() if not isinstance(val, list)}
+        own = _axes({k: val for k, val in v.items() if isinstance(val, list)}, where, path, say)
+        _check_keys(fixed, where, path, say)
+        merged = {k: val for k, val in axes.items() if k not in fixed and k not in own}
+        merged.update(own)
+        families.append((where, fixed, merged))
+    if problems:
+        raise GridError(problems)
+
+    jobs: dict[str, Job] = {}
+    ignored: dict[str, set[str]] = {}
+    seen_problems: dict[str, None] = {}
+    for where, fixed, fam_axes in families:
+        keys = list(fam_axes)
+        for combo in itertools.product(*(fam_axes[k] for k in keys)):
+            cfg = {s: dict(base[s]) for s in SECTIONS}
+            source = {f"{s}.{k}": f"[{s}]" for s in SECTIONS for k in base[s]}
+            for k, val in fixed.items():
+                s, f = k.split(".", 1)
+                cfg[s][f] = val
+                source[k] = where
+            for k, val in zip(keys, combo, strict=True):
+                s, f = k.split(".", 1)
+                cfg[s][f] = val
+                source[k] = where or "[grid]"
+            try:
+                resolved, dropped = resolve(cfg)
+            except GridError as e:
+                for prob in e.problems:
+                    k = prob.split(" ", 1)[0].split("=", 1)[0]
+                    seen_problems[
+                        f"{path}: {source.get(k, '[' + k.split('.')[0] + ']')} {prob}"
+                    ] = None
+                continue
+            for k, who in dropped.items():
+                ignored.setdefault(k, set()).update(who)
+            for seed in seeds:
+                key = job_key(resolved, seed)
+                jobs.setdefault(key, Job(key, seed, resolved))
+    if seen_problems:
+        raise GridError(list(seen_problems))
+    return Grid(path, text, list(jobs.values()), ignored)
+
+
+def _axes(table: Any, where: str, path: Path, say: Any) -> dict[str, list[Any]]:
+    if not isinstance(table, dict):
+        say(f'{path}: {where} must be a table of "section.field" = [values]')
+        return {}
+    out: dict[str, list[Any]] = {}
+    _check_keys(table, where, path, say)
+    for k, v in table.items():
+        if not isinstance(v, list) or not v:
+            say(
+                f"{path}: {where} {k}: an axis must be a non-empty list of values "
+                "(a list-valued field is a list of lists)"
+            )
+            continue
+        out[k] = v
+    return out
+
+
+def _check_keys(table: Mapping[str, Any], where: str, path: Path, say: Any) -> None:
+    for k in table:
+        s, _, f = k.partition(".")
+        if s not in SECTIONS or not f:
+            sections = ", ".join(SECTIONS)
+            say(f'{path}: {where} {k}: keys are "section.field" with section one of {sections}')
+        elif f == "seeds" and s == "experiment":
+            say(f"{path}: {where} {k}: seeds cannot be an axis; list them in [experiment] seeds")
+        elif f not in allowed_fields(s):
+            say(f"{path}: {where} {k}: unknown field; allowed: {', '.join(allowed_fields(s))}")
+
+
+def _seeds(value: Any, path: Path, say: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return list(range(value))
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    ):
+        return list(dict.fromkeys(value))
+    say(
+        f"{path}: [experiment] seeds = {value!r}: allowed: "
+        "a non-empty list of integers >= 0, or a count >= 1"
+    )
+    return [0]
+
+
+# -- resolution of one job -------------------------------------------------------------------
+
+
+def resolve(
+    cfg: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
+    """Defaults filled in and every value checked. Returns (resolved config, dropped fields ->
+    the components that ignore them). Raises GridError whose lines start with "section.field"."""
+    problems: list[str] = []
+    out: dict[str, dict[str, Any]] = {}
+    dropped: dict[str, set[str]] = {}
+    for s in SECTIONS:
+        given = cfg.get(s, {})
+        sec: dict[str, Any] = {}
+        params: dict[str, Param] = dict(COMMON[s])
+        if s == "task" and "partition" not in given:
+            ds = DATASETS.get(dataset_name(str(given.get("dataset", "digits"))))
+            if ds is not None and "default_partition" in ds.extra:
+                params["partition"] = _with_default(
+                    params["partition"], ds.extra["default_partition"]
+                )
+        for k, p in params.items():
+            sec[k] = _check(s, k, given.get(k, p.default), p, problems)
+        if s == "experiment":
+            out[s] = sec
+            continue
+        merged = {**given, **sec}
+        chosen: list[str] = []
+        for reg, name in _components(s, merged):
+            if name not in reg:
+                field_name = _NAME_FIELD.get(reg.what, "name")
+                problems.append(
+                    f"{s}.{field_name} = {merged.get(field_name)!r}: unknown {reg.what}; "
+                    f"allowed: {', '.join(reg)}"
+                )
+                continue
+            chosen.append(name)
+            for k, p in reg[name].params.items():
+                sec[k] = _check(s, k, given.get(k, p.default), p, problems)
+        for k in given:
+            if k not in sec:
+                dropped.setdefault(f"{s}.{k}", set()).update(chosen)
+        out[s] = sec
+    alg = ALGORITHMS.get(out["algorithm"]["name"])
+    if (
+        alg is not None
+        and not alg.extra.get("error_feedback", True)
+        and out["compressor"]["error_feedback"]
+    ):
+        out["compressor"]["error_feedback"] = False  # the method has its own error feedback
+        dropped.setdefault("compressor.error_feedback", set()).add(alg.name)
+    up = COMPRESSORS.get(out["compressor"]["name"])
+    if up is not None and up.kind == "exact" and out["compressor"]["error_feedback"]:
+        out["compressor"]["error_feedback"] = False  # nothing is lost, nothing to feed back
+        dropped.setdefault("compressor.error_feedback", set()).add(up.name)
+    if not problems:
+        _cross_checks(out, problems)
+    if problems:
+        raise GridError(problems)
+    return out, dropped
+
+
+_NAME_FIELD = {"dataset": "dataset", "model": "model", "partition": "partition"}
+
+
+def _with_default(p: Param, default: Any) -> Param:
+    return Param(default, p.help, p.kind, p.choices, p.low, p.high, p.low_open, p.high_open)
+
+
+def _check(section: str, key: str, value: Any, p: Param, problems: list[str]) -> Any:
+    try:
+        return p.check(value)
+    except ValueError as e:
+        problems.append(f"{section}.{key} = {_show(value)}: {e}".replace(f"got {value!r}; ", ""))
+        return p.default
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, list, bool)) else repr(value)
+
+
+def _cross_checks(cfg: dict[str, dict[str, Any]], problems: list[str]) -> None:
+    alg = ALGORITHMS[cfg["algorithm"]["name"]]
+    up = cfg["compressor"]
+    kind = compressor_kind(up["name"], up)
+    if alg.requires != "any" and kind not in ("exact", alg.requires):
+        fitting = [c for c in COMPRESSORS if COMPRESSORS[c].kind in ("exact", alg.requires)]
+        hint = " (or randk with unbiased = false)" if alg.requires == "contractive" else ""
+        problems.append(
+            f"compressor.name = {_show(up['name'])}: {alg.name} needs a {alg.requires} "
+            f"compressor and {up['name']} is {kind}; allowed: {', '.join(fitting)}{hint}"
+        )
+    task = cfg["task"]
+    ds = DATASETS[dataset_name(task["dataset"])]
+    allowed_parts = ds.extra.get("partitions")
+    if allowed_parts is not None and task["partition"] not in allowed_parts:
+        problems.append(
+            f"task.partition = {_show(task['partition'])}: dataset {ds.name} allows "
+            f"{', '.join(allowed_parts)}"
+        )
+    if cfg["algorithm"]["participation"] * task["clients"] < 0.5:
+        problems.append(
+            f"algorithm.participation = {cfg['algorithm']['participation']}: fewer than one of "
+            f"{task['clients']} clients per round; allowed: >= {1 / task['clients']:.3g}"
+        )
+
+
+def job_key(config: Mapping[str, Any], seed: int) -> str:
+    blob = json.dumps({"config": config, "seed": seed}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_config(job: Job) -> dict[str, Any]:
+    """What the database stores for a run: the resolved sections plus the seed."""
+    return {**job.config, "seed": job.seed}
+
+
+def filter_jobs(jobs: Iterable[Job], only: Iterable[str]) -> list[Job]:
+    """Keep jobs whose resolved `section.field` equals the given value (`--only KEY=VALUE`)."""
+    conds = []
+    for item in only:
+        k, sep, v = item.partition("=")
+        if not sep or "." not in k:
+            raise GridError([f"--only {item!r}: expected section.field=value"])
+        try:
+            val = tomllib.loads(f"v = {v}")["v"]
+        except tomllib.TOMLDecodeError:
+            val = v
+        conds.append((k.split(".", 1), val))
+    return [
+        j
+        for j in jobs
+        if all(
+            (f == "seed" and s == "experiment" and j.seed == val)
+            or j.config.get(s, {}).get(f) == val
+            for (s, f), val in conds
+        )
+    ]
+
+
+def flat_config(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        f"{s}.{k}": v
+        for s, sec in config.items()
+        if isinstance(sec, Mapping)
+        for k, v in sec.items()
+    }
+
+
+def job_labels(jobs: Iterable[Job]) -> dict[str, str]:
+    """A short label per job from the fields that vary across the jobs (seed excluded):
+    names by value ("scaffold topk"), other fields as "field=value"."""
+    jobs = list(jobs)
+    flats = {j.key: flat_config(j.config) for j in jobs}
+    keys = sorted({k for f in flats.values() for k in f})
+    # a field varies when its values differ where it is present (fields that exist only for
+    # some components, like server_lr, are implied by the component's name)
+    varying = [
+        k
+        for k in keys
+        if len({json.dumps(f[k], sort_keys=True) for f in flats.values() if k in f}) > 1
+    ]
+    order = {"algorithm.name": 0, "compressor.name": 1, "compressor.error_feedback": 2}
+    varying.sort(key=lambda k: (order.get(k, 3), k))
+    labels = {}
+    for j in jobs:
+        f = flats[j.key]
+        parts = []
+        for k in varying:
+            v = f.get(k)
+            if k.endswith(".name") or k in ("task.dataset", "task.model", "task.partition"):
+                parts.append(str(v) if k != "downlink.name" else f"down={v}")
+            elif k == "compressor.error_feedback":
+                parts.append("+EF" if v else "")
+            elif v is not None:
+                parts.append(f"{k.split('.', 1)[1]}={_show(v) if not isinstance(v, str) else v}")
+        labels[j.key] = " ".join(p for p in parts if p) or j.algorithm
+    return labels

@@ -1,0 +1,152 @@
+"""Parameter schemas and component registries.
+
+Every pluggable piece (dataset, partition, model, algorithm, compressor) registers a
+`Component`: a name, a factory and the typed parameters it understands. The grid validator,
+the job key (defaults filled in) and `fedbench algorithms|compressors|datasets` all read these
+schemas, so registering a component is enough for it to be validated, listed and tested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["int", "float", "bool", "str", "int_list", "int_or_full", "float_or_str"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One typed, range-checked field of a grid section."""
+
+    default: Any
+    help: str
+    kind: Kind = "float"
+    choices: tuple[str, ...] = ()
+    low: float | None = None  # inclusive lower bound unless low_open
+    high: float | None = None  # inclusive upper bound unless high_open
+    low_open: bool = False
+    high_open: bool = False
+
+    def allowed(self) -> str:
+        """Human description of the allowed values, used in error messages."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        base = {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a string",
+            "int_list": "a list of positive integers",
+            "int_or_full": 'a positive integer or "full"',
+            "float_or_str": "a number or a string",
+        }[self.kind]
+        bounds = []
+        num = (lambda v: str(int(v))) if self.kind == "int" else (lambda v: f"{v:g}")
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {num(self.low)}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {num(self.high)}")
+        return base + (" " + " and ".join(bounds) if bounds else "")
+
+    def check(self, value: Any) -> Any:
+        """Return the normalised value or raise ValueError naming what is allowed."""
+        v = _coerce(self.kind, value)
+        if v is None:
+            raise ValueError(f"got {value!r}; allowed: {self.allowed()}")
+        if self.choices and v not in self.choices:
+            raise ValueError(f"got {value!r}; allowed: {self.allowed()}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            bad = (self.low is not None and (v <= self.low if self.low_open else v < self.low)) or (
+                self.high is not None and (v >= self.high if self.high_open else v > self.high)
+            )
+            if bad:
+                raise ValueError(f"got {value!r}; allowed: {self.allowed()}")
+        return v
+
+
+def _coerce(kind: Kind, value: Any) -> Any:
+    if kind == "bool":
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind == "int":
+        return value if isinstance(value, int) else None
+    if kind == "float":
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            return float(value)
+        return None
+    if kind == "str":
+        return value if isinstance(value, str) else None
+    if kind == "int_list":
+        ok = isinstance(value, list) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value
+        )
+        return list(value) if ok else None
+    if kind == "int_or_full":
+        if value == "full" or (isinstance(value, int) and value > 0):
+            return value
+        return None
+    if kind == "float_or_str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            return float(value)
+        return None
+    raise AssertionError(kind)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered dataset, partition, model, algorithm or compressor."""
+
+    name: str
+    build: Callable[..., Any]
+    params: Mapping[str, Param]
+    summary: str
+    paper: str = ""
+    # algorithms: what the uplink compressor must be ("any" | "contractive" | "unbiased")
+    requires: str = "any"
+    # compressors: "exact" | "unbiased" | "contractive"; datasets: "builtin" | "file"
+    kind: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults filled in, values checked; unknown keys are ignored here (the grid
+        validator reports them with the file and section)."""
+        out: dict[str, Any] = {}
+        for key, p in self.params.items():
+            out[key] = p.check(given[key]) if key in given else p.default
+        return out
+
+
+class Registry(Mapping[str, Component]):
+    """Name -> Component, with a decorator for registration."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._items: dict[str, Component] = {}
+
+    def add(self, component: Component) -> Component:
+        if component.name in self._items:
+            raise KeyError(f"{self.what} {component.name!r} registered twice")
+        self._items[component.name] = component
+        return component
+
+    def __getitem__(self, name: str) -> Component:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def all_params(self) -> set[str]:
+        return {k for c in self._items.values() for k in c.params}
+
+
+def describe_params(params: Mapping[str, Param]) -> list[tuple[str, str, str]]:
+    """(name, default, help + allowed) rows for listings."""
+    return [(k, repr(p.default), f"{p.help} ({p.allowed()})") for k, p in params.items()]

@@ -1,0 +1,185 @@
+"""Run one job: build its environment, loop over rounds, stream every round to the store.
+
+Each round is written in its own transaction, so a crash loses at most the round in flight.
+A NaN/inf loss or model marks the run `diverged` and stops it; an exception marks it `failed`
+with the error, and the caller goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import math
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedbench import seeding
+from fedbench.algorithms import Env, build_algorithm
+from fedbench.compressors import build_compressor
+from fedbench.data import FederatedDataset, load_federated
+from fedbench.grid import Job, run_config
+from fedbench.models import build_model
+from fedbench.seeding import RoundRng
+from fedbench.store import RunSpec, Store
+from fedbench.task import ClientData, Task
+
+Progress = Callable[[Job, int, dict[str, float]], None]  # (job, round, metrics) after each round
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: str
+    status: str  # done | failed | diverged
+    error: str | None
+    rounds: int
+    seconds: float
+    final: dict[str, float]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; allowed: auto, cpu")
+    return torch.device(device)
+
+
+def tune_allocator() -> None:
+    """Keep freed memory in the process (glibc): big per-round tensors are reused without
+    page faults instead of being returned to the OS and faulted in again every round."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve allocations < 1 GiB from the heap
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: do not trim the heap
+    except (OSError, AttributeError):
+        pass
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(task_json: str) -> FederatedDataset:
+    return load_federated(json.loads(task_json), seed=0)
+
+
+def load_dataset(task: dict[str, Any]) -> FederatedDataset:
+    """Cached per resolved [task] section: a grid loads each dataset/partition once."""
+    return _dataset(json.dumps(task, sort_keys=True))
+
+
+def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
+    """The task, the environment and the algorithm of a job."""
+    cfg = job.config
+    t, a = cfg["task"], cfg["algorithm"]
+    fd = load_dataset(t)
+    data = ClientData.from_numpy(fd.x, fd.y, fd.counts, fd.x_test, fd.y_test, device)
+    model = build_model(t["model"], t, fd.input_shape, fd.num_classes)
+    task = Task(model, data, reg=t.get("reg", "none"), lam=t.get("lam", 0.0))
+    up, down = cfg["compressor"], cfg["downlink"]
+    env = Env(
+        task=task,
+        uplink=build_compressor(up["name"], up, task.d),
+        downlink=build_compressor(down["name"], down, task.d),
+        participation=a["participation"],
+        batch_size=a["batch_size"],
+        error_feedback=up["error_feedback"],
+    )
+    return task, env, build_algorithm(a["name"], a)
+
+
+def run_spec(job: Job) -> RunSpec:
+    return RunSpec(
+        job.key, job.seed, job.algorithm, job.compressor, job.dataset, job.model, run_config(job)
+    )
+
+
+def execute(
+    job: Job, store: Store, device: torch.device, progress: Progress | None = None
+) -> Outcome:
+    """Run `job` from round 0, writing to `store`; never raises for a failure of the job."""
+    start = time.perf_counter()
+    run_id = store.start_run(job.key, socket.gethostname(), str(device))
+    rounds_done, final = 0, dict[str, float]()
+    try:
+        status, error, rounds_done, final = _loop(job, store, run_id, device, start, progress)
+    except KeyboardInterrupt:
+        store.mark_interrupted([run_id])
+        raise
+    except Exception as e:
+        status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+    store.finish_run(run_id, status, error)
+    return Outcome(job.key, status, error, rounds_done, time.perf_counter() - start, final)
+
+
+def _loop(
+    job: Job,
+    store: Store,
+    run_id: int,
+    device: torch.device,
+    start: float,
+    progress: Progress | None,
+) -> tuple[str, str | None, int, dict[str, float]]:
+    exp = job.config["experiment"]
+    rounds, every = exp["rounds"], exp["eval_every"]
+    task, env, alg = build(job, device)
+    if job.config["task"]["init"] == "zeros":
+        x0 = torch.zeros(task.d, device=device)
+    else:
+        x0 = task.init_params(seeding.generator(job.seed, 0, seeding.INIT))
+    state = alg.init(x0, env, RoundRng(job.seed, 0, device))
+    bits_up = bits_down = 0.0
+    metrics = {"bits_up": 0.0, "bits_down": 0.0, "wall_s": 0.0, **evaluate(task, x0)}
+    store.log_round(run_id, 0, metrics)
+    for t in range(1, rounds + 1):
+        state, log = alg.round(state, env, RoundRng(job.seed, t, device))
+        bits_up += float(log.bits_up.sum())
+        bits_down += float(log.bits_down.sum())
+        x = alg.params(state)
+        metrics = {
+            "bits_up": bits_up,
+            "bits_down": bits_down,
+            "participants": float(log.participants),
+            **log.extra,
+        }
+        finite = bool(torch.isfinite(x).all()) and all(math.isfinite(v) for v in log.extra.values())
+        if finite and (t % every == 0 or t == rounds):
+            metrics.update(evaluate(task, x))
+            finite = math.isfinite(metrics["train_loss"])
+        metrics["wall_s"] = time.perf_counter() - start
+        store.log_round(run_id, t, metrics)
+        if progress is not None:
+            progress(job, t, metrics)
+        if not finite:
+            return "diverged", f"non-finite loss or model at round {t}", t, metrics
+    return "done", None, rounds, metrics
+
+
+def evaluate(task: Task, x: torch.Tensor) -> dict[str, float]:
+    """Evaluation metrics of the server model: train_loss (the objective), test loss/accuracy."""
+    return {"train_loss": task.train_loss(x), **task.evaluate(x)}
+
+
+def preflight(jobs: list[Job], path: str) -> list[str]:
+    """Load every distinct dataset/partition and build every distinct model before anything
+    runs; one line per problem."""
+    from fedbench.data import DataError
+
+    problems: dict[str, None] = {}
+    seen: set[str] = set()
+    for job in jobs:
+        t = job.config["task"]
+        key = json.dumps(t, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            fd = load_dataset(t)
+            build_model(t["model"], t, fd.input_shape, fd.num_classes)
+        except (DataError, ValueError) as e:
+            problems[f"{path}: [task] {e}"] = None
+    return list(problems)

@@ -1,0 +1,743 @@
+"""The result database: experiments, runs and per-round metrics (DESIGN §6, a contract).
+
+This is the only module that imports SQLAlchemy. The schema is plain SQLAlchemy Core and
+portable between SQLite (the default, one file, WAL mode) and PostgreSQL (many machines
+writing at once); any other SQLAlchemy URL works through generic fallbacks.
+
+Tables:
+
+- ``experiments(id, name unique, grid_path, grid_toml, created_at)``
+- ``runs(id, key unique, experiment_id, seed, algorithm, compressor, dataset, model, config,
+  status, error, started_at, finished_at, host, device, fedbench_version, torch_version)``
+- ``metrics(run_id, round, name, value)``, primary key ``(run_id, round, name)``
+- ``meta(key, value)``: ``schema_version``, so later migrations can be idempotent.
+
+Conventions:
+
+- Timestamps are timezone-aware UTC datetimes (SQLite stores naive UTC, read back as UTC).
+- A metric value of NaN is stored as NULL (SQLite cannot store NaN) and read back as NaN;
+  ±inf is stored as is.
+- Every write is one short transaction. On SQLite a write transaction starts with
+  ``BEGIN IMMEDIATE`` so concurrent writers queue on the busy timeout (30 s) instead of
+  failing with "database is locked"; reads use a deferred ``BEGIN`` (a consistent snapshot).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as sa_pg
+from sqlalchemy.dialects import sqlite as sa_sqlite
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sqlalchemy.engine import Connection, Dialect, Engine
+
+DEFAULT_URL = "sqlite:///results/fedbench.db"
+ENV_VAR = "FEDBENCH_DB"
+STATUSES = ("pending", "running", "done", "failed", "diverged")
+FINAL_STATUSES = ("done", "failed", "diverged")
+TABLES = ("experiments", "runs", "metrics")
+SCHEMA_VERSION = 1
+MIN_PREFIX = 4  # shortest key prefix get_run accepts
+_CHUNK = 500  # values per IN (...) clause: well below every backend's parameter limit
+_WRITE = "fedbench_write"  # execution option: this transaction writes
+_PG_LOCK = 0x6FEDBE  # advisory lock serialising schema creation on PostgreSQL
+_BUSY_TIMEOUT_MS = 30_000
+
+
+class StoreError(RuntimeError):
+    """A database problem the user can act on; the message is one line."""
+
+
+class RunSpec(NamedTuple):
+    """What `ensure_runs` needs to create a pending run."""
+
+    key: str
+    seed: int
+    algorithm: str
+    compressor: str
+    dataset: str
+    model: str
+    config: dict[str, Any]
+
+
+class RunInfo(NamedTuple):
+    """The state of a run as `ensure_runs` reports it."""
+
+    id: int
+    key: str
+    status: str
+    error: str | None
+
+
+# --------------------------------------------------------------------------- column types
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (naive UTC inside SQLite)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps timezone-aware UTC")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return (
+            value.replace(tzinfo=timezone.utc)
+            if value.tzinfo is None
+            else value.astimezone(timezone.utc)
+        )
+
+
+class MetricFloat(sa.types.TypeDecorator[float]):
+    """A double whose NaN is stored as NULL (SQLite has no NaN) and read back as NaN."""
+
+    impl = sa.Double()
+    cache_ok = True
+
+    def process_bind_param(self, value: float | None, dialect: Dialect) -> float | None:
+        if value is None or math.isnan(value):
+            return None
+        return float(value)
+
+    def process_result_value(self, value: float | None, dialect: Dialect) -> float:
+        return math.nan if value is None else float(value)
+
+
+# --------------------------------------------------------------------------- schema
+
+_metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+_NAME = sa.String(255)
+
+EXPERIMENTS = sa.Table(
+    "experiments",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", _NAME, nullable=False, unique=True),
+    sa.Column("grid_path", sa.Text, nullable=False),
+    sa.Column("grid_toml", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+RUNS = sa.Table(
+    "runs",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(64), nullable=False, unique=True),
+    sa.Column(
+        "experiment_id",
+        sa.Integer,
+        sa.ForeignKey("experiments.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("algorithm", _NAME, nullable=False),
+    sa.Column("compressor", _NAME, nullable=False),
+    sa.Column("dataset", _NAME, nullable=False),
+    sa.Column("model", _NAME, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),  # JSON, not JSONB: keeps key order
+    sa.Column("status", sa.String(16), nullable=False, index=True, default="pending"),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("host", _NAME),
+    sa.Column("device", sa.String(64)),
+    sa.Column("fedbench_version", sa.String(64)),
+    sa.Column("torch_version", sa.String(64)),
+)
+
+METRICS = sa.Table(
+    "metrics",
+    _metadata,
+    sa.Column(
+        "run_id",
+        sa.Integer,
+        sa.ForeignKey("runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("round", sa.Integer, primary_key=True),
+    sa.Column("name", _NAME, primary_key=True),
+    sa.Column("value", MetricFloat, nullable=True),
+)
+
+META = sa.Table(
+    "meta",
+    _metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+_TABLES: dict[str, sa.Table] = {"experiments": EXPERIMENTS, "runs": RUNS, "metrics": METRICS}
+
+# Columns of runs_frame before the flattened config, in order.
+RUN_COLUMNS = (
+    "run_id",
+    "key",
+    "experiment",
+    "seed",
+    "algorithm",
+    "compressor",
+    "dataset",
+    "model",
+    "status",
+    "error",
+    "started_at",
+    "finished_at",
+    "host",
+    "device",
+    "fedbench_version",
+    "torch_version",
+    "rounds_logged",
+)
+METRIC_COLUMNS = ("run_id", "round", "name", "value")
+_COUNTED = ("done", "failed", "running", "pending", "diverged")  # experiments_frame order
+EXPERIMENT_COLUMNS = ("id", "name", "grid_path", "created_at", "runs", *_COUNTED)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_url(url: str | None) -> str:
+    """The database URL to use: `url`, else $FEDBENCH_DB, else `DEFAULT_URL`.
+
+    A value without "://" is a path to an SQLite file (``~`` is expanded).
+    """
+    chosen = url or os.environ.get(ENV_VAR) or DEFAULT_URL
+    if "://" not in chosen:
+        return f"sqlite:///{Path(chosen).expanduser()}"
+    return chosen
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (DBAPI errors: the driver's own)."""
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    """The file of a file-backed SQLite URL, None for other backends and in-memory databases."""
+    db = url.database
+    if url.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).expanduser()
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    """Per-connection SQLite settings; the driver's own transaction handling is switched off
+    so that the begin listener decides how each transaction starts."""
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cur.close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    """Writers take the write lock up front (waiting on the busy timeout); readers defer."""
+    writes = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def upsert_statement(
+    dialect: str, table: sa.Table, keys: Sequence[str], update: Sequence[str]
+) -> sa.Executable | None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE the `update` columns (DO NOTHING if none),
+    for SQLite and PostgreSQL; None for other dialects (callers fall back)."""
+    ins: Any
+    if dialect == "sqlite":
+        ins = sa_sqlite.insert(table)
+    elif dialect == "postgresql":
+        ins = sa_pg.insert(table)
+    else:
+        return None
+    if not update:
+        return ins.on_conflict_do_nothing(index_elements=list(keys))
+    set_ = {c: ins.excluded[c] for c in update}
+    return ins.on_conflict_do_update(index_elements=list(keys), set_=set_)
+
+
+_cached_upsert = functools.lru_cache(maxsize=32)(upsert_statement)  # built once per shape
+
+
+def _upsert(
+    conn: Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    update: Sequence[str],
+) -> None:
+    """Insert `rows`; a row whose `keys` exist updates `update` (or is skipped if empty)."""
+    if not rows:
+        return
+    stmt = _cached_upsert(conn.dialect.name, table, tuple(keys), tuple(update))
+    if stmt is not None:
+        conn.execute(stmt, list(rows))
+        return
+    for row in rows:  # generic fallback, inside the caller's transaction
+        where = sa.and_(*(table.c[k] == row[k] for k in keys))
+        if conn.execute(sa.select(sa.literal(1)).select_from(table).where(where)).first():
+            if update:
+                conn.execute(sa.update(table).where(where).values({c: row[c] for c in update}))
+        else:
+            conn.execute(sa.insert(table).values(dict(row)))
+
+
+def _fedbench_version() -> str:
+    try:
+        from fedbench import __version__
+    except ImportError:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("fedbench")
+        except PackageNotFoundError:
+            return "0+unknown"
+    return str(__version__)
+
+
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.__version__)
+
+
+def _hashable(v: Any) -> Any:
+    """Lists become tuples and dicts sorted (key, value) tuples, recursively."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _hashable(x)) for k, x in v.items()))
+    return v
+
+
+def flatten_config(config: Mapping[str, Any], reserved: Sequence[str] = ()) -> dict[str, Any]:
+    """{"section": {"field": v}} -> {"section.field": v}, values made hashable; a top-level
+    value that is not a section keeps its own name unless that name is in `reserved`."""
+    flat: dict[str, Any] = {}
+    for section, fields in config.items():
+        if isinstance(fields, Mapping):
+            for field, value in fields.items():
+                flat[f"{section}.{field}"] = _hashable(value)
+        elif section not in reserved:
+            flat[section] = _hashable(fields)
+    return flat
+
+
+def _utc_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    for c in columns:
+        frame[c] = pd.to_datetime(frame[c], utc=True)
+    return frame
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """The result database behind one SQLAlchemy URL (see the module docstring).
+
+    Safe to share between threads; open one Store per process (an engine must not cross a
+    fork). `url` masks any password, so it is safe to print.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        resolved = resolve_url(url)
+        self._raw_url = resolved
+        try:
+            parsed = sa.make_url(resolved)
+        except (sa_exc.ArgumentError, ValueError) as e:
+            raise StoreError(f"bad database URL {resolved!r}: {_first_line(e)}") from None
+        self._url = parsed
+        self._engine = self._open(parsed)
+        try:
+            self._ensure_schema()
+        except StoreError:
+            self._engine.dispose()
+            raise
+
+    # ----------------------------------------------------------------- opening
+
+    @property
+    def url(self) -> str:
+        """The resolved URL, with any password masked (safe to print)."""
+        if self._url.password is None:
+            return self._raw_url
+        return self._url.render_as_string(hide_password=True)
+
+    def _fail(self, what: str, e: BaseException) -> StoreError:
+        return StoreError(f"{what} {self.url}: {_first_line(e)}")
+
+    def _open(self, url: sa.URL) -> Engine:
+        """An engine for `url`, with the SQLite settings installed on every connection."""
+        path = _sqlite_file(url)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise self._fail("cannot create the directory of", e) from None
+        try:
+            engine = sa.create_engine(url)
+        except (sa_exc.ArgumentError, ImportError, ValueError, TypeError) as e:
+            raise self._fail("cannot use database URL", e) from None
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _on_sqlite_connect)
+            sa.event.listen(engine, "begin", _on_sqlite_begin)
+        return engine
+
+    def _ensure_schema(self) -> None:
+        """Create missing tables and the schema version (idempotent, safe to race)."""
+        with self._read("cannot open database") as conn:
+            present = set(sa.inspect(conn).get_table_names())
+            version = self._schema_version(conn) if "meta" in present else None
+        if version is None or not present.issuperset(_metadata.tables):
+            with self._write("cannot create the tables of") as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK)))
+                _metadata.create_all(conn)
+                version = self._schema_version(conn)
+                if version is None:
+                    conn.execute(
+                        sa.insert(META).values(key="schema_version", value=str(SCHEMA_VERSION))
+                    )
+                    version = SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url}: database schema version {version} is newer than this "
+                f"fedbench supports ({SCHEMA_VERSION}); upgrade fedbench"
+            )
+
+    @staticmethod
+    def _schema_version(conn: Connection) -> int | None:
+        q = sa.select(META.c.value).where(META.c.key == "schema_version")
+        value = conn.execute(q).scalar_one_or_none()
+        return None if value is None else int(value)
+
+    @contextmanager
+    def _transaction(self, write: bool, what: str) -> Iterator[Connection]:
+        """A connection in a transaction, committed at the end; driver errors become
+        `StoreError` ("{what} URL: reason")."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{_WRITE: write})
+                with conn.begin():
+                    yield conn
+        except sa_exc.DBAPIError as e:
+            raise self._fail(what, e) from None
+
+    def _read(self, what: str = "database error in") -> AbstractContextManager[Connection]:
+        """A read transaction (a consistent snapshot)."""
+        return self._transaction(False, what)
+
+    def _write(self, what: str = "database error in") -> AbstractContextManager[Connection]:
+        """A write transaction (on SQLite: holds the write lock from its start)."""
+        return self._transaction(True, what)
+
+    def close(self) -> None:
+        """Release every pooled connection; the store is unusable afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # ----------------------------------------------------------------- writing
+
+    def upsert_experiment(self, name: str, grid_path: str, grid_toml: str) -> int:
+        """The id of experiment `name`, created if new; its grid path and text are updated."""
+        row = {"name": name, "grid_path": grid_path, "grid_toml": grid_toml, "created_at": _now()}
+        with self._write() as conn:
+            _upsert(conn, EXPERIMENTS, [row], ["name"], ["grid_path", "grid_toml"])
+            q = sa.select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)
+            return int(conn.execute(q).scalar_one())
+
+    def ensure_runs(self, experiment_id: int, specs: Sequence[RunSpec]) -> dict[str, RunInfo]:
+        """Insert a `pending` run for every key not yet in the database (one transaction);
+        returns the current state of every given key (existing runs are left untouched)."""
+        unique: dict[str, RunSpec] = {}
+        for spec in specs:
+            unique.setdefault(spec.key, spec)
+        rows = [
+            {**s._asdict(), "experiment_id": experiment_id, "status": "pending"}
+            for s in unique.values()
+        ]
+        keys = list(unique)
+        found: dict[str, RunInfo] = {}
+        with self._write() as conn:
+            _upsert(conn, RUNS, rows, ["key"], [])
+            for part in _chunks(keys):
+                q = sa.select(RUNS.c.id, RUNS.c.key, RUNS.c.status, RUNS.c.error)
+                for r in conn.execute(q.where(RUNS.c.key.in_(part))):
+                    found[r.key] = RunInfo(int(r.id), r.key, r.status, r.error)
+        return {k: found[k] for k in keys}
+
+    def start_run(self, key: str, host: str, device: str, resume_round: int | None = None) -> int:
+        """Mark run `key` running and return its id. Its metrics after `resume_round` (all of
+        them when None) are deleted, so a restarted run never duplicates rows."""
+        versions = {"fedbench_version": _fedbench_version(), "torch_version": _torch_version()}
+        with self._write() as conn:
+            run_id = conn.execute(sa.select(RUNS.c.id).where(RUNS.c.key == key)).scalar()
+            if run_id is None:
+                raise StoreError(f"unknown run key {key!r} in {self.url}")
+            stale = METRICS.c.run_id == run_id
+            if resume_round is not None:
+                stale = sa.and_(stale, METRICS.c.round > resume_round)
+            conn.execute(sa.delete(METRICS).where(stale))
+            conn.execute(
+                sa.update(RUNS)
+                .where(RUNS.c.id == run_id)
+                .values(
+                    status="running",
+                    started_at=_now(),
+                    finished_at=None,
+                    error=None,
+                    host=host,
+                    device=device,
+                    **versions,
+                )
+            )
+        return int(run_id)
+
+    def log_round(self, run_id: int, round: int, metrics: Mapping[str, float]) -> None:
+        """Write one round's metrics in one transaction; a (run, round, name) written before
+        gets the new value. NaN is stored as NULL, ±inf as is."""
+        rows = []
+        for name, value in metrics.items():
+            try:
+                rows.append(
+                    {"run_id": run_id, "round": int(round), "name": name, "value": float(value)}
+                )
+            except (TypeError, ValueError):
+                raise StoreError(
+                    f"run {run_id} round {round}: metric {name!r} = {value!r} is not a number"
+                ) from None
+        if not rows:
+            return
+        with self._write() as conn:
+            _upsert(conn, METRICS, rows, ["run_id", "round", "name"], ["value"])
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        """Record the end of a run: `status` is one of done, failed, diverged."""
+        if status not in FINAL_STATUSES:
+            raise StoreError(f"finish_run status {status!r}: allowed: {', '.join(FINAL_STATUSES)}")
+        with self._write() as conn:
+            q = sa.update(RUNS).where(RUNS.c.id == run_id)
+            done = conn.execute(q.values(status=status, error=error, finished_at=_now()))
+            if done.rowcount == 0:
+                raise StoreError(f"unknown run id {run_id} in {self.url}")
+
+    def mark_interrupted(self, run_ids: Sequence[int]) -> None:
+        """Put running runs back to pending (after Ctrl-C); their metrics are kept."""
+        ids = [int(i) for i in run_ids]
+        with self._write() as conn:
+            for part in _chunks(ids):
+                q = sa.update(RUNS).where(RUNS.c.id.in_(part), RUNS.c.status == "running")
+                conn.execute(q.values(status="pending", finished_at=None))
+
+    # ----------------------------------------------------------------- reading
+
+    def last_round(self, run_id: int) -> int | None:
+        """The highest round with metrics of a run, None if it has none."""
+        q = sa.select(sa.func.max(METRICS.c.round)).where(METRICS.c.run_id == run_id)
+        with self._read() as conn:
+            value = conn.execute(q).scalar()
+        return None if value is None else int(value)
+
+    def get_run(self, ref: str) -> dict[str, Any]:
+        """One run by id, full key or unique key prefix (at least 4 characters); a number that
+        is a run id means that run. Includes `experiment` (its name) and `rounds_logged`."""
+        ref = str(ref).strip()
+        q = _runs_select()
+        with self._read() as conn:
+            rows = conn.execute(q.where(RUNS.c.key == ref)).all()
+            if not rows and ref.isdigit():
+                rows = conn.execute(q.where(RUNS.c.id == int(ref))).all()
+            if not rows and len(ref) >= MIN_PREFIX:
+                prefix = RUNS.c.key.startswith(ref, autoescape=True)
+                rows = conn.execute(q.where(prefix).order_by(RUNS.c.id).limit(6)).all()
+        if not rows:
+            hint = (
+                ""
+                if ref.isdigit() or len(ref) >= MIN_PREFIX
+                else f" (give at least {MIN_PREFIX} characters of a key)"
+            )
+            raise StoreError(f"no run {ref!r} in {self.url}{hint}")
+        if len(rows) > 1:
+            shown = ", ".join(r.key for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise StoreError(f"run {ref!r} is ambiguous: it matches {shown}; give more of the key")
+        info = dict(rows[0]._mapping)
+        rounds = info["rounds_logged"]
+        info["rounds_logged"] = None if rounds is None else int(rounds)
+        return {"id": int(info.pop("run_id")), **info}
+
+    def experiments_frame(self) -> pd.DataFrame:
+        """One row per experiment: id, name, grid_path, created_at, and run counts in all
+        and per status."""
+        import pandas as pd
+
+        counts = [sa.func.count(RUNS.c.id).label("runs")] + [
+            sa.func.coalesce(sa.func.sum(sa.case((RUNS.c.status == s, 1), else_=0)), 0).label(s)
+            for s in _COUNTED
+        ]
+        cols = [
+            EXPERIMENTS.c.id,
+            EXPERIMENTS.c.name,
+            EXPERIMENTS.c.grid_path,
+            EXPERIMENTS.c.created_at,
+        ]
+        q = (
+            sa.select(*cols, *counts)
+            .select_from(EXPERIMENTS.outerjoin(RUNS))
+            .group_by(*cols)
+            .order_by(EXPERIMENTS.c.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=list(EXPERIMENT_COLUMNS))
+        frame = frame.astype({c: "int64" for c in ("id", "runs", *STATUSES)})
+        return _utc_columns(frame, ["created_at"])
+
+    def runs_frame(
+        self,
+        experiment: str | None = None,
+        status: Sequence[str] | None = None,
+        run_ids: Sequence[int] | None = None,
+    ) -> pd.DataFrame:
+        """One row per run (ordered by id), optionally only those of an experiment, with
+        given statuses, or given ids: the `RUN_COLUMNS` and the config flattened into
+        "section.field" columns (list values as tuples). `rounds_logged` is NaN for a run
+        without metrics."""
+        import pandas as pd
+
+        q = _runs_select()
+        if experiment is not None:
+            q = q.where(EXPERIMENTS.c.name == experiment)
+        if status is not None:
+            q = q.where(RUNS.c.status.in_(list(status)))
+        with self._read() as conn:
+            if run_ids is None:
+                rows = conn.execute(q.order_by(RUNS.c.id)).all()
+            else:
+                ids = sorted({int(i) for i in run_ids})
+                rows = [
+                    r
+                    for part in _chunks(ids)
+                    for r in conn.execute(q.where(RUNS.c.id.in_(part)).order_by(RUNS.c.id))
+                ]
+        base = pd.DataFrame(
+            [[getattr(r, c) for c in RUN_COLUMNS] for r in rows], columns=list(RUN_COLUMNS)
+        )
+        base = base.astype({"run_id": "int64", "seed": "int64", "rounds_logged": "float64"})
+        base = _utc_columns(base, ["started_at", "finished_at"])
+        flat = [flatten_config(r.config or {}, RUN_COLUMNS) for r in rows]
+        if not any(flat):
+            return base
+        config = pd.DataFrame(flat, index=base.index)
+        return pd.concat([base, config], axis=1)
+
+    def metrics_frame(
+        self, run_ids: Sequence[int], names: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Long-form metrics of the given runs (optionally only some names): run_id, round,
+        name, value; sorted by run_id, round, name. NULL values come back as NaN."""
+        import pandas as pd
+
+        ids = sorted({int(i) for i in run_ids})
+        q = sa.select(*(METRICS.c[c] for c in METRIC_COLUMNS))
+        if names is not None:
+            q = q.where(METRICS.c.name.in_(list(names)))
+        order = (METRICS.c.run_id, METRICS.c.round, METRICS.c.name)
+        rows: list[tuple[Any, ...]] = []
+        with self._read() as conn:
+            for part in _chunks(ids):
+                rows.extend(
+                    tuple(r)
+                    for r in conn.execute(q.where(METRICS.c.run_id.in_(part)).order_by(*order))
+                )
+        frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+        return frame.astype({"run_id": "int64", "round": "int64", "value": "float64"})
+
+    def export(self, table: str) -> pd.DataFrame:
+        """A raw table ("experiments", "runs" or "metrics") as a frame; the run config as
+        JSON text, timestamps as UTC, NULL metric values as NaN."""
+        import pandas as pd
+
+        if table not in _TABLES:
+            raise StoreError(f"cannot export table {table!r}: allowed: {', '.join(TABLES)}")
+        t = _TABLES[table]
+        q = sa.select(t).order_by(*t.primary_key.columns)
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=[c.name for c in t.columns])
+        if table == "runs":
+            frame["config"] = [json.dumps(c) for c in frame["config"]]
+        if table == "metrics":
+            frame = frame.astype({"value": "float64"})
+        stamps = [c.name for c in t.columns if isinstance(c.type, UTCDateTime)]
+        return _utc_columns(frame, stamps)
+
+
+def _runs_select() -> sa.Select[Any]:
+    """Runs joined with their experiment's name and the highest round that has metrics."""
+    rounds = (
+        sa.select(sa.func.max(METRICS.c.round))
+        .where(METRICS.c.run_id == RUNS.c.id)
+        .scalar_subquery()
+        .label("rounds_logged")
+    )
+    cols = [c for c in RUNS.columns if c.name not in ("id", "experiment_id")]
+    return sa.select(
+        RUNS.c.id.label("run_id"),
+        RUNS.c.experiment_id,
+        EXPERIMENTS.c.name.label("experiment"),
+        *cols,
+        rounds,
+    ).select_from(RUNS.join(EXPERIMENTS))

@@ -1,0 +1,221 @@
+"""The learning task: a model, device-resident client data and vectorised gradients.
+
+Client data lives on the device as one tensor of samples grouped by client
+(`x [N, *shape]`, `y [N]`) with `offsets [n]` and `counts [n]`. A minibatch for a whole
+cohort is a gather: sample indices `offset_i + floor(u * count_i)` for `u ~ U[0,1)` of shape
+`[m, K, B]`. Full local batches pad each client to the largest count in the chunk and weight
+padding by zero, so no loss is ever averaged over padding.
+
+Gradients for a cohort are computed in chunks of at most `chunk` clients so that the
+activations of a large cohort stay within a memory budget; every chunk is one batched
+forward/backward over its clients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fedbench.models import Model
+
+DEFAULT_MEMORY_GB = 2.0
+EVAL_CHUNK = 8192  # samples per evaluation forward pass
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """Training samples grouped by client plus the held-out test set, on one device."""
+
+    x: Tensor  # [N, *shape] float32, grouped by client
+    y: Tensor  # [N] int64
+    offsets: Tensor  # [n] int64
+    counts: Tensor  # [n] int64
+    client_of: Tensor  # [N] int64 client id of each training sample
+    x_test: Tensor  # [N_test, *shape]
+    y_test: Tensor  # [N_test]
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.numel())
+
+    @classmethod
+    def from_numpy(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        counts: np.ndarray,
+        x_test: np.ndarray,
+        y_test: np.ndarray,
+        device: torch.device,
+    ) -> ClientData:
+        counts_t = torch.as_tensor(counts, dtype=torch.int64)
+        offsets = torch.cumsum(counts_t, 0) - counts_t
+        client_of = torch.repeat_interleave(torch.arange(counts_t.numel()), counts_t)
+        return cls(
+            x=torch.as_tensor(x, dtype=torch.float32).to(device),
+            y=torch.as_tensor(y, dtype=torch.int64).to(device),
+            offsets=offsets.to(device),
+            counts=counts_t.to(device),
+            client_of=client_of.to(device),
+            x_test=torch.as_tensor(x_test, dtype=torch.float32).to(device),
+            y_test=torch.as_tensor(y_test, dtype=torch.int64).to(device),
+        )
+
+
+def regulariser(w: Tensor, kind: str, lam: float) -> tuple[Tensor, Tensor | None]:
+    """Value `[...]` and gradient of the regulariser for `w [..., d]` (None when absent)."""
+    if kind == "none" or lam == 0.0:
+        return torch.zeros(w.shape[:-1], device=w.device), None
+    if kind == "l2":
+        return 0.5 * lam * (w * w).sum(-1), lam * w
+    if kind == "nonconvex":  # λ Σ_k w_k² / (1 + w_k²), gradient λ 2w / (1 + w²)²
+        w2 = w * w
+        return lam * (w2 / (1 + w2)).sum(-1), lam * 2 * w / (1 + w2) ** 2
+    raise ValueError(f"unknown regulariser {kind!r}")
+
+
+class Task:
+    """Loss, vectorised per-client gradients and evaluation for one model on one dataset."""
+
+    def __init__(
+        self,
+        model: Model,
+        data: ClientData,
+        reg: str = "none",
+        lam: float = 0.0,
+        memory_gb: float | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.reg = reg
+        self.lam = lam
+        self.device = data.x.device
+        if memory_gb is None:
+            memory_gb = float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB))
+        self.memory_bytes = memory_gb * 2**30
+        self._act_floats = _activation_floats(model, tuple(data.x.shape[1:]))
+
+    @property
+    def d(self) -> int:
+        return self.model.d
+
+    @property
+    def n(self) -> int:
+        return self.data.n
+
+    def init_params(self, gen: torch.Generator) -> Tensor:
+        """Initial server model `[d]` on the task's device."""
+        return self.model.init(gen).to(self.device)
+
+    def chunk_size(self, batch: int) -> int:
+        """Clients per forward/backward so that activations and gradient buffers fit the budget."""
+        per_client = 4 * (3 * self.d + 3 * batch * self._act_floats)  # bytes, float32
+        return max(1, int(self.memory_bytes // per_client))
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def batch_indices(self, ids: Tensor, steps: int, batch: int, gen: torch.Generator) -> Tensor:
+        """Global sample indices `[m, steps, batch]` drawn uniformly (with replacement) from
+        each client's own samples."""
+        u = torch.rand((ids.numel(), steps, batch), generator=gen, device=gen.device)
+        u = u.to(self.device)
+        counts = self.data.counts[ids].view(-1, 1, 1)
+        local = (u * counts).long().clamp_max_(counts - 1)  # guard u*count rounding up to count
+        return self.data.offsets[ids].view(-1, 1, 1) + local
+
+    def _full_batch(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Every sample of each client, padded: indices `[m, max_count]` and weights
+        1/count_i on real samples, 0 on padding."""
+        counts = self.data.counts[ids]  # [m]
+        width = int(counts.max())
+        pos = torch.arange(width, device=self.device).expand(ids.numel(), width)
+        mask = pos < counts.unsqueeze(1)  # [m, width]
+        idx = self.data.offsets[ids].unsqueeze(1) + torch.where(mask, pos, 0)
+        wt = mask.float() / counts.unsqueeze(1).float()
+        return idx, wt
+
+    # -- gradients -----------------------------------------------------------------------------
+
+    def loss_grad(
+        self, w: Tensor, ids: Tensor, idx: Tensor | None = None, out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-client loss `[m]` and gradient `[m, d]` of f_i at the rows of `w [m, d]`.
+
+        `idx [m, B]` are global sample indices (a minibatch per client); None means each
+        client's full local data. The regulariser is included. `out` receives the gradient.
+        """
+        m = w.shape[0]
+        g = torch.empty_like(w) if out is None else out
+        loss = torch.empty(m, device=w.device)
+        width = idx.shape[1] if idx is not None else int(self.data.counts[ids].max())
+        step = self.chunk_size(width)
+        for s in range(0, m, step):  # chunks of clients, not single clients
+            e = min(m, s + step)
+            if idx is None:
+                bidx, wt = self._full_batch(ids[s:e])
+            else:
+                bidx = idx[s:e]
+                wt = torch.full(bidx.shape, 1.0 / bidx.shape[1], device=w.device)
+            x, y = self.data.x[bidx], self.data.y[bidx]  # [c, B, *shape], [c, B]
+            loss[s:e], _ = self.model.loss_grad(w[s:e], x, y, wt, out=g[s:e])
+        r, dr = regulariser(w, self.reg, self.lam)
+        if dr is not None:
+            loss += r
+            g += dr
+        return loss, g
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _sample_losses(self, w: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample cross-entropy `[N]` and correctness `[N]` of the single model `w [d]`."""
+        losses, correct = [], []
+        for s in range(0, x.shape[0], EVAL_CHUNK):
+            z = self.model.logits(w.unsqueeze(0), x[s : s + EVAL_CHUNK].unsqueeze(0))[0]
+            losses.append(F.cross_entropy(z, y[s : s + EVAL_CHUNK], reduction="none"))
+            correct.append(z.argmax(-1) == y[s : s + EVAL_CHUNK])
+        return torch.cat(losses), torch.cat(correct)
+
+    @torch.no_grad()
+    def evaluate(self, w: Tensor) -> dict[str, float]:
+        """`test_loss` (cross-entropy) and `test_accuracy` of `w [d]` on the held-out set."""
+        if self.data.y_test.numel() == 0:
+            return {}
+        ce, correct = self._sample_losses(w, self.data.x_test, self.data.y_test)
+        return {"test_loss": float(ce.mean()), "test_accuracy": float(correct.float().mean())}
+
+    @torch.no_grad()
+    def train_loss(self, w: Tensor) -> float:
+        """The objective f(w) = (1/n) Σ_i f_i(w): each client's mean loss, averaged over clients,
+        regulariser included."""
+        ce, _ = self._sample_losses(w, self.data.x, self.data.y)
+        per_client = torch.zeros(self.n, device=w.device).index_add_(0, self.data.client_of, ce)
+        per_client /= self.data.counts
+        r, _ = regulariser(w, self.reg, self.lam)
+        return float(per_client.mean() + r)
+
+
+def _activation_floats(model: Model, input_shape: tuple[int, ...]) -> int:
+    """Floats of activations per sample in one forward pass (traced on the meta device)."""
+    total = math.prod(input_shape)
+    hooks = []
+
+    def count(_m: torch.nn.Module, _i: object, out: Tensor) -> None:
+        nonlocal total
+        total += out[0].numel()
+
+    for mod in model.template.modules():
+        if not list(mod.children()):
+            hooks.append(mod.register_forward_hook(count))
+    try:
+        model.template(torch.empty((1, *input_shape), device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total

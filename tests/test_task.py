@@ -1,0 +1,163 @@
+"""Models and the task: vectorised gradients equal a Python loop over clients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_task
+from torch.func import functional_call
+
+from fedbench.models import MLP, build_model
+from fedbench.seeding import generator
+from fedbench.task import Task, regulariser
+
+
+def loop_loss_grad(model, w, x, y):
+    """Reference: one client at a time, plain autograd through functional_call on a real module."""
+    losses, grads = [], []
+    for i in range(w.shape[0]):
+        wi = w[i].clone().requires_grad_()
+        params = model.spec.unflatten(wi)
+        logits = functional_call(model.template, params, (x[i],))
+        loss = F.cross_entropy(logits, y[i])
+        (g,) = torch.autograd.grad(loss, wi)
+        losses.append(loss.detach())
+        grads.append(g)
+    return torch.stack(losses), torch.stack(grads)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "params"),
+    [
+        ("logreg", (12,), {}),
+        ("mlp", (1, 3, 4), {"hidden": [16, 8]}),
+        ("cnn", (1, 8, 8), {"channels": [4, 8], "hidden": [16]}),
+        ("cnn", (2, 10), {"channels": [4], "hidden": []}),
+    ],
+)
+def test_vectorised_gradients_equal_a_loop(name, shape, params):
+    model = build_model(name, params, shape, 5)
+    m, B = 4, 7
+    gen = torch.Generator().manual_seed(0)
+    w = torch.stack([model.init(gen) for _ in range(m)])  # different model per client
+    x = torch.randn((m, B, *shape), generator=gen)
+    y = torch.randint(0, 5, (m, B), generator=gen)
+    wt = torch.full((m, B), 1.0 / B)
+    loss, g = model.loss_grad(w, x, y, wt)
+    ref_loss, ref_g = loop_loss_grad(model, w, x, y)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, ref_g, rtol=1e-4, atol=1e-6)
+
+
+def test_hand_batched_mlp_equals_torch_func_path():
+    model = build_model("mlp", {"hidden": [6, 5]}, (4,), 3)
+    assert isinstance(model, MLP)
+    gen = torch.Generator().manual_seed(1)
+    w = torch.stack([model.init(gen) for _ in range(3)])
+    x, y = torch.randn(3, 9, 4, generator=gen), torch.randint(0, 3, (3, 9), generator=gen)
+    wt = torch.rand(3, 9, generator=gen)  # arbitrary per-sample weights, padding-like zeros too
+    wt[:, -2:] = 0
+    out = torch.empty_like(w)
+    loss, g = model.loss_grad(w, x, y, wt, out=out)
+    generic_loss, generic_g = super(MLP, model).loss_grad(w, x, y, wt)
+    assert g.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(loss, generic_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, generic_g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["l2", "nonconvex"])
+def test_regulariser_gradient_is_the_derivative_of_its_value(kind):
+    w = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    value, grad = regulariser(w, kind, 0.3)
+    (auto,) = torch.autograd.grad(value.sum(), w)
+    torch.testing.assert_close(grad, auto)
+    none_value, none_grad = regulariser(w, "none", 0.3)
+    assert none_grad is None and float(none_value.abs().sum()) == 0.0
+
+
+def test_full_batch_gradient_ignores_padding_and_equals_per_client_gradients():
+    task = make_task(model="mlp", n=4, per_client=[3, 9, 5, 1])  # unequal sizes -> padding
+    x = task.init_params(generator(0, 0, "init"))
+    ids = torch.tensor([3, 0, 1])
+    loss, g = task.loss_grad(x.expand(3, -1), ids)
+    for row, i in enumerate(ids.tolist()):
+        s, c = int(task.data.offsets[i]), int(task.data.counts[i])
+        w = x.clone().requires_grad_()
+        logits = task.model.logits(w.unsqueeze(0), task.data.x[s : s + c].unsqueeze(0))[0]
+        ref = F.cross_entropy(logits, task.data.y[s : s + c]) + 0.5 * task.lam * (w * w).sum()
+        (ref_g,) = torch.autograd.grad(ref, w)
+        torch.testing.assert_close(loss[row], ref.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g[row], ref_g, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_cohort_equals_one_pass():
+    big = make_task(model="mlp", n=7, per_client=11)
+    small = Task(
+        big.model, big.data, reg=big.reg, lam=big.lam, memory_gb=1e-9
+    )  # one client per chunk
+    assert small.chunk_size(4) == 1 and big.chunk_size(4) >= 7
+    x = big.init_params(generator(1, 0, "init"))
+    w = x + 0.01 * torch.randn(7, big.d, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(7)
+    idx = big.batch_indices(ids, 1, 4, generator(0, 1, "batches"))[:, 0]
+    for i in (idx, None):
+        l1, g1 = big.loss_grad(w, ids, i)
+        l2, g2 = small.loss_grad(w, ids, i)
+        torch.testing.assert_close(l1, l2)
+        torch.testing.assert_close(g1, g2)
+
+
+def test_batch_indices_stay_inside_each_clients_samples_and_are_deterministic():
+    task = make_task(n=5, per_client=[1, 2, 30, 4, 7])
+    ids = torch.tensor([0, 2, 4])
+    idx = task.batch_indices(ids, 3, 64, generator(3, 1, "batches"))
+    assert idx.shape == (3, 3, 64)
+    owner = task.data.client_of[idx]
+    assert torch.equal(owner, ids.view(3, 1, 1).expand_as(owner))
+    assert torch.equal(idx, task.batch_indices(ids, 3, 64, generator(3, 1, "batches")))
+    # client 2 has 30 samples: 192 draws hit most of them (uniform sampling, not the first few)
+    assert idx[1].unique().numel() > 20
+
+
+def test_train_loss_is_the_client_uniform_mean_plus_regulariser():
+    task = make_task(model="logreg", n=3, per_client=[2, 10, 5], reg="nonconvex", lam=0.1)
+    x = task.init_params(generator(0, 0, "init"))
+    d = task.data
+    per_client = []
+    for i in range(3):
+        s, c = int(d.offsets[i]), int(d.counts[i])
+        logits = task.model.logits(x.unsqueeze(0), d.x[s : s + c].unsqueeze(0))[0]
+        per_client.append(F.cross_entropy(logits, d.y[s : s + c]))
+    expected = torch.stack(per_client).mean() + 0.1 * (x * x / (1 + x * x)).sum()
+    assert math.isclose(task.train_loss(x), float(expected), rel_tol=1e-5)
+    ev = task.evaluate(x)
+    assert set(ev) == {"test_loss", "test_accuracy"} and 0.0 <= ev["test_accuracy"] <= 1.0
+
+
+def test_initialisation_is_pytorch_default_and_seeded():
+    model = build_model("mlp", {"hidden": [50]}, (20,), 4)
+    a = model.init(generator(0, 0, "init"))
+    b = model.init(generator(0, 0, "init"))
+    c = model.init(generator(1, 0, "init"))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    v = model.spec.unflatten(a)
+    W1, b1 = v["1.weight"], v["1.bias"]
+    bound = 1 / math.sqrt(20)
+    assert float(W1.abs().max()) <= bound and float(b1.abs().max()) <= bound
+    assert float(W1.std()) == pytest.approx(bound / math.sqrt(3), rel=0.1)  # U(-b, b) has std b/√3
+
+
+def test_param_spec_round_trip():
+    model = build_model("cnn", {"channels": [3], "hidden": [5]}, (1, 6, 6), 2)
+    w = torch.arange(model.d, dtype=torch.float32)
+    parts = model.spec.unflatten(w)
+    assert torch.equal(model.spec.flatten(parts), w)
+    assert sum(p.numel() for p in parts.values()) == model.d
+
+
+def test_cnn_refuses_flat_features():
+    with pytest.raises(ValueError, match="model 'cnn' needs images"):
+        build_model("cnn", {"channels": [4], "hidden": []}, (60,), 10)
