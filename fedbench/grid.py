@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fedbench.algorithms import ALGORITHMS
 from fedbench.compressors import COMPRESSORS, compressor_kind
@@ -186,13 +186,35 @@ def load(path: str | Path) -> Grid:
     return parse(text, p)
 
 
+class Family(NamedTuple):
+    """One family of jobs: the base grid (where = "") or a [[variant]]."""
+
+    where: str  # "[[variant]] i", or "" for the base grid
+    fixed: dict[str, Any]  # "section.field" -> value, applied to every job of the family
+    axes: dict[str, list[Any]]  # "section.field" -> values, crossed
+
+
 def parse(text: str, path: Path) -> Grid:
+    """Expand and validate grid text; every problem of the file is reported at once."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise GridError([f"{path}: invalid TOML: {e}"]) from None
     problems: list[str] = []
     say = problems.append
+    base = _base_sections(raw, path, say)
+    seeds = _seeds(base["experiment"].pop("seeds", [0]), path, say)
+    if not base["experiment"].get("name"):
+        base["experiment"]["name"] = path.stem
+    families = _families(raw, path, say)
+    jobs, ignored = _expand(base, families, seeds, path, say)
+    if problems:
+        raise GridError(list(dict.fromkeys(problems)))
+    return Grid(path, text, jobs, ignored)
+
+
+def _base_sections(raw: Mapping[str, Any], path: Path, say: Any) -> dict[str, dict[str, Any]]:
+    """The base config: every section but [grid] and [[variant]], fields checked by name."""
     for key in raw:
         if key not in TOP_LEVEL:
             say(f"{path}: unknown section [{key}]; allowed: {', '.join(TOP_LEVEL)}")
@@ -202,67 +224,67 @@ def parse(text: str, path: Path) -> Grid:
         if not isinstance(sec, dict):
             say(f"{path}: {s} must be a table [{s}]")
             sec = {}
-        base[s] = dict(sec)
         allowed = allowed_fields(s) + (["seeds"] if s == "experiment" else [])
         for k in sec:
             if k not in allowed:
                 say(f"{path}: [{s}] {k}: unknown field; allowed: {', '.join(allowed)}")
+        base[s] = {k: v for k, v in sec.items() if k in allowed}
+    return base
+
+
+def _families(raw: Mapping[str, Any], path: Path, say: Any) -> list[Family]:
+    """The base grid's family and one per [[variant]]; a variant's keys win over the grid's
+    axes on the same key."""
     axes = _axes(raw.get("grid", {}), "[grid]", path, say)
-    variants_raw = raw.get("variant", [])
-    if not isinstance(variants_raw, list):
+    variants = raw.get("variant", [])
+    if not isinstance(variants, list):
         say(f"{path}: variants must be written [[variant]]")
-        variants_raw = []
-    seeds = _seeds(base["experiment"].pop("seeds", [0]), path, say)
-    if not base["experiment"].get("name"):
-        base["experiment"]["name"] = path.stem
-    families: list[tuple[str, dict[str, Any], dict[str, list[Any]]]] = [("", {}, axes)]
-    for i, v in enumerate(variants_raw, 1):
+        variants = []
+    families = [Family("", {}, axes)]
+    for i, v in enumerate(variants, 1):
         where = f"[[variant]] {i}"
         if not isinstance(v, dict):
             say(f'{path}: {where} must be a table of "section.field" = value')
             continue
         fixed = {k: val for k, val in v.items() if not isinstance(val, list)}
         own = _axes({k: val for k, val in v.items() if isinstance(val, list)}, where, path, say)
-        _check_keys(fixed, where, path, say)
+        fixed = _check_keys(fixed, where, path, say)
         merged = {k: val for k, val in axes.items() if k not in fixed and k not in own}
-        merged.update(own)
-        families.append((where, fixed, merged))
-    if problems:
-        raise GridError(problems)
+        families.append(Family(where, fixed, {**merged, **own}))
+    return families
 
+
+def _expand(
+    base: dict[str, dict[str, Any]], families: list[Family], seeds: list[int], path: Path, say: Any
+) -> tuple[list[Job], dict[str, set[str]]]:
+    """Every family's cartesian product, resolved, times the seeds; identical jobs merge.
+    A problem is reported once per offending value, with where the value came from."""
     jobs: dict[str, Job] = {}
     ignored: dict[str, set[str]] = {}
-    seen_problems: dict[str, None] = {}
-    for where, fixed, fam_axes in families:
-        keys = list(fam_axes)
-        for combo in itertools.product(*(fam_axes[k] for k in keys)):
+    for fam in families:
+        keys = list(fam.axes)
+        for combo in itertools.product(*(fam.axes[k] for k in keys)):
             cfg = {s: dict(base[s]) for s in SECTIONS}
             source = {f"{s}.{k}": f"[{s}]" for s in SECTIONS for k in base[s]}
-            for k, val in fixed.items():
+            overrides = [(k, v, fam.where) for k, v in fam.fixed.items()]
+            overrides += [(k, v, fam.where or "[grid]") for k, v in zip(keys, combo, strict=True)]
+            for k, val, where in overrides:
                 s, f = k.split(".", 1)
                 cfg[s][f] = val
                 source[k] = where
-            for k, val in zip(keys, combo, strict=True):
-                s, f = k.split(".", 1)
-                cfg[s][f] = val
-                source[k] = where or "[grid]"
             try:
                 resolved, dropped = resolve(cfg)
             except GridError as e:
                 for prob in e.problems:
-                    k = prob.split(" ", 1)[0].split("=", 1)[0]
-                    seen_problems[
-                        f"{path}: {source.get(k, '[' + k.split('.')[0] + ']')} {prob}"
-                    ] = None
+                    k = prob.split(" ", 1)[0]
+                    say(f"{path}: {source.get(k, '[' + k.split('.')[0] + ']')} {prob}")
                 continue
             for k, who in dropped.items():
                 ignored.setdefault(k, set()).update(who)
             for seed in seeds:
                 key = job_key(resolved, seed)
                 jobs.setdefault(key, Job(key, seed, resolved))
-    if seen_problems:
-        raise GridError(list(seen_problems))
-    return Grid(path, text, list(jobs.values()), ignored)
+    return list(jobs.values()), ignored
 
 
 def _axes(table: Any, where: str, path: Path, say: Any) -> dict[str, list[Any]]:
@@ -270,8 +292,7 @@ def _axes(table: Any, where: str, path: Path, say: Any) -> dict[str, list[Any]]:
         say(f'{path}: {where} must be a table of "section.field" = [values]')
         return {}
     out: dict[str, list[Any]] = {}
-    _check_keys(table, where, path, say)
-    for k, v in table.items():
+    for k, v in _check_keys(table, where, path, say).items():
         if not isinstance(v, list) or not v:
             say(
                 f"{path}: {where} {k}: an axis must be a non-empty list of values "
@@ -282,16 +303,25 @@ def _axes(table: Any, where: str, path: Path, say: Any) -> dict[str, list[Any]]:
     return out
 
 
-def _check_keys(table: Mapping[str, Any], where: str, path: Path, say: Any) -> None:
-    for k in table:
+# One grid file is one experiment: these describe it and cannot vary between its jobs.
+FIXED_PER_GRID = ("experiment.name", "experiment.description", "experiment.seeds")
+
+
+def _check_keys(table: Mapping[str, Any], where: str, path: Path, say: Any) -> dict[str, Any]:
+    """The entries of a [grid]/[[variant]] table whose keys name a known "section.field"."""
+    good = {}
+    for k, v in table.items():
         s, _, f = k.partition(".")
         if s not in SECTIONS or not f:
             sections = ", ".join(SECTIONS)
             say(f'{path}: {where} {k}: keys are "section.field" with section one of {sections}')
-        elif f == "seeds" and s == "experiment":
-            say(f"{path}: {where} {k}: seeds cannot be an axis; list them in [experiment] seeds")
+        elif k in FIXED_PER_GRID:
+            say(f"{path}: {where} {k}: one grid file is one experiment; set it in [experiment]")
         elif f not in allowed_fields(s):
             say(f"{path}: {where} {k}: unknown field; allowed: {', '.join(allowed_fields(s))}")
+        else:
+            good[k] = v
+    return good
 
 
 def _seeds(value: Any, path: Path, say: Any) -> list[int]:
@@ -304,7 +334,7 @@ def _seeds(value: Any, path: Path, say: Any) -> list[int]:
     ):
         return list(dict.fromkeys(value))
     say(
-        f"{path}: [experiment] seeds = {value!r}: allowed: "
+        f"{path}: [experiment] seeds = {_show(value)}: allowed: "
         "a non-empty list of integers >= 0, or a count >= 1"
     )
     return [0]
@@ -342,7 +372,7 @@ def resolve(
             if name not in reg:
                 field_name = _NAME_FIELD.get(reg.what, "name")
                 problems.append(
-                    f"{s}.{field_name} = {merged.get(field_name)!r}: unknown {reg.what}; "
+                    f"{s}.{field_name} = {_show(merged.get(field_name))}: unknown {reg.what}; "
                     f"allowed: {', '.join(reg)}"
                 )
                 continue
@@ -365,8 +395,8 @@ def resolve(
     if up is not None and up.kind == "exact" and out["compressor"]["error_feedback"]:
         out["compressor"]["error_feedback"] = False  # nothing is lost, nothing to feed back
         dropped.setdefault("compressor.error_feedback", set()).add(up.name)
-    if not problems:
-        _cross_checks(out, problems)
+    bad = {p.split(" ", 1)[0] for p in problems}  # fields whose value was refused
+    _cross_checks(out, bad, problems)
     if problems:
         raise GridError(problems)
     return out, dropped
@@ -391,34 +421,45 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list, bool)) else repr(value)
 
 
-def _cross_checks(cfg: dict[str, dict[str, Any]], problems: list[str]) -> None:
-    alg = ALGORITHMS[cfg["algorithm"]["name"]]
+def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[str]) -> None:
+    """Checks across fields, skipped where a field involved was itself refused."""
+    alg = ALGORITHMS.get(cfg["algorithm"]["name"])
     up = cfg["compressor"]
-    kind = compressor_kind(up["name"], up)
-    if alg.requires != "any" and kind not in ("exact", alg.requires):
-        fitting = [c for c in COMPRESSORS if COMPRESSORS[c].kind in ("exact", alg.requires)]
-        hint = " (or randk with unbiased = false)" if alg.requires == "contractive" else ""
-        problems.append(
-            f"compressor.name = {_show(up['name'])}: {alg.name} needs a {alg.requires} "
-            f"compressor and {up['name']} is {kind}; allowed: {', '.join(fitting)}{hint}"
-        )
+    if alg is not None and up["name"] in COMPRESSORS and not bad & {"compressor.unbiased"}:
+        kind = compressor_kind(up["name"], up)
+        if alg.requires != "any" and kind not in ("exact", alg.requires):
+            fitting = [c for c in COMPRESSORS if COMPRESSORS[c].kind in ("exact", alg.requires)]
+            hint = " (or randk with unbiased = false)" if alg.requires == "contractive" else ""
+            problems.append(
+                f"compressor.name = {_show(up['name'])}: {alg.name} needs a {alg.requires} "
+                f"compressor and {up['name']} is {kind}; allowed: {', '.join(fitting)}{hint}"
+            )
     task = cfg["task"]
-    ds = DATASETS[dataset_name(task["dataset"])]
-    allowed_parts = ds.extra.get("partitions")
-    if allowed_parts is not None and task["partition"] not in allowed_parts:
-        problems.append(
-            f"task.partition = {_show(task['partition'])}: dataset {ds.name} allows "
-            f"{', '.join(allowed_parts)}"
-        )
-    if cfg["algorithm"]["participation"] * task["clients"] < 0.5:
-        problems.append(
-            f"algorithm.participation = {cfg['algorithm']['participation']}: fewer than one of "
-            f"{task['clients']} clients per round; allowed: >= {1 / task['clients']:.3g}"
-        )
+    ds = DATASETS.get(dataset_name(task["dataset"]))
+    if ds is not None and "task.partition" not in bad:
+        allowed_parts = ds.extra.get("partitions", tuple(PARTITIONS))
+        if task["partition"] not in allowed_parts:
+            problems.append(
+                f"task.partition = {_show(task['partition'])}: dataset {ds.name} allows "
+                f"{', '.join(allowed_parts)}"
+            )
+    if not bad & {"algorithm.participation", "task.clients"}:
+        p, n = cfg["algorithm"]["participation"], task["clients"]
+        if p * n < 0.5:
+            problems.append(
+                f"algorithm.participation = {p}: fewer than one of {n} clients per round; "
+                f"allowed: >= {1 / n:.3g}"
+            )
 
 
 def job_key(config: Mapping[str, Any], seed: int) -> str:
-    blob = json.dumps({"config": config, "seed": seed}, sort_keys=True, separators=(",", ":"))
+    """Hash of the resolved config and the seed (the free-text description is left out)."""
+    exp = {k: v for k, v in config["experiment"].items() if k != "description"}
+    blob = json.dumps(
+        {"config": {**config, "experiment": exp}, "seed": seed},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

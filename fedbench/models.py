@@ -170,10 +170,12 @@ class MLP(Model):
         layers = self._layers(w)
         for i in range(len(layers) - 1, -1, -1):
             gW, gb = grads[i]
-            torch.bmm(dz.transpose(1, 2), h[i], out=gW)  # [m, out, in]
+            # a contiguous product takes MKL's batched GEMM; writing into the strided view of
+            # g directly would fall back to one GEMM per client
+            gW.copy_(torch.bmm(dz.transpose(1, 2), h[i]))  # [m, out, in]
             torch.sum(dz, dim=1, out=gb)  # [m, out]
-            if i > 0:
-                dz = torch.bmm(dz, layers[i][0]).mul_(h[i] > 0)  # [m, B, in]
+            if i > 0:  # through W and the ReLU: [m, B, in]
+                dz = torch.ops.aten.threshold_backward(torch.bmm(dz, layers[i][0]), h[i], 0)
         return loss, g
 
 

@@ -259,6 +259,15 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(db).expanduser()
 
 
+def is_new_sqlite_file(url: str | None) -> bool:
+    """True when the URL names an SQLite file that does not exist yet (nothing to read)."""
+    try:
+        path = _sqlite_file(sa.make_url(resolve_url(url)))
+    except sa_exc.ArgumentError:
+        return False
+    return path is not None and not path.exists()
+
+
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     """Per-connection SQLite settings; the driver's own transaction handling is switched off
     so that the begin listener decides how each transaction starts."""
@@ -518,6 +527,15 @@ class Store:
                 for r in conn.execute(q.where(RUNS.c.key.in_(part))):
                     found[r.key] = RunInfo(int(r.id), r.key, r.status, r.error)
         return {k: found[k] for k in keys}
+
+    def statuses(self, keys: Sequence[str]) -> dict[str, str]:
+        """The status of every given key that has a run (read only; unknown keys are absent)."""
+        out: dict[str, str] = {}
+        with self._read() as conn:
+            for part in _chunks(list(keys)):
+                q = sa.select(RUNS.c.key, RUNS.c.status).where(RUNS.c.key.in_(part))
+                out.update({r.key: r.status for r in conn.execute(q)})
+        return out
 
     def start_run(self, key: str, host: str, device: str, resume_round: int | None = None) -> int:
         """Mark run `key` running and return its id. Its metrics after `resume_round` (all of

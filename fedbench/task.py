@@ -25,6 +25,7 @@ from torch import Tensor
 from fedbench.models import Model
 
 DEFAULT_MEMORY_GB = 2.0
+DEFAULT_CACHE_MB = 16.0  # working set of one block of clients in local training
 EVAL_CHUNK = 8192  # samples per evaluation forward pass
 
 
@@ -113,10 +114,22 @@ class Task:
         """Initial server model `[d]` on the task's device."""
         return self.model.init(gen).to(self.device)
 
+    def _client_bytes(self, batch: int) -> int:
+        """Working set of one client in a step: model, gradient, update, activations (float32)."""
+        return 4 * (3 * self.d + 3 * batch * self._act_floats)
+
     def chunk_size(self, batch: int) -> int:
         """Clients per forward/backward so that activations and gradient buffers fit the budget."""
-        per_client = 4 * (3 * self.d + 3 * batch * self._act_floats)  # bytes, float32
-        return max(1, int(self.memory_bytes // per_client))
+        return max(1, int(self.memory_bytes // self._client_bytes(batch)))
+
+    def block_size(self, batch: int) -> int:
+        """Clients whose local steps run together: few enough that their models stay in the
+        CPU cache across the K steps (each step streams every model of the block), capped by
+        the memory budget. On a GPU the whole memory chunk is one block."""
+        if self.device.type != "cpu":
+            return self.chunk_size(batch)
+        cache = float(os.environ.get("FEDBENCH_CACHE_MB", DEFAULT_CACHE_MB)) * 2**20
+        return max(1, min(self.chunk_size(batch), int(cache // self._client_bytes(batch))))
 
     # -- sampling ------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from fedbench.seeding import RoundRng
 from fedbench.task import Task
 
 State = Any
-Correction = Callable[[Tensor, Tensor], Tensor]  # (y [m, d], g [m, d]) -> corrected g [m, d]
+# (y [c, d], g [c, d], rows) -> corrected g [c, d] for the block `rows` of the cohort
+Correction = Callable[[Tensor, Tensor, slice], Tensor]
 
 
 class Env(NamedTuple):
@@ -99,23 +100,32 @@ def local_sgd(
     gen: torch.Generator,
     correction: Correction | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """K local SGD steps for the whole cohort at once: y ← y − lr·(g_i(y) [+ correction]).
+    """K local SGD steps for the whole cohort: y ← y − lr·(g_i(y) [+ correction]).
 
-    `y0` is `[d]` (everyone starts from the broadcast model) or `[m, d]`. Returns the final
-    models `[m, d]` and each client's mean minibatch loss over the steps `[m]`.
+    `y0` is `[d]` (everyone starts from the broadcast model) or `[m, d]`. Clients run in blocks
+    (`Task.block_size`): each block does all K steps as batched passes over its clients while
+    their models are still in cache. Minibatches are drawn for the whole cohort up front, so
+    the result does not depend on the block size. Returns the final models `[m, d]` and each
+    client's mean minibatch loss over the steps `[m]`.
     """
     m = ids.numel()
     y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
-    g = torch.empty_like(y)
     full = env.batch_size == "full"
     idx = None if full else env.task.batch_indices(ids, steps, int(env.batch_size), gen)
+    width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2]
+    block = env.task.block_size(width)
     loss_sum = torch.zeros(m, device=y.device)
-    for k in range(steps):  # steps, not clients: every step is one batched pass over the cohort
-        loss, g = env.task.loss_grad(y, ids, None if idx is None else idx[:, k], out=g)
-        loss_sum += loss
-        if correction is not None:
-            g = correction(y, g)
-        y.add_(g, alpha=-lr)
+    for s in range(0, m, block):  # blocks of clients, each one batched computation
+        rows = slice(s, min(m, s + block))
+        yb = y[rows]  # a view: updated in place
+        g = torch.empty_like(yb)
+        for k in range(steps):
+            bidx = None if idx is None else idx[rows, k]
+            loss, g = env.task.loss_grad(yb, ids[rows], bidx, out=g)
+            loss_sum[rows] += loss
+            if correction is not None:
+                g = correction(yb, g, rows)
+            yb.add_(g, alpha=-lr)
     return y, loss_sum / steps
 
 

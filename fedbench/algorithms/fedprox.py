@@ -24,8 +24,8 @@ def proximal(mu: float) -> Any:
         if mu == 0.0:
             return None
 
-        def corr(y: Tensor, g: Tensor) -> Tensor:
-            return g.add_(y - x, alpha=mu)  # [m, d]
+        def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
+            return g.add_(y - x, alpha=mu)  # [c, d]
 
         return corr
 

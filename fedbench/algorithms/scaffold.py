@@ -70,8 +70,8 @@ def scaffold(lr: float, local_steps: int, **server: Any) -> Algorithm:
         c_i = s.c_i[ids]  # [m, d]
         drift = s.c - c_i  # [m, d]: −c_i + c
 
-        def corr(y: Tensor, g: Tensor) -> Tensor:
-            return g.add_(drift)
+        def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
+            return g.add_(drift[rows])
 
         x = down.x_hat
         y, loss = local_sgd(env, x, ids, local_steps, lr, rng(seeding.BATCHES), corr)

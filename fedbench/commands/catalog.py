@@ -4,33 +4,50 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
+
+from rich.markup import escape
 
 from fedbench.commands.common import FormatOption, check_format, console, one_line_errors
-from fedbench.params import Registry
+from fedbench.grid import COMMON
+from fedbench.params import Param, Registry
 
 
-def _emit(registries: list[tuple[str, Registry]], fmt: str) -> None:
+def _param_json(params: Mapping[str, Param]) -> dict[str, dict[str, object]]:
+    return {
+        k: {"default": p.default, "help": p.help, "allowed": p.allowed()} for k, p in params.items()
+    }
+
+
+def _params(params: Mapping[str, Param]) -> None:
+    for k, p in params.items():
+        console.print(
+            f"    {k} = {escape(json.dumps(p.default))}  [dim]{escape(p.help)}; "
+            f"{escape(p.allowed())}[/dim]",
+            highlight=False,
+        )
+
+
+def _emit(
+    registries: list[tuple[str, Registry]], fmt: str, common: Mapping[str, Mapping[str, Param]]
+) -> None:
+    """List components; `common` holds the fields every job has, per grid section."""
     check_format(fmt, ("table", "json"))
     if fmt == "json":
-        out = {
-            title: [
-                {
-                    "name": c.name,
-                    "summary": c.summary,
-                    "paper": c.paper,
-                    "kind": c.kind,
-                    "requires": c.requires,
-                    "params": {
-                        k: {"default": p.default, "help": p.help, "allowed": p.allowed()}
-                        for k, p in c.params.items()
-                    },
-                }
-                for c in (reg[n] for n in reg)
-            ]
-            for title, reg in registries
+        out: dict[str, object] = {
+            "common": {sec: _param_json(fields) for sec, fields in common.items()},
         }
+        for title, reg in registries:
+            out[title] = [
+                {"name": c.name, "summary": c.summary, "paper": c.paper, "kind": c.kind,
+                 "requires": c.requires, "params": _param_json(c.params)}
+                for c in (reg[n] for n in reg)
+            ]  # fmt: skip
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
+    for sec, fields in common.items():
+        console.rule(f"[bold]\\[{sec}] fields every job has")
+        _params(fields)
     for title, reg in registries:
         console.rule(f"[bold]{title}")
         for name in reg:
@@ -41,17 +58,13 @@ def _emit(registries: list[tuple[str, Registry]], fmt: str) -> None:
                 if t
             )
             console.print(
-                f"[bold cyan]{name}[/bold cyan]  {c.summary}"
+                f"[bold cyan]{name}[/bold cyan]  {escape(c.summary)}"
                 + (f"  [dim]({tags})[/dim]" if tags else ""),
                 highlight=False,
             )
             if c.paper:
-                console.print(f"    [dim]{c.paper}[/dim]", highlight=False)
-            for k, p in c.params.items():
-                console.print(
-                    f"    {k} = {json.dumps(p.default)}  [dim]{p.help}; {p.allowed()}[/dim]",
-                    highlight=False,
-                )
+                console.print(f"    [dim]{escape(c.paper)}[/dim]", highlight=False)
+            _params(c.params)
 
 
 @one_line_errors
@@ -62,7 +75,7 @@ def algorithms(fmt: FormatOption = "table") -> None:
     """
     from fedbench.algorithms import ALGORITHMS
 
-    _emit([("algorithms", ALGORITHMS)], fmt)
+    _emit([("algorithms", ALGORITHMS)], fmt, {"algorithm": COMMON["algorithm"]})
 
 
 @one_line_errors
@@ -73,7 +86,11 @@ def compressors(fmt: FormatOption = "table") -> None:
     """
     from fedbench.compressors import COMPRESSORS
 
-    _emit([("compressors", COMPRESSORS)], fmt)
+    _emit(
+        [("compressors", COMPRESSORS)],
+        fmt,
+        {"compressor": COMMON["compressor"], "downlink": COMMON["downlink"]},
+    )
 
 
 @one_line_errors
@@ -85,4 +102,8 @@ def datasets(fmt: FormatOption = "table") -> None:
     from fedbench.data import DATASETS, PARTITIONS
     from fedbench.models import MODELS
 
-    _emit([("datasets", DATASETS), ("partitions", PARTITIONS), ("models", MODELS)], fmt)
+    _emit(
+        [("datasets", DATASETS), ("partitions", PARTITIONS), ("models", MODELS)],
+        fmt,
+        {"task": COMMON["task"], "experiment": COMMON["experiment"]},
+    )

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -56,7 +57,7 @@ def one_line_errors(fn: F) -> F:
         except (DataError, StoreError, ReportError) as e:
             lines = [str(e)]
         for line in lines:
-            err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
     return wrapper  # type: ignore[return-value]
@@ -83,9 +84,9 @@ def emit_rows(
         w.writeheader()
         w.writerows(rows)
         return
-    table = Table(title=title or None, show_lines=False, header_style="bold")
+    table = Table(title=escape(title) or None, show_lines=False, header_style="bold")
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(escape(c), overflow="fold")
     for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+        table.add_row(*("" if r.get(c) is None else escape(str(r.get(c))) for c in cols))
     console.print(table)

@@ -36,4 +36,4 @@ def export(
     for t in table or TABLES:
         path = out / f"{t}.csv"
         store.export(t).to_csv(path, index=False)
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", highlight=False, markup=False)

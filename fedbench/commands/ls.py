@@ -50,6 +50,7 @@ def ls(
     if limit:
         runs = runs.tail(limit)
     finals = _final_metrics(store, [int(r) for r in runs["run_id"]]) if len(runs) else {}
+    raw = fmt != "table"
     rows = []
     for r in _records(runs):
         f = finals.get(int(r["run_id"]), {})
@@ -65,8 +66,9 @@ def ls(
                 "seed": r["seed"],
                 "status": r["status"],
                 "rounds": _int(r.get("rounds_logged")),
-                "test_accuracy": _fmt(f.get("test_accuracy")),
-                "bits_up": _fmt(f.get("bits_up"), "{:.3g}"),
+                # numbers for scripts, rounded strings for people
+                "test_accuracy": f.get("test_accuracy") if raw else _fmt(f.get("test_accuracy")),
+                "bits_up": f.get("bits_up") if raw else _fmt(f.get("bits_up"), "{:.3g}"),
             }
         )
     emit_rows(rows, fmt, title=f"{len(rows)} runs" + (f" of {experiment}" if experiment else ""))

@@ -89,4 +89,5 @@ def report(
             runs, metrics, kind, path, group_by=groups, bits=bits, per_client=per_client
         )
         # stdout stays machine-readable for --format json|csv: the note goes to stderr then
-        (console if fmt == "table" else err_console).print(f"wrote {written}", highlight=False)
+        out_console = console if fmt == "table" else err_console
+        out_console.print(f"wrote {written}", highlight=False, markup=False)

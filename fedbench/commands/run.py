@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,7 +21,7 @@ from rich.progress import (
 from fedbench import grid as gridlib
 from fedbench import runner
 from fedbench.commands.common import CommandError, DbOption, console, emit_rows, one_line_errors
-from fedbench.store import Store
+from fedbench.store import Store, is_new_sqlite_file
 
 TODO = ("pending", "running")
 
@@ -61,28 +63,33 @@ def run(
     problems = runner.preflight(jobs, str(grid))
     if problems:
         raise CommandError(*problems)
+    wanted = (*TODO, "failed") if rerun_failed else TODO
+    labels = gridlib.job_labels(g.jobs)
+    if dry_run:  # reads the database, writes nothing
+        known = {} if is_new_sqlite_file(db) else Store(db).statuses([j.key for j in jobs])
+        status = {j.key: known.get(j.key, "new") for j in jobs}
+        would = [j for j in jobs if status[j.key] in (*wanted, "new")]
+        rows = [
+            {"key": j.key, "job": labels[j.key], "seed": j.seed, "status": status[j.key],
+             "action": "run" if j in would else "skip"}
+            for j in jobs
+        ]  # fmt: skip
+        emit_rows(rows, "table", title=f"{g.name}: {len(would)} of {len(jobs)} jobs would run")
+        return
     store = Store(db)
     exp_id = store.upsert_experiment(g.name, str(grid), g.text)
     info = store.ensure_runs(exp_id, [runner.run_spec(j) for j in jobs])
-    wanted = (*TODO, "failed") if rerun_failed else TODO
     todo = [j for j in jobs if info[j.key].status in wanted]
-    labels = gridlib.job_labels(g.jobs)
-    if dry_run:
-        rows = [
-            {
-                "key": j.key,
-                "job": labels[j.key],
-                "seed": j.seed,
-                "status": info[j.key].status,
-                "action": "run" if j in todo else "skip",
-            }
-            for j in jobs
-        ]
-        emit_rows(rows, "table", title=f"{g.name}: {len(todo)} of {len(jobs)} jobs would run")
-        return
+    finished = Counter(info[j.key].status for j in jobs if j not in todo)
+    others = ", ".join(f"{v} {k}" for k, v in sorted(finished.items()))
+    if finished.get("failed"):
+        others += ": --rerun-failed runs them again"
     console.print(
-        f"[bold]{g.name}[/bold]: {len(jobs)} jobs, {len(jobs) - len(todo)} already finished, "
-        f"{len(todo)} to run on {dev} → {store.url}"
+        f"{g.name}: {len(jobs)} jobs, {len(todo)} to run"
+        + (f" ({others})" if others else "")
+        + f" on {dev} → {store.url}",
+        highlight=False,
+        markup=False,
     )
     runner.tune_allocator()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -138,11 +145,11 @@ def _run_all(
             acc = out.final.get("test_accuracy")
             style = {"done": "green", "failed": "red", "diverged": "yellow"}[out.status]
             console.print(
-                f"[{style}]{out.status:8}[/{style}] {job.key}  {labels[job.key]} seed {job.seed}  "
-                f"{out.rounds} rounds  {out.seconds:.1f}s"
+                f"[{style}]{out.status:8}[/{style}] {job.key}  {escape(labels[job.key])} "
+                f"seed {job.seed}  {out.rounds} rounds  {out.seconds:.1f}s"
                 + (f"  acc {acc:.3f}" if acc is not None else "")
                 + (
-                    f"  [red]{out.error.splitlines()[0]}[/red]"
+                    f"  [red]{escape(out.error.splitlines()[0])}[/red]"
                     if out.error and out.status == "failed"
                     else ""
                 ),
@@ -155,11 +162,12 @@ def _summary(name: str, outcomes: list[runner.Outcome], store: Store) -> None:
     by = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed", "diverged")}
     secs = sum(o.seconds for o in outcomes)
     console.print(
-        f"[bold]{name}[/bold]: ran {len(outcomes)} jobs in {secs:.1f}s — "
+        f"{name}: ran {len(outcomes)} jobs in {secs:.1f}s — "
         f"{by['done']} done, {by['failed']} failed, {by['diverged']} diverged. "
         f"Next: fedbench report --experiment {name} --plot bits-vs-accuracy"
         + ("" if store.url.endswith("results/fedbench.db") else f" --db {store.url}"),
         highlight=False,
+        markup=False,
     )
     if by["failed"]:
         console.print(

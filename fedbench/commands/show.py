@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedbench.commands.common import (
     DbOption,
@@ -71,15 +72,17 @@ def show(
         )
     }
     for k, v in head.items():
-        console.print(f"[bold]{k:>12}[/bold]  {v}", highlight=False)
+        console.print(f"[bold]{k:>12}[/bold]  {escape(str(v))}", highlight=False)
     if info.get("error"):
-        console.print(f"[bold red]{'error':>12}[/bold red]  {info['error']}", highlight=False)
+        console.print(
+            f"[bold red]{'error':>12}[/bold red]  {escape(info['error'])}", highlight=False
+        )
     config = info.get("config") or {}
     for section, fields in config.items():
         if isinstance(fields, dict):
-            console.print(f"[{section}]", style="bold", highlight=False)
+            console.print(f"[{section}]", style="bold", highlight=False, markup=False)
             for k, v in fields.items():
-                console.print(f"  {k} = {json.dumps(v)}", highlight=False)
+                console.print(f"  {k} = {json.dumps(v)}", highlight=False, markup=False)
     emit_rows(
         [
             {**r, "final": f"{r['final']:.6g}", "min": f"{r['min']:.6g}", "max": f"{r['max']:.6g}"}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedbench import grid as gridlib
 from fedbench import runner
@@ -80,5 +81,6 @@ def validate(
         console.print(
             f"note: {k} is not used by {', '.join(sorted(who))} (dropped from those jobs)",
             highlight=False,
+            markup=False,
         )
-    console.print(f"[green]ok[/green]: {grid} is valid", highlight=False)
+    console.print(f"[green]ok[/green]: {escape(str(grid))} is valid", highlight=False)
