@@ -250,7 +250,7 @@ def _bits(wide: pd.DataFrame, runs: pd.DataFrame, bits: str, per_client: bool) -
         return b
     if "task.clients" not in runs.columns:
         raise ReportError("bits per client need the task.clients column; ask for all-clients bits")
-    clients = runs.set_index("run_id")["task.clients"].astype(float)
+    clients = runs.set_index("run_id")["task.clients"].astype(float).to_dict()
     return b / b.index.get_level_values("run_id").map(clients).to_numpy()
 
 
@@ -288,7 +288,7 @@ def curves(
     wide = _wide(runs, metrics)
     yv = _need(wide, y)
     xv = _x_values(wide, runs, x, bits, per_client)
-    label_of = pd.Series(labels.to_numpy(), index=runs["run_id"].to_numpy())
+    label_of = dict(zip(runs["run_id"], labels, strict=True))
     long = pd.DataFrame(
         {
             "label": wide.index.get_level_values("run_id").map(label_of),
@@ -713,7 +713,9 @@ def figure(
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(title=f"mean over seeds, band: {BAND}", fontsize="small", title_fontsize="small")
     if title is None:
-        exps = runs["experiment"].dropna().unique() if "experiment" in runs.columns else []
+        exps: list[Any] = (
+            list(runs["experiment"].dropna().unique()) if "experiment" in runs.columns else []
+        )
         title = f"{exps[0]}: {kind}" if len(exps) == 1 else kind
     ax.set_title(title)
     return fig

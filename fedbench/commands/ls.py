@@ -77,8 +77,9 @@ def ls(
 def _final_metrics(store: Store, run_ids: list[int]) -> dict[int, dict[str, float]]:
     m = store.metrics_frame(run_ids, names=["test_accuracy", "bits_up"])
     out: dict[int, dict[str, float]] = {}
-    for (rid, name), grp in m.groupby(["run_id", "name"]):
-        out.setdefault(int(rid), {})[str(name)] = float(grp.sort_values("round")["value"].iloc[-1])
+    last = m.sort_values("round").groupby(["run_id", "name"], as_index=False)["value"].last()
+    for rid, name, value in zip(last["run_id"], last["name"], last["value"], strict=True):
+        out.setdefault(int(rid), {})[str(name)] = float(value)
     return out
 
 

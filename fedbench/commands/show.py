@@ -39,14 +39,14 @@ def show(
     summary = []
     for name, grp in metrics.groupby("name"):
         grp = grp.sort_values("round")
-        v = grp["value"]
+        values = grp["value"]
         summary.append(
             {
                 "metric": str(name),
-                "final": float(v.iloc[-1]),
+                "final": float(values.iloc[-1]),
                 "round": int(grp["round"].iloc[-1]),
-                "min": float(v.min()),
-                "max": float(v.max()),
+                "min": float(values.min()),
+                "max": float(values.max()),
             }
         )
     if fmt == "json":
