@@ -136,6 +136,42 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
     return grid_path, db, result
 
 
+def fail_in_round(
+    monkeypatch: pytest.MonkeyPatch, victim: gridlib.Job, error: BaseException, at: int = 3
+) -> None:
+    """Make `victim`'s algorithm raise `error` in round `at` (other jobs run normally)."""
+    original = runner.build
+
+    def build(job: gridlib.Job, device: Any) -> Any:
+        task, env, alg = original(job, device)
+        if job.key != victim.key:
+            return task, env, alg
+        calls = 0
+
+        def round_(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == at:
+                raise error
+            return alg.round(*args)
+
+        return task, env, alg._replace(round=round_)
+
+    monkeypatch.setattr(runner, "build", build)
+
+
+def fail_to_build(monkeypatch: pytest.MonkeyPatch, victim_key: str, error: BaseException) -> None:
+    """Make building the job `victim_key` raise `error`."""
+    original = runner.build
+
+    def build(job: gridlib.Job, device: Any) -> Any:
+        if job.key == victim_key:
+            raise error
+        return original(job, device)
+
+    monkeypatch.setattr(runner, "build", build)
+
+
 # -- run ----------------------------------------------------------------------------------------
 
 
@@ -293,25 +329,8 @@ def test_keyboard_interrupt_leaves_the_run_pending(
     db = tmp_path / "ctrl-c.db"
     g = gridlib.load(grid_path)
     victim = g.jobs[2]
-    original = runner.build
-
-    def build(job: gridlib.Job, device: Any) -> Any:
-        task, env, alg = original(job, device)
-        if job.key != victim.key:
-            return task, env, alg
-        calls = 0
-
-        def round_(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 3:
-                raise KeyboardInterrupt
-            return alg.round(*args)
-
-        return task, env, alg._replace(round=round_)
-
     with monkeypatch.context() as m:
-        m.setattr(runner, "build", build)
+        fail_in_round(m, victim, KeyboardInterrupt())
         result = invoke("run", grid_path, "--db", db)
     assert result.exit_code == 130
     assert "interrupted" in result.output
@@ -334,25 +353,8 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(
     db = tmp_path / "fail.db"
     g = gridlib.load(grid_path)
     victim = next(j for j in g.jobs if j.algorithm == "scaffold" and j.compressor == "topk")
-    original = runner.build
-
-    def build(job: gridlib.Job, device: Any) -> Any:
-        task, env, alg = original(job, device)
-        if job.key != victim.key:
-            return task, env, alg
-        calls = 0
-
-        def round_(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 3:
-                raise RuntimeError("injected failure in round 3")
-            return alg.round(*args)
-
-        return task, env, alg._replace(round=round_)
-
     with monkeypatch.context() as m:
-        m.setattr(runner, "build", build)
+        fail_in_round(m, victim, RuntimeError("injected failure in round 3"))
         result = invoke("run", grid_path, "--db", db)
     assert result.exit_code == 0, result.output
     out = words(result.output)
@@ -412,14 +414,10 @@ local_steps = 2
 
 def test_build_error_fails_only_that_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     grid_path, db = write(tmp_path, SYNTHETIC), tmp_path / "build.db"
-    original = runner.build
-
-    def build(job: gridlib.Job, device: Any) -> Any:
-        if job.algorithm == "fedprox" and job.seed == 1:
-            raise ValueError("cannot build this one")
-        return original(job, device)
-
-    monkeypatch.setattr(runner, "build", build)
+    victim = next(
+        j for j in gridlib.load(grid_path).jobs if j.algorithm == "fedprox" and j.seed == 1
+    )
+    fail_to_build(monkeypatch, victim.key, ValueError("cannot build this one"))
     result = invoke("run", grid_path, "--db", db)
     assert result.exit_code == 0, result.output
     assert "3 done, 1 failed" in words(result.output)
@@ -643,14 +641,7 @@ def test_job_error_with_brackets_does_not_stop_the_grid(
 ) -> None:
     grid_path, db = write(tmp_path, TINY), tmp_path / "brackets.db"
     victim = gridlib.load(grid_path).jobs[0]
-    original = runner.build
-
-    def build(job: gridlib.Job, device: Any) -> Any:
-        if job.key == victim.key:
-            raise RuntimeError("index [/3] out of range")
-        return original(job, device)
-
-    monkeypatch.setattr(runner, "build", build)
+    fail_to_build(monkeypatch, victim.key, RuntimeError("index [/3] out of range"))
     result = invoke("run", grid_path, "--db", db)
     assert result.exit_code == 0, repr(result.exception)
     frame = runs(db).set_index("key")
