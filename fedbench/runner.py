@@ -104,7 +104,7 @@ def execute(
     """Run `job` from round 0, writing to `store`; never raises for a failure of the job."""
     start = time.perf_counter()
     run_id = store.start_run(job.key, socket.gethostname(), str(device))
-    rounds_done, final = 0, dict[str, float]()
+    final: dict[str, float] = {}
     try:
         status, error, rounds_done, final = _loop(job, store, run_id, device, start, progress)
     except KeyboardInterrupt:
@@ -112,6 +112,7 @@ def execute(
         raise
     except Exception as e:
         status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+        rounds_done = store.last_round(run_id) or 0
     store.finish_run(run_id, status, error)
     return Outcome(job.key, status, error, rounds_done, time.perf_counter() - start, final)
 

@@ -153,8 +153,6 @@ def broadcast(env: Env, x: Tensor, b: Broadcast, gen: torch.Generator) -> tuple[
 _ZERO = torch.zeros(1, dtype=torch.int64)
 
 
-def bits_vector(m: int, bits: int | Tensor, device: torch.device) -> Tensor:
-    """`[m]` int64 bits from a per-message constant or an `[m]` tensor."""
-    if isinstance(bits, Tensor):
-        return bits.to(torch.int64)
+def bits_vector(m: int, bits: int, device: torch.device) -> Tensor:
+    """`[m]` int64: the same message size for each of m receivers."""
     return torch.full((m,), bits, dtype=torch.int64, device=device)
