@@ -92,7 +92,6 @@ def run(
         markup=False,
     )
     runner.tune_allocator()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     outcomes = _run_all(todo, store, dev, labels)
     _summary(g.name, outcomes, store)
 
