@@ -65,8 +65,8 @@ def fedavg(
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         corr: Correction | None = correction(down.x_hat) if correction is not None else None
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
-        up_c = update_compressor(env)
-        msg, up = up_c.compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
+        compress = update_compressor(env).compress
+        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
         x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
         log = RoundLog(
             msg.bits,
