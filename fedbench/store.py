@@ -537,23 +537,15 @@ class Store:
             for s in unique.values()
         ]
         keys = list(unique)
-        found: dict[str, RunInfo] = {}
         with self._write() as conn:
             _upsert(conn, RUNS, rows, ["key"], [])
-            for part in _chunks(keys):
-                q = sa.select(RUNS.c.id, RUNS.c.key, RUNS.c.status, RUNS.c.error)
-                for r in conn.execute(q.where(RUNS.c.key.in_(part))):
-                    found[r.key] = RunInfo(int(r.id), r.key, r.status, r.error)
+            found = _runs_by_key(conn, keys)
         return {k: found[k] for k in keys}
 
     def statuses(self, keys: Sequence[str]) -> dict[str, str]:
         """The status of every given key that has a run (read only; unknown keys are absent)."""
-        out: dict[str, str] = {}
         with self._read() as conn:
-            for part in _chunks(list(keys)):
-                q = sa.select(RUNS.c.key, RUNS.c.status).where(RUNS.c.key.in_(part))
-                out.update({r.key: r.status for r in conn.execute(q)})
-        return out
+            return {k: info.status for k, info in _runs_by_key(conn, keys).items()}
 
     def start_run(self, key: str, host: str, device: str, resume_round: int | None = None) -> int:
         """Mark run `key` running and return its id. Its metrics after `resume_round` (all of
@@ -759,6 +751,16 @@ class Store:
             frame = frame.astype({"value": "float64"})
         stamps = [c.name for c in t.columns if isinstance(c.type, UTCDateTime)]
         return _utc_columns(frame, stamps)
+
+
+def _runs_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, RunInfo]:
+    """The runs with these keys (absent keys are left out), queried in chunks."""
+    found: dict[str, RunInfo] = {}
+    q = sa.select(RUNS.c.id, RUNS.c.key, RUNS.c.status, RUNS.c.error)
+    for part in _chunks(list(keys)):
+        for r in conn.execute(q.where(RUNS.c.key.in_(part))):
+            found[r.key] = RunInfo(int(r.id), r.key, r.status, r.error)
+    return found
 
 
 def _runs_select() -> sa.Select[Any]:
