@@ -30,6 +30,7 @@ from fedbench.compressors import COMPRESSORS, compressor_kind
 from fedbench.data import DATASETS, PARTITIONS
 from fedbench.models import MODELS
 from fedbench.network import NETWORK_PARAMS
+from fedbench.sampling import COHORT_SAMPLINGS, SAMPLINGS
 from fedbench.params import Param, Registry
 
 if sys.version_info >= (3, 11):
@@ -100,6 +101,21 @@ COMMON: dict[str, dict[str, Param]] = {
             "(other methods keep float32): float16 / bfloat16 halve it, arithmetic stays float32",
             "str",
             choices=("float32", "float16", "bfloat16"),
+            since="0.2",
+        ),
+        "sampling": Param(
+            "uniform",
+            "client sampling: uniform without replacement, poisson (each client with probability "
+            "participation), importance (OCS by update norm), power_of_choice (highest losses)",
+            "str",
+            choices=SAMPLINGS,
+            since="0.2",
+        ),
+        "sampling_candidates": Param(
+            0,
+            "power_of_choice: candidates d that report their loss (0 = min(n, 2m))",
+            "int",
+            low=0,
             since="0.2",
         ),
     },
@@ -472,6 +488,42 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list, bool)) else repr(value)
 
 
+# methods that draw their own cohorts (not through sample_cohort): availability does not reach
+# them, so a grid with dropouts or windows refuses them (issue 13)
+OWN_COHORT = (
+    "async_local_sgd", "cofig", "dfedsam", "fedavg_rp", "l2gd", "noloco", "streaming_diloco"
+)  # fmt: skip
+
+
+def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]) -> None:
+    """Sampling strategies, availability and deadlines only with methods that implement them."""
+    a = cfg["algorithm"]
+    ok = (*COHORT_SAMPLINGS, *alg.extra.get("sampling", ()))
+    if a["sampling"] not in ok:
+        fit = [k for k in ALGORITHMS if a["sampling"] in ALGORITHMS[k].extra.get("sampling", ())]
+        problems.append(
+            f"algorithm.sampling = {_show(a['sampling'])}: {alg.name} allows {', '.join(ok)}; "
+            f"{a['sampling']} is implemented by {', '.join(fit)}"
+        )
+    net = cfg.get("network")
+    if net is None:
+        return
+    if net["deadline_s"] > 0 and not alg.extra.get("deadline", False):
+        fit = [k for k in ALGORITHMS if ALGORITHMS[k].extra.get("deadline", False)]
+        problems.append(
+            f"network.deadline_s = {net['deadline_s']}: {alg.name} does not implement a round "
+            f"deadline; allowed with: {', '.join(fit)}"
+        )
+    windows = net["window_period"] > 0 and net["window_on"] < 1.0
+    if (net["dropout_prob"] > 0 or windows) and (
+        alg.name in OWN_COHORT or not alg.extra.get("availability", True)
+    ):
+        problems.append(
+            f"network.dropout_prob / window_period: {alg.name} draws its own clients and ignores "
+            "availability; use a method that samples cohorts (e.g. fedavg, mifa)"
+        )
+
+
 def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[str]) -> None:
     """Checks across fields, skipped where a field involved was itself refused."""
     alg = ALGORITHMS.get(cfg["algorithm"]["name"])
@@ -501,6 +553,8 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
             lms = ", ".join(k for k in MODELS if MODELS[k].extra.get("sequences"))
             why = f"holds token sequences; allowed: {lms}" if seq else "has no token sequences"
             problems.append(f"task.model = {_show(task['model'])}: dataset {ds.name} {why}")
+    if alg is not None:
+        _system_checks(alg, cfg, problems)
     if not bad & {"algorithm.participation", "task.clients"}:
         p, n = cfg["algorithm"]["participation"], task["clients"]
         if p * n < 0.5:

@@ -47,10 +47,54 @@ NETWORK_PARAMS = {
         0.0, "probability that a participant straggles in a round", low=0.0, high=1.0
     ),
     "straggler_slowdown": Param(4.0, "compute-time multiplier of a straggler", low=1.0),
+    # availability and round deadline (issue 13); defaults = always available, no deadline
+    "dropout_prob": Param(
+        0.0,
+        "mean probability that a sampled client is unavailable in a round (independent draws)",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        since="0.2",
+    ),
+    "dropout_spread": Param(
+        0.0,
+        "client i is unavailable with p_i = dropout_prob·(1 + spread·(2u_i − 1)), u_i ~ U[0, 1] "
+        "drawn once per run (0 = every client alike)",
+        low=0.0,
+        high=1.0,
+        since="0.2",
+    ),
+    "window_period": Param(
+        0,
+        "periodic (diurnal) availability: period in rounds, each client online for window_on of "
+        "it from its own random offset (0 = no windows)",
+        "int",
+        low=0,
+        since="0.2",
+    ),
+    "window_on": Param(
+        1.0, "share of each period a client is online", low=0.0, high=1.0, low_open=True, since="0.2"
+    ),
+    "deadline_s": Param(
+        0.0,
+        "round deadline in simulated seconds (0 = wait for the slowest); only methods that "
+        "implement it accept it",
+        low=0.0,
+        since="0.2",
+    ),
+    "deadline_mode": Param(
+        "drop",
+        "clients late for the deadline: dropped, or send the partial work of the local steps done",
+        "str",
+        choices=("drop", "partial"),
+        since="0.2",
+    ),
 }
 
 MBIT = 1e6
 NETWORK = "network"  # seeding purpose of slowdowns and stragglers
+AVAILABILITY = "availability"  # seeding purpose of dropouts and availability windows
+MAX_WAIT = 10_000  # redraws of availability before a round with nobody present is an error
 
 
 class Network(NamedTuple):
@@ -61,6 +105,12 @@ class Network(NamedTuple):
     slowdown: Tensor  # [n] float64, s_w ≥ 1 per worker
     straggler_prob: float
     straggler_slowdown: float
+    dropout: Tensor | None = None  # [n] float64 p_i, None: nobody drops out
+    window_period: int = 0
+    window_on: float = 1.0
+    offset: Tensor | None = None  # [n] int64 start of each client's window in the period
+    deadline_s: float = 0.0
+    deadline_mode: str = "drop"
 
 
 def build_network(cfg: Mapping[str, Any], n: int, seed: int) -> Network:
@@ -68,6 +118,15 @@ def build_network(cfg: Mapping[str, Any], n: int, seed: int) -> Network:
     slowdowns s_w ~ U[1, speed_spread], from the run's seed."""
     p = {k: cfg.get(k, v.default) for k, v in NETWORK_PARAMS.items()}
     u = torch.rand(n, generator=seeding.generator(seed, -1, NETWORK), dtype=torch.float64)
+    dropout = offset = None
+    if float(p.get("dropout_prob", 0.0)) > 0.0:
+        v = torch.rand(n, generator=seeding.generator(seed, -1, AVAILABILITY), dtype=torch.float64)
+        spread = float(p.get("dropout_spread", 0.0))
+        dropout = (float(p["dropout_prob"]) * (1.0 + spread * (2.0 * v - 1.0))).clamp(0.0, 1.0)
+    period = int(p.get("window_period", 0))
+    if period > 0:
+        gen = seeding.generator(seed, -1, f"{AVAILABILITY}/window")
+        offset = torch.randint(0, period, (n,), generator=gen)
     return Network(
         float(p["uplink_mbps"]),
         float(p["downlink_mbps"]),
@@ -76,7 +135,66 @@ def build_network(cfg: Mapping[str, Any], n: int, seed: int) -> Network:
         1.0 + (float(p["speed_spread"]) - 1.0) * u,
         float(p["straggler_prob"]),
         float(p["straggler_slowdown"]),
+        dropout,
+        period,
+        float(p.get("window_on", 1.0)),
+        offset,
+        float(p.get("deadline_s", 0.0)),
+        str(p.get("deadline_mode", "drop")),
     )
+
+
+def has_availability(net: Network) -> bool:
+    """Whether some client can be unavailable (dropouts or availability windows)."""
+    return net.dropout is not None or (net.window_period > 0 and net.window_on < 1.0)
+
+
+def available(net: Network, seed: int, t: int, attempt: int = 0) -> Tensor:
+    """Presence mask `[n]` bool (CPU) of round t: inside its window (client i is online when
+    (t + attempt + offset_i) mod P < window_on·P) and not dropped out (u_i ≥ p_i, a fresh
+    draw per round and attempt). `attempt` > 0: the server waited for someone to show up."""
+    n = net.slowdown.numel()
+    on = torch.ones(n, dtype=torch.bool)
+    if net.window_period > 0 and net.offset is not None:
+        phase = (t + attempt + net.offset) % net.window_period  # [n]
+        on = phase < net.window_on * net.window_period
+    if net.dropout is not None:
+        gen = seeding.generator(seed, t, f"{AVAILABILITY}/{attempt}")
+        on = on & (torch.rand(n, generator=gen, dtype=torch.float64) >= net.dropout)
+    return on
+
+
+def present(net: Network, ids: Tensor, seed: int, t: int) -> Tensor:
+    """The sampled clients `ids [m]` that are available in round t, in order. When none is,
+    the server waits: availability is drawn again (attempt 1, 2, ...) for the same sample."""
+    cpu = ids.cpu()
+    for attempt in range(MAX_WAIT):
+        keep = cpu[available(net, seed, t, attempt)[cpu]]
+        if keep.numel() > 0:
+            return keep.to(ids.device)
+    raise ValueError(f"[network]: no sampled client was available in round {t}")
+
+
+def deadline_steps(net: Network, ids: Tensor, steps: int, d: int, seed: int, t: int) -> Tensor:
+    """Local steps `[m]` int64 each sampled client completes before `deadline_s`: `steps` when
+    its whole phase fits, else 0 (`drop`) or the steps done by then (`partial`, ≥ 0). The plan
+    assumes dense messages (32·d bits each way) and the round's stragglers (same draw as
+    `charged_seconds`)."""
+    m = ids.numel()
+    full = torch.full((m,), steps, dtype=torch.int64)
+    if net.deadline_s <= 0.0:
+        return full
+    gen = seeding.generator(seed, t, NETWORK)
+    slow = net.slowdown[ids.cpu()] * stragglers(net, m, gen)  # [m]
+    fixed = float(phase_seconds(net, torch.zeros(1), torch.ones(1), 32.0 * d, 32.0 * d)[0])
+    per_step = net.step_ms * slow / 1000.0  # [m] seconds per local step
+    done = torch.where(
+        per_step > 0, ((net.deadline_s - fixed) / per_step).floor(), torch.full_like(slow, steps)
+    )
+    done = done.clamp(0, steps).to(torch.int64)
+    if net.deadline_mode == "drop":
+        return torch.where(done >= steps, full, torch.zeros_like(full))
+    return done
 
 
 def stragglers(net: Network, k: int, gen: torch.Generator | None) -> Tensor:
@@ -123,4 +241,8 @@ def charged_seconds(net: Network, log: Any, env: Any, rng: Any, local_steps: int
         steps = torch.full((ids.numel(),), local_steps)
     gen = seeding.generator(rng.seed, rng.round, NETWORK)  # CPU, whatever the device
     slow = net.slowdown[ids] * stragglers(net, ids.numel(), gen)
-    return round_seconds(net, float(log.bits_up.sum()), float(log.bits_down.sum()), steps, slow)
+    sec = round_seconds(net, float(log.bits_up.sum()), float(log.bits_down.sum()), steps, slow)
+    if net.deadline_s > 0.0:  # the server closes the round at the deadline
+        late = log.extra.get("deadline_cut", 0.0) > 0
+        return net.deadline_s if late else min(sec, net.deadline_s)
+    return sec

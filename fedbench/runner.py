@@ -92,6 +92,8 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
         error_feedback=up["error_feedback"],
         state_dtype=getattr(torch, a["client_state"]),
         network=build_network(cfg["network"], task.n, job.seed) if "network" in cfg else None,
+        sampling=a.get("sampling", "uniform"),
+        sampling_candidates=a.get("sampling_candidates", 0),
     )
     return task, env, build_algorithm(a["name"], a)
 

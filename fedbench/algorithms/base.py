@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from fedbench import seeding
+from fedbench import network, sampling, seeding
 from fedbench.compressors import Compressor, error_feedback
 from fedbench.params import Param, Registry
 from fedbench.seeding import RoundRng
@@ -48,6 +48,11 @@ class Env(NamedTuple):
     # storage of persistent per-client rows ([n, d] control variates, estimators, ...):
     # float16 / bfloat16 halve their memory; computation stays float32 (see client_rows)
     state_dtype: torch.dtype = torch.float32
+    # client sampling (fedbench.sampling): "uniform" (without replacement), "poisson" (each
+    # client independently with probability `participation`), "importance", "power_of_choice"
+    # (the last two only in the methods that implement them); candidates of power-of-choice
+    sampling: str = "uniform"
+    sampling_candidates: int = 0
 
     @property
     def n(self) -> int:
@@ -99,7 +104,18 @@ def cohort_size(n: int, participation: float) -> int:
 
 
 def sample_cohort(env: Env, rng: RoundRng) -> Tensor:
-    """Participating client ids `[m]`, uniform without replacement, sorted."""
+    """Participating client ids `[m]`, sorted: uniform without replacement (or Poisson, see
+    `Env.sampling`), then only those available in this round when the `[network]` model has
+    dropouts or availability windows (fedbench.network.present)."""
+    ids = _draw_cohort(env, rng)
+    if env.network is None or not network.has_availability(env.network):
+        return ids
+    return network.present(env.network, ids, rng.seed, rng.round)
+
+
+def _draw_cohort(env: Env, rng: RoundRng) -> Tensor:
+    if env.sampling == "poisson":
+        return sampling.poisson_cohort(env.n, env.participation, rng, env.device)
     m = cohort_size(env.n, env.participation)
     if m == env.n:
         return torch.arange(env.n, device=env.device)

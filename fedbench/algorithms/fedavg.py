@@ -17,7 +17,10 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+import torch
+
 from fedbench import seeding
+from fedbench.algorithms._hetero import local_sgd_tau, plan_deadline
 from fedbench.algorithms.base import (
     ALGORITHMS,
     LOCAL_PARAMS,
@@ -27,13 +30,17 @@ from fedbench.algorithms.base import (
     Env,
     RoundLog,
     broadcast,
+    bits_vector,
     broadcast_init,
     cohort_log,
+    cohort_size,
     local_sgd,
     sample_cohort,
     update_compressor,
 )
+from fedbench.compressors.base import FLOAT_BITS
 from fedbench.params import Component
+from fedbench.sampling import importance_select, power_of_choice, with_queries
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import SERVER_PARAMS, build_server_opt
 
@@ -64,14 +71,77 @@ def fedavg(
         )
 
     def round(s: FedAvgState, env: Env, rng: RoundRng) -> tuple[FedAvgState, RoundLog]:
-        ids = sample_cohort(env, rng)  # [m]
+        if env.sampling == "importance":
+            return importance_round(s, env, rng)
+        if env.sampling == "power_of_choice":
+            ids, q_up, q_down = power_of_choice(env, rng, s.x)  # m of d candidates
+        else:
+            ids = sample_cohort(env, rng)  # [m]
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         corr: Correction | None = correction(down.x_hat) if correction is not None else None
+        deadline = env.network is not None and env.network.deadline_s > 0
+        if deadline:  # issue 13: late clients dropped or cut to the steps done by then
+            return deadline_round(s, env, rng, ids, down, bits_down, corr)
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
         compress = update_compressor(env).compress
         msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
         x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
         log = cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
+        if env.sampling == "power_of_choice":  # + the candidates' loss reports and models
+            log = with_queries(log, ids, env, local_steps, q_up, q_down * bits_down)
+        return FedAvgState(s.t + 1, x, opt_state, down, up), log
+
+    def deadline_round(
+        s: FedAvgState,
+        env: Env,
+        rng: RoundRng,
+        ids: Tensor,
+        down: Broadcast,
+        bits_down: int,
+        corr: Correction | None,
+    ) -> tuple[FedAvgState, RoundLog]:
+        tau = plan_deadline(env, ids, local_steps, rng.seed, rng.round)  # [m] steps done
+        m, cut = ids.numel(), float((tau < local_steps).sum())
+        live = ids[(tau > 0).to(ids.device)]
+        if live.numel() == 0:  # nobody made it: the model stays
+            empty = torch.zeros(0, dtype=torch.int64, device=env.device)
+            log = RoundLog(empty, bits_vector(m, bits_down, env.device), 0, {"deadline_cut": cut})
+            return FedAvgState(s.t + 1, s.x, s.opt, down, s.up), log
+        tau = tau[tau > 0]
+        y, loss = local_sgd_tau(env, down.x_hat, live, tau, lr, rng(seeding.BATCHES), corr)
+        compress = update_compressor(env).compress
+        msg, up = compress(y - down.x_hat, live, s.up, rng(seeding.UPLINK))  # Δ_i [k, d]
+        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        extra = {"local_loss": float(loss.mean()), "deadline_cut": cut}
+        log = RoundLog(msg.bits, bits_vector(m, bits_down, env.device), live.numel(), extra)
+        return FedAvgState(s.t + 1, x, opt_state, down, up), log
+
+    def importance_round(
+        s: FedAvgState, env: Env, rng: RoundRng
+    ) -> tuple[FedAvgState, RoundLog]:
+        """OCS (fedbench.sampling): every available client trains and sends ‖Δ_i‖; client i
+        then sends Δ_i with probability p_i; x ← opt(x, −(1/N) Σ_sent C(Δ_i)/p_i)."""
+        ids = sample_cohort(env._replace(participation=1.0, sampling="uniform"), rng)  # [N]
+        budget = cohort_size(env.n, env.participation)
+        down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
+        corr: Correction | None = correction(down.x_hat) if correction is not None else None
+        y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
+        delta = y - down.x_hat  # [N, d]
+        sent, p = importance_select(delta.norm(dim=1), budget, rng("importance"))
+        N, norm_bits = ids.numel(), bits_vector(ids.numel(), FLOAT_BITS, env.device)
+        extra = {"local_loss": float(loss.mean()), "sent": float(sent.sum())}
+        ran = torch.zeros(env.n, dtype=torch.int64)
+        ran[ids.cpu()] = local_steps
+        if not bool(sent.any()):
+            log = RoundLog(norm_bits, bits_vector(N, bits_down, env.device), N, extra, None, ran)
+            return FedAvgState(s.t + 1, s.x, s.opt, down, s.up), log
+        sel = sent.to(env.device)
+        compress = update_compressor(env).compress
+        msg, up = compress(delta[sel], ids[sel], s.up, rng(seeding.UPLINK))  # [k, d]
+        w = (1.0 / p[sent]).to(device=env.device, dtype=msg.value.dtype).unsqueeze(1)  # [k, 1]
+        x, opt_state = opt.update(s.x, -(msg.value * w).sum(0) / N, s.opt)
+        bits_up = torch.cat([norm_bits, msg.bits.to(torch.int64)])
+        log = RoundLog(bits_up, bits_vector(N, bits_down, env.device), N, extra, None, ran)
         return FedAvgState(s.t + 1, x, opt_state, down, up), log
 
     return Algorithm(init, round, lambda s: s.x)
@@ -84,5 +154,6 @@ ALGORITHMS.add(
         {**LOCAL_PARAMS, **SERVER_PARAMS},
         "K local SGD steps, average the updates; FedAvgM / FedAdam via server_opt",
         paper="McMahan et al., AISTATS 2017 (arXiv 1602.05629); Reddi et al., ICLR 2021",
+        extra={"sampling": ("importance", "power_of_choice"), "deadline": True},
     )
 )

@@ -1,0 +1,115 @@
+"""Client sampling strategies beyond uniform sampling without replacement.
+
+- `poisson`: every client joins independently with probability q = participation (Poisson /
+  Bernoulli sampling); a round where nobody joins is drawn again.
+- `importance`: "Optimal Client Sampling for Federated Learning", Chen, Horváth, Richtárik,
+  TMLR 2022, arXiv 2010.13723 (OCS). Every available client computes its update U_i and sends
+  ‖U_i‖ (one 32-bit float); client i then sends U_i with probability p_i, the minimiser of
+  the aggregate's variance Σ_i (1 − p_i)/p_i ‖U_i‖² subject to Σ_i p_i = m, 0 ≤ p_i ≤ 1:
+  p_i = min(1, c‖U_i‖) with c such that Σ_i p_i = m. The server forms the unbiased
+  estimate (1/N) Σ_{i sent} U_i / p_i of the mean over the N clients that computed.
+- `power_of_choice`: "Client Selection in Federated Learning: Convergence Analysis and
+  Power-of-Choice Selection Strategies", Cho, Wang, Joshi, arXiv 2010.01243. A candidate set
+  of d clients is drawn uniformly without replacement (the paper draws ∝ data size; here
+  clients weigh equally, as in fedavg), each candidate receives the model and sends its local
+  loss F_k(x) (32 bits), and the m candidates with the largest losses train.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedbench import seeding
+from fedbench.seeding import RoundRng
+
+FLOAT_BITS = 32  # one reported float (a norm or a loss)
+
+SAMPLINGS = ("uniform", "poisson", "importance", "power_of_choice")
+# strategies every method gets through sample_cohort; the others need the method's support
+COHORT_SAMPLINGS = ("uniform", "poisson")
+MAX_REDRAW = 10_000
+
+
+def poisson_cohort(n: int, q: float, rng: RoundRng, device: torch.device) -> Tensor:
+    """Clients `[k]` (sorted) each drawn independently with probability q; at least one."""
+    gen = rng(seeding.COHORT)
+    for _ in range(MAX_REDRAW):
+        hit = torch.rand(n, generator=gen, device=rng.device) < q  # [n]
+        if bool(hit.any()):
+            return torch.nonzero(hit).flatten().to(device)
+    raise ValueError(f"[algorithm] sampling = 'poisson': no client drawn with q = {q}")
+
+
+def ocs_probabilities(norms: Tensor, m: int) -> Tensor:
+    """OCS inclusion probabilities `[N]` for update norms `[N]` and budget m:
+    p_i = min(1, c·‖U_i‖) with Σ p_i = min(m, #nonzero norms)."""
+    N = norms.numel()
+    u = norms.to(torch.float64).clamp_min(0.0)
+    nonzero = int((u > 0).sum())
+    if m >= nonzero:
+        return (u > 0).to(torch.float64)
+    s, order = u.sort(descending=True)  # u_(1) ≥ u_(2) ≥ ...
+    tail = s.flip(0).cumsum(0).flip(0)  # [N] Σ_{j ≥ k} u_(j)
+    k = torch.arange(N, dtype=torch.float64)  # k clients capped at 1 (the k largest)
+    c = (m - k) / tail.clamp_min(1e-300)  # [N] scale when the k largest are capped
+    # valid k: the largest uncapped one stays ≤ 1 and (k > 0) the smallest capped one ≥ 1
+    ok = (c * s <= 1.0 + 1e-12) & (k < m)
+    ok[1:] &= c[1:] * s[:-1] >= 1.0 - 1e-12
+    kk = int(torch.nonzero(ok).flatten()[0])
+    p_sorted = torch.where(k < kk, torch.ones_like(s), (c[kk] * s).clamp(max=1.0))
+    p = torch.empty_like(p_sorted)
+    p[order] = p_sorted
+    return p
+
+
+def importance_select(norms: Tensor, m: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Who sends (`[N]` bool) and the probabilities `[N]` float64 (OCS), one Bernoulli each."""
+    p = ocs_probabilities(norms.cpu(), m)
+    sent = torch.rand(p.numel(), generator=gen, dtype=torch.float64) < p
+    return sent, p
+
+
+def candidates(n: int, k: int, rng: RoundRng, device: torch.device) -> Tensor:
+    """Power-of-choice candidate set `[k]` (sorted), uniform without replacement."""
+    perm = torch.randperm(n, generator=rng(f"{seeding.COHORT}/candidates"), device=rng.device)
+    return perm[:k].sort().values.to(device)
+
+
+def highest_losses(ids: Tensor, losses: Tensor, m: int) -> Tensor:
+    """The m ids `[m]` (sorted) with the largest losses (ties: the smaller id)."""
+    order = torch.argsort(-losses.cpu().to(torch.float64), stable=True)[:m]
+    return ids[order.to(ids.device)].sort().values
+
+
+def power_of_choice(env: Any, rng: RoundRng, x: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Power-of-choice for `Env` env at the server model `x [d]`: the m chosen ids `[m]`,
+    the candidates' loss reports' bits `[k]` (32 each), and how many candidates received the
+    model without being chosen."""
+    from fedbench.algorithms.base import cohort_size  # base imports this module
+    from fedbench.network import has_availability, present
+
+    m = cohort_size(env.n, env.participation)
+    k = env.sampling_candidates or min(env.n, 2 * m)
+    cand = candidates(env.n, max(k, m), rng, env.device)
+    if env.network is not None and has_availability(env.network):
+        cand = present(env.network, cand, rng.seed, rng.round)
+    loss, _ = env.task.loss_grad(x.expand(cand.numel(), -1), cand)  # F_k(x) [k], full local data
+    ids = highest_losses(cand, loss, min(m, cand.numel()))
+    reports = torch.full((cand.numel(),), FLOAT_BITS, dtype=torch.int64, device=env.device)
+    return ids, reports, cand.numel() - ids.numel()
+
+
+def with_queries(log: Any, ids: Tensor, env: Any, steps: int, up: Tensor, down: int) -> Any:
+    """A round log plus the selection's own messages (`up [k]` bits, `down` bits in all) and
+    the chosen workers' local steps (so the simulated clock charges who trained)."""
+    ran = torch.zeros(env.n, dtype=torch.int64)
+    ran[ids.cpu()] = steps
+    extra_down = torch.tensor([down], dtype=torch.int64, device=log.bits_down.device)
+    return log._replace(
+        bits_up=torch.cat([log.bits_up.to(torch.int64), up]),
+        bits_down=torch.cat([log.bits_down, extra_down]) if down else log.bits_down,
+        steps=ran,
+    )
