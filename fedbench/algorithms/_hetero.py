@@ -125,3 +125,14 @@ def dispatch(
     busy[ids], finish[ids], ver[ids] = True, now + phase, version
     c.start[ids.to(c.start.device)] = x
     return Clock(busy, finish, ver, c.start)
+
+
+def model_bits(env: Env) -> int:
+    """Bits of one dense model message down (the downlink compressor must be exact: an
+    asynchronous client receives the current model, not a tracked difference)."""
+    if env.downlink.kind != "exact":
+        raise ValueError("[downlink] name: asynchronous methods need an exact downlink")
+    x = torch.zeros(1, env.d, device=env.device)
+    state = env.downlink.init(1, env.d, env.device)
+    msg, _ = env.downlink.compress(x, torch.zeros(1, dtype=torch.int64), state, None)
+    return int(msg.bits[0])
