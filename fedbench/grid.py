@@ -30,8 +30,8 @@ from fedbench.compressors import COMPRESSORS, compressor_kind
 from fedbench.data import DATASETS, PARTITIONS
 from fedbench.models import MODELS
 from fedbench.network import NETWORK_PARAMS
-from fedbench.sampling import COHORT_SAMPLINGS, SAMPLINGS
 from fedbench.params import Param, Registry
+from fedbench.sampling import COHORT_SAMPLINGS, SAMPLINGS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -73,7 +73,12 @@ NETWORK_PARAMS = {
         since="0.2",
     ),
     "window_on": Param(
-        1.0, "share of each period a client is online", low=0.0, high=1.0, low_open=True, since="0.2"
+        1.0,
+        "share of each period a client is online",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        since="0.2",
     ),
     "deadline_s": Param(
         0.0,

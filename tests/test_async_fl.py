@@ -65,7 +65,7 @@ def test_fednova_with_equal_local_steps_is_fedavg_and_normalises_unequal_ones():
     a, _, _ = final("fedavg", LOCAL, env)
     b, _, _ = final("fednova", LOCAL, env)
     torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
-    c, logs, _ = final("fednova", {**LOCAL, "local_steps": 6, "tau_min": 1}, env)
+    _c, logs, _ = final("fednova", {**LOCAL, "local_steps": 6, "tau_min": 1}, env)
     assert all(1.0 <= log.extra["tau_eff"] <= 6.0 for log in logs)
     taus = torch.stack([log.steps for log in logs])
     assert taus.max() <= 6 and len(set(taus[taus > 0].tolist())) > 1  # unequal τ_i drawn
@@ -125,7 +125,9 @@ def test_fedasync_staleness_lowers_the_mixing_weight():
 def test_staleness_functions_match_the_paper_forms():
     s = torch.tensor([0, 1, 3, 4, 6])
     torch.testing.assert_close(staleness_weight("constant", 0.5, 4, s), torch.ones(5).double())
-    torch.testing.assert_close(staleness_weight("polynomial", 0.5, 4, s), (s.double() + 1.0) ** -0.5)
+    torch.testing.assert_close(
+        staleness_weight("polynomial", 0.5, 4, s), (s.double() + 1.0) ** -0.5
+    )
     h = staleness_weight("hinge", 10.0, 4, s)
     assert h[:4].tolist() == [1.0] * 4 and h[4].item() == pytest.approx(1 / (10 * 2 + 1))
 
@@ -334,3 +336,32 @@ def test_bad_system_settings_get_one_line_errors(toml, needle):
     with pytest.raises(grid.GridError) as e:
         grid.parse(toml, G)
     assert needle in str(e.value) and "Traceback" not in str(e.value)
+
+
+def test_co2_without_overlap_is_diloco_with_inner_sgd_and_heavy_ball():
+    task = make_task(model="mlp", n=8, per_client=20)
+    env = env_with(task, participation=0.5)
+    a, _, _ = final("co2", {**LOCAL, "overlap": False, "outer_lr": 0.7, "outer_momentum": 0.5},
+                    env)  # fmt: skip
+    inner = {"inner_opt": "sgd", "weight_decay": 0.0, "warmup_steps": 0, "nesterov": False}
+    b, _, _ = final("diloco", {**LOCAL, **inner, "outer_lr": 0.7, "outer_momentum": 0.5}, env)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_co2_overlap_applies_the_previous_rounds_update_and_saves_time():
+    task = make_task(model="mlp", n=6, per_client=20)
+    net = {"step_ms": 10.0, "uplink_mbps": 0.5, "downlink_mbps": 0.5}
+    env = env_with(task, net, batch_size="full")
+    p = {**LOCAL, "outer_momentum": 0.0}
+    x0 = task.init_params(generator(0, 0, "init"))
+    s1, logs1, alg = run_rounds("co2", p, env, 1)
+    assert torch.equal(alg.params(s1), x0)  # nothing has arrived after one round
+    s2, _logs2, _ = run_rounds("co2", p, env, 2)
+    off, logs_off, _ = run_rounds("co2", {**p, "overlap": False}, env, 1)
+    torch.testing.assert_close(alg.params(s2), alg.params(off))  # round 1's Δ, applied late
+    comm = 2 * 32 * task.d / 0.5e6
+    assert logs_off[0].sim_time_s == pytest.approx(3 * 0.01 + comm)
+    assert logs1[0].sim_time_s == pytest.approx(max(3 * 0.01, comm))
+    clipped, _, _ = final("co2", {**p, "clip": True, "clip_threshold": 1e-3, "overlap": False},
+                          env, rounds=1)  # fmt: skip
+    assert float((clipped - x0).abs().max()) <= 1e-3 + 1e-7  # η = 1

@@ -134,5 +134,6 @@ def model_bits(env: Env) -> int:
         raise ValueError("[downlink] name: asynchronous methods need an exact downlink")
     x = torch.zeros(1, env.d, device=env.device)
     state = env.downlink.init(1, env.d, env.device)
-    msg, _ = env.downlink.compress(x, torch.zeros(1, dtype=torch.int64), state, None)
+    gen = torch.Generator(device=env.device)  # an exact compressor draws nothing
+    msg, _ = env.downlink.compress(x, torch.zeros(1, dtype=torch.int64), state, gen)
     return int(msg.bits[0])

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 
 from fedbench import seeding
 from fedbench.algorithms._hetero import local_sgd_tau, plan_deadline
@@ -29,8 +28,8 @@ from fedbench.algorithms.base import (
     Correction,
     Env,
     RoundLog,
-    broadcast,
     bits_vector,
+    broadcast,
     broadcast_init,
     cohort_log,
     cohort_size,
@@ -116,9 +115,7 @@ def fedavg(
         log = RoundLog(msg.bits, bits_vector(m, bits_down, env.device), live.numel(), extra)
         return FedAvgState(s.t + 1, x, opt_state, down, up), log
 
-    def importance_round(
-        s: FedAvgState, env: Env, rng: RoundRng
-    ) -> tuple[FedAvgState, RoundLog]:
+    def importance_round(s: FedAvgState, env: Env, rng: RoundRng) -> tuple[FedAvgState, RoundLog]:
         """OCS (fedbench.sampling): every available client trains and sends ‖Δ_i‖; client i
         then sends Δ_i with probability p_i; x ← opt(x, −(1/N) Σ_sent C(Δ_i)/p_i)."""
         ids = sample_cohort(env._replace(participation=1.0, sampling="uniform"), rng)  # [N]

@@ -103,7 +103,9 @@ def fedbuff(
             w = staleness_weight(staleness, staleness_a, staleness_b, version - clock.version[ids])
             buf = buf + (w.to(msg.value.dtype).to(env.device).unsqueeze(1) * msg.value).sum(0)
             count += ids.numel()
-            ups.append(msg.bits), losses.append(loss), weights.append(w)
+            ups.append(msg.bits)
+            losses.append(loss)
+            weights.append(w)
             ran[ids] = local_steps
             busy, finish = clock.busy.clone(), clock.finish.clone()
             busy[ids], finish[ids] = False, float("inf")
@@ -144,9 +146,7 @@ ALGORITHMS.add(
             "concurrency": Param(
                 0, "clients training at any time C (0 = the cohort size m)", "int", low=0
             ),
-            "buffer_size": Param(
-                0, "updates K per server step (0 = C; at most C)", "int", low=0
-            ),
+            "buffer_size": Param(0, "updates K per server step (0 = C; at most C)", "int", low=0),
             **{
                 **STALENESS_PARAMS,
                 "staleness_a": Param(0.5, "a of the staleness function (1/√(1+τ): 0.5)", low=0.0),

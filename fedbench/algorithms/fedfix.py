@@ -23,8 +23,14 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._hetero import Clock, dispatch, draw_idle, model_bits, phase_of
-from fedbench.algorithms._hetero import the_network
+from fedbench.algorithms._hetero import (
+    Clock,
+    dispatch,
+    draw_idle,
+    model_bits,
+    phase_of,
+    the_network,
+)
 from fedbench.algorithms.base import (
     ALGORITHMS,
     LOCAL_PARAMS,
