@@ -58,8 +58,8 @@ NETWORK_PARAMS = {
     ),
     "dropout_spread": Param(
         0.0,
-        "client i is unavailable with p_i = dropout_prob·(1 + spread·(2u_i − 1)), u_i ~ U[0, 1] "
-        "drawn once per run (0 = every client alike)",
+        "client i is available with q_i = (1 − dropout_prob)·(1 + spread·(2u_i − 1)) (clamped "
+        "to [0, 1]), u_i ~ U[0, 1] drawn once per run (0 = every client alike)",
         low=0.0,
         high=1.0,
         since="0.2",
@@ -127,7 +127,8 @@ def build_network(cfg: Mapping[str, Any], n: int, seed: int) -> Network:
     if float(p.get("dropout_prob", 0.0)) > 0.0:
         v = torch.rand(n, generator=seeding.generator(seed, -1, AVAILABILITY), dtype=torch.float64)
         spread = float(p.get("dropout_spread", 0.0))
-        dropout = (float(p["dropout_prob"]) * (1.0 + spread * (2.0 * v - 1.0))).clamp(0.0, 1.0)
+        q = (1.0 - float(p["dropout_prob"])) * (1.0 + spread * (2.0 * v - 1.0))  # availability
+        dropout = (1.0 - q).clamp(0.0, 1.0)
     period = int(p.get("window_period", 0))
     if period > 0:
         gen = seeding.generator(seed, -1, f"{AVAILABILITY}/window")
