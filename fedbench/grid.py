@@ -498,7 +498,8 @@ OWN_COHORT = (
 def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]) -> None:
     """Sampling strategies, availability and deadlines only with methods that implement them."""
     a = cfg["algorithm"]
-    ok = (*COHORT_SAMPLINGS, *alg.extra.get("sampling", ()))
+    own = alg.name in OWN_COHORT or not alg.extra.get("availability", True)
+    ok = ("uniform",) if own else (*COHORT_SAMPLINGS, *alg.extra.get("sampling", ()))
     if a["sampling"] not in ok:
         fit = [k for k in ALGORITHMS if a["sampling"] in ALGORITHMS[k].extra.get("sampling", ())]
         problems.append(
@@ -515,9 +516,7 @@ def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]
             f"deadline; allowed with: {', '.join(fit)}"
         )
     windows = net["window_period"] > 0 and net["window_on"] < 1.0
-    if (net["dropout_prob"] > 0 or windows) and (
-        alg.name in OWN_COHORT or not alg.extra.get("availability", True)
-    ):
+    if (net["dropout_prob"] > 0 or windows) and own:
         problems.append(
             f"network.dropout_prob / window_period: {alg.name} draws its own clients and ignores "
             "availability; use a method that samples cohorts (e.g. fedavg, mifa)"

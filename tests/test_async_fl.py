@@ -329,6 +329,7 @@ def test_new_fields_at_their_defaults_keep_job_keys():
         ('[algorithm]\nname = "scaffold"\n[network]\ndeadline_s = 2\n', "allowed with: fedavg"),
         ('[algorithm]\nname = "fedbuff"\n[network]\ndropout_prob = 0.5\n', "ignores availability"),
         ('[algorithm]\nsampling = "random"\n', "algorithm.sampling"),
+        ('[algorithm]\nname = "fedbuff"\nsampling = "poisson"\n', "fedbuff allows uniform;"),
         ('[network]\ndeadline_mode = "late"\n', "network.deadline_mode"),
     ],
 )

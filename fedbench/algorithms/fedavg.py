@@ -80,7 +80,10 @@ def fedavg(
         corr: Correction | None = correction(down.x_hat) if correction is not None else None
         deadline = env.network is not None and env.network.deadline_s > 0
         if deadline:  # issue 13: late clients dropped or cut to the steps done by then
-            return deadline_round(s, env, rng, ids, down, bits_down, corr)
+            s, log = deadline_round(s, env, rng, ids, down, bits_down, corr)
+            if env.sampling == "power_of_choice":
+                log = with_queries(log, ids, env, local_steps, q_up, q_down * bits_down)
+            return s, log
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
         compress = update_compressor(env).compress
         msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
