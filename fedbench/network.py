@@ -18,6 +18,13 @@ of participants (every method here sends the same message size to every particip
 Asynchronous methods run their own event clock on `phase_seconds` and report it in
 `RoundLog.sim_time_s`; the runner adds `round_seconds` per round for every other method and
 logs the cumulative `sim_time_s` whenever the grid has a `[network]` section.
+
+Presence (issue 13): client i is away in a round with probability p_i (`dropout_prob`, spread
+over clients by `dropout_spread`) or outside its periodic window (`window_period`,
+`window_on`, a random offset per client); `sample_cohort` keeps only the present. A round
+deadline (`deadline_s`) cuts the clients whose phase would not fit (`deadline_steps`): they are
+dropped or send the steps done (`deadline_mode = "partial"`), and the round is charged the
+deadline. Only methods that implement it accept a deadline (the grid refuses the others).
 """
 
 from __future__ import annotations

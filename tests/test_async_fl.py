@@ -110,6 +110,11 @@ def test_fedasync_with_one_client_at_a_time_and_equal_speeds_is_sequential_mixin
         x = 0.4 * x + 0.6 * y[0]  # staleness 0: α_t = α
     torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-6)
     assert all(log.extra["staleness"] == 0.0 and log.participants == 1 for log in logs)
+    bits = 32 * task.d  # one model up (identity) and one down (the replacement) per round
+    assert all(log.bits_up.tolist() == [bits] == log.bits_down.tolist() for log in logs)
+    one = torch.ones(1)
+    phase = float(phase_seconds(env.network, one * 3, one, float(bits), float(bits))[0])
+    assert [log.sim_time_s for log in logs] == pytest.approx([t * phase for t in range(1, 7)])
 
 
 def test_fedasync_staleness_lowers_the_mixing_weight():
@@ -139,6 +144,8 @@ def test_fedfix_with_equal_speeds_and_the_one_phase_slot_is_fedavg():
     b, logs, _ = final("fedfix", LOCAL, env)
     torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
     assert all(log.participants == 4 for log in logs)
+    assert all(log.bits_up.tolist() == [32 * task.d] * 4 for log in logs)
+    assert all(int(log.bits_down.sum()) == 4 * 32 * task.d for log in logs)
 
 
 def test_fedfix_slow_clients_arrive_at_later_slots_with_staleness():
