@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from fedbench.report.labels import (
@@ -95,14 +96,42 @@ def _bits(wide: pd.DataFrame, runs: pd.DataFrame, bits: str, per_client: bool) -
 def _x_values(
     wide: pd.DataFrame, runs: pd.DataFrame, x: str, bits: str, per_client: bool
 ) -> pd.Series:
-    _check(x, X_AXES, "x axis")
+    """The x value per (run_id, round): an axis of :data:`X_AXES` or any logged metric."""
+    x = "round" if x == "rounds" else x
+    if x not in X_AXES and x not in wide.columns:
+        logged = ", ".join(sorted(wide.columns)) or "none"
+        raise ReportError(
+            f"unknown x axis {x!r}: allowed: {', '.join(X_AXES)}, or a logged metric: {logged}"
+        )
+    rounds = pd.Series(wide.index.get_level_values("round").astype(float), index=wide.index)
     if x == "round":
-        return pd.Series(wide.index.get_level_values("round").astype(float), index=wide.index)
+        return rounds
+    if x == "steps":
+        return rounds * _local_steps(wide, runs)
     if x == "wall":
         return _need(wide, "wall_s")
     if x == "time":
         return _need(wide, "sim_time_s", " (give the grid a [network] section)")
-    return _bits(wide, runs, bits, per_client)
+    if x == "bits":
+        return _bits(wide, runs, bits, per_client)
+    return _need(wide, x)
+
+
+def _local_steps(wide: pd.DataFrame, runs: pd.DataFrame) -> np.ndarray:
+    """Per row of ``wide`` the inner (local) steps per round: ``algorithm.local_steps``, 1 for
+    runs without the field (one step per round, e.g. GD-type methods)."""
+    col = runs["algorithm.local_steps"] if "algorithm.local_steps" in runs.columns else None
+    steps = {
+        rid: (1.0 if col is None or _absent(col.iloc[i]) else float(col.iloc[i]))
+        for i, rid in enumerate(runs["run_id"].tolist())
+    }
+    return wide.index.get_level_values("run_id").map(steps).to_numpy(dtype=float)
+
+
+def logged_metrics(runs: pd.DataFrame, metrics: pd.DataFrame) -> list[str]:
+    """The metric names these runs logged, sorted."""
+    names = metrics.loc[metrics["run_id"].isin(runs["run_id"]), "name"].astype(str)
+    return sorted(set(names))
 
 
 def curves(
@@ -113,30 +142,38 @@ def curves(
     bits: str = "up",
     per_client: bool = True,
     group_by: Sequence[str] | None = None,
+    labels: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Per configuration and round the mean of ``x`` and the spread of ``y`` over seeds.
 
     ``x`` is "round", "bits" (cumulative bits_up, bits_down or both: ``bits`` = "up" | "down" |
-    "total", divided by task.clients when ``per_client``) or "wall" (wall_s). Seeds are aligned
-    by round, using the rounds where the run has both ``y`` and ``x``, so an unfinished run adds
-    the rounds it has. Returns columns label, round, x_mean, y_mean, y_std (sample std, NaN for
-    one seed), y_min, y_max, n_seeds; labels in grid order, rounds ascending.
+    "total", divided by task.clients when ``per_client``), "wall" (wall_s), "time"
+    (sim_time_s), "steps" (round × algorithm.local_steps, 1 where absent) or any logged
+    metric. ``labels`` (per run, e.g. :func:`plot_labels`) overrides those of ``group_by``.
+    Seeds are aligned by round, using the rounds where the run has both ``y`` and ``x``, so an
+    unfinished run adds the rounds it has; non-finite values (a diverged run) are left out.
+    Returns columns label, round, x_mean, y_mean, y_std (sample std, NaN for one seed), y_min,
+    y_max, n_seeds; labels in grid order, rounds ascending.
     """
-    _check(x, X_AXES, "x axis")
     _check(bits, BITS, "bits")
-    labels = config_labels(runs, group_by)
+    if labels is None:
+        labels = config_labels(runs, group_by)
     wide = _wide(runs, metrics)
     yv = _need(wide, y)
     xv = _x_values(wide, runs, x, bits, per_client)
     label_of = dict(zip(runs["run_id"], labels, strict=True))
-    long = pd.DataFrame(
-        {
-            "label": wide.index.get_level_values("run_id").map(label_of),
-            "round": wide.index.get_level_values("round").astype(int),
-            "x": xv.to_numpy(),
-            "y": yv.to_numpy(),
-        }
-    ).dropna(subset=["x", "y"])
+    long = (
+        pd.DataFrame(
+            {
+                "label": wide.index.get_level_values("run_id").map(label_of),
+                "round": wide.index.get_level_values("round").astype(int),
+                "x": xv.to_numpy(),
+                "y": yv.to_numpy(),
+            }
+        )
+        .replace([np.inf, -np.inf], np.nan)
+        .dropna(subset=["x", "y"])
+    )  # diverged: inf
     out = (
         long.groupby(["label", "round"], sort=False)
         .agg(

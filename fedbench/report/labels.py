@@ -24,7 +24,8 @@ PLOTS = (
     "time-vs-loss",
 )
 FORMATS = ("table", "markdown", "csv", "json", "latex")
-X_AXES = ("round", "bits", "wall", "time")  # time: simulated seconds ([network] section)
+X_AXES = ("round", "bits", "wall", "time", "steps")  # time: simulated s ([network]); steps: inner
+BANDS = ("minmax", "std", "ci95", "none")
 BITS = ("up", "down", "total")
 
 # Config columns that never define a configuration: run bookkeeping and free text.
@@ -159,9 +160,13 @@ def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> 
     other fields show "field=value" with the field's last part ("ratio=0.01"), or the full
     "section.field" when two chosen fields share a last part; fields absent for a run are
     skipped. Runs differing only by seed get the same label; a run whose label would be empty
-    (a single configuration) gets its algorithm name.
+    (a single configuration) gets its algorithm name, and default labels always start with it
+    ("diloco, local_steps=10" when only local_steps varies).
     """
     fields = varying_fields(runs) if group_by is None else _resolve_group_by(runs, group_by)
+    named = "algorithm.name" in fields or "algorithm" in fields
+    if group_by is None and fields and "algorithm.name" in runs.columns and not named:
+        fields = ["algorithm.name", *fields]  # the curve names its method: "diloco, H=10"
     lasts = [f.rpartition(".")[2] for f in fields]
     names = [f for f in fields if f.endswith(".name") or "." not in f]
     params = {
@@ -187,3 +192,61 @@ def _label_order(runs: pd.DataFrame, labels: pd.Series) -> list[str]:
     """Labels in order of first appearance by run_id (the grid's order)."""
     order = runs["run_id"].argsort(kind="stable") if "run_id" in runs.columns else range(len(runs))
     return list(dict.fromkeys(labels.iloc[list(order)].tolist()))
+
+
+# Sections and task fields that :func:`shared_settings` names when every run has one value.
+SHARED_TASK = ("task.dataset", "task.model", "task.clients", "task.partition", "task.alpha")
+
+
+def shared_settings(runs: pd.DataFrame) -> str:
+    """What every run shares, as one caption line: "fedavg · compressor topk (ratio=0.05,
+    error_feedback) · digits, mlp, clients=20, dirichlet, alpha=0.3"; "" when nothing is.
+
+    Names the algorithm, every compressor / downlink field (but the bit convention, which the
+    bits axis names) and the main task fields that hold one value wherever present (a field
+    present only for some runs, e.g. ``compressor.ratio`` of the topk runs, counts as shared
+    when its present values agree)."""
+    varying = set(varying_fields(runs))
+
+    def one(col: str) -> Any | None:
+        if col not in runs.columns or col in varying:
+            return None
+        keys = [k for k in _keys(runs, col) if k is not None]
+        if len(set(keys)) != 1:
+            return None
+        return runs[col].loc[runs[col].map(lambda v: not _absent(v))].iloc[0]
+
+    def field(col: str, v: Any) -> str:
+        last = col.rpartition(".")[2]
+        return last if v is True else f"{last}={_show(v)}"
+
+    parts: list[str] = []
+    algo = one("algorithm.name")
+    if algo is not None:
+        parts.append(_show(algo))
+    for section in ("compressor", "downlink"):
+        name = one(f"{section}.name")
+        rest = [
+            field(c, v)
+            for c in _config_columns(runs)
+            if c.startswith(f"{section}.")
+            and c not in (f"{section}.name", f"{section}.bits")  # bits: on the bits axis
+            and (v := one(c)) is not None
+            and v is not False
+        ]
+        if name is not None:
+            parts.append(f"{section} {_show(name)}" + (f" ({', '.join(rest)})" if rest else ""))
+        elif rest:
+            parts.append(f"{section}: {', '.join(rest)}")
+    task = []
+    for col in SHARED_TASK:
+        v = one(col)
+        if v is not None:
+            task.append(
+                _show(v)
+                if col in ("task.dataset", "task.model", "task.partition")
+                else field(col, v)
+            )
+    if task:
+        parts.append(", ".join(task))
+    return " · ".join(parts)
