@@ -1,0 +1,252 @@
+"""Configuration labels: which config fields vary across runs and the short label of each run.
+
+Inputs are the store's ``runs`` frame (one row per run, the resolved config flattened into
+"section.field" columns). Runs that differ only by seed share a configuration label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PLOTS = (
+    "bits-vs-accuracy",
+    "rounds-vs-accuracy",
+    "bits-vs-loss",
+    "rounds-vs-loss",
+    "wall-vs-accuracy",
+    "bits-vs-gradnorm",
+    "time-vs-accuracy",
+    "time-vs-loss",
+)
+FORMATS = ("table", "markdown", "csv", "json", "latex")
+X_AXES = ("round", "bits", "wall", "time", "steps")  # time: simulated s ([network]); steps: inner
+BANDS = ("minmax", "std", "ci95", "none")
+BITS = ("up", "down", "total")
+
+# Config columns that never define a configuration: run bookkeeping and free text.
+BOOKKEEPING = ("experiment.name", "experiment.seeds", "experiment.description")
+SEED_FIELDS = ("seed", "seeds")
+# Per-run columns of the runs frame that --group-by may also name.
+RUN_COLUMNS = ("experiment", "algorithm", "compressor", "dataset", "model", "seed")
+# Label order of sections: the algorithm first, then what it sends, then the task.
+SECTION_ORDER = ("algorithm", "compressor", "downlink", "task", "experiment")
+
+MISSING = "-"
+BAND = "min–max"
+
+
+class ReportError(ValueError):
+    """A report that cannot be made as asked; the message is one line."""
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def _absent(v: Any) -> bool:
+    """True for None, NaN and pandas' missing markers (never for tuples or strings)."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    return isinstance(v, (float, np.floating)) and math.isnan(v)
+
+
+def _key(v: Any) -> Hashable:
+    """A hashable, comparable stand-in for a config value (lists -> tuples, numpy -> Python)."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return tuple(_key(i) for i in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _key(x)) for k, x in v.items()))
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _config_columns(runs: pd.DataFrame) -> list[str]:
+    """The "section.field" columns of a runs frame."""
+    return [str(c) for c in runs.columns if "." in str(c)]
+
+
+def _keys(runs: pd.DataFrame, col: str) -> list[Hashable | None]:
+    """Per run the comparable value of ``col``, None where the field is absent."""
+    return [None if _absent(v) else _key(v) for v in runs[col].tolist()]
+
+
+def _determines(by: list[Hashable | None], present: list[bool]) -> bool:
+    """Whether the values ``by`` determine ``present`` (constant within each value)."""
+    seen: dict[Hashable | None, bool] = {}
+    return all(seen.setdefault(b, p) == p for b, p in zip(by, present, strict=True))
+
+
+def _field_rank(col: str, position: int) -> tuple[int, int, int]:
+    section, _, field = col.partition(".")
+    rank = SECTION_ORDER.index(section) if section in SECTION_ORDER else len(SECTION_ORDER)
+    return (rank, 0 if field == "name" else 1, position)
+
+
+def varying_fields(runs: pd.DataFrame) -> list[str]:
+    """Config columns ("section.field") whose values differ across runs.
+
+    Seeds and bookkeeping columns (experiment.name, experiment.seeds, experiment.description)
+    are never varying. A column that is absent (None/NaN) for some runs varies when its present
+    values differ, or when its presence is not explained by a column whose values vary: e.g.
+    ``compressor.ratio`` present only for the topk runs is implied by ``compressor.name`` and is
+    left out, so labels stay short while distinct configurations keep distinct labels. Returned
+    in label order: algorithm, compressor, downlink, task, experiment, "*.name" first in each.
+    """
+    cols = [
+        c
+        for c in _config_columns(runs)
+        if c not in BOOKKEEPING and c.rpartition(".")[2] not in SEED_FIELDS
+    ]
+    keys = {c: _keys(runs, c) for c in cols}
+    by_value = [c for c in cols if len({k for k in keys[c] if k is not None}) > 1]
+    varying = set(by_value)
+    for c in cols:
+        present = [k is not None for k in keys[c]]
+        if c in varying or all(present) or not any(present):
+            continue
+        if not any(_determines(keys[v], present) for v in by_value):
+            varying.add(c)
+    order = {c: i for i, c in enumerate(cols)}
+    return sorted(varying, key=lambda c: _field_rank(c, order[c]))
+
+
+def _resolve_group_by(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
+    """Check group-by names against the frame; a bare field name may stand for "section.field"."""
+    config = _config_columns(runs)
+    allowed = config + [c for c in RUN_COLUMNS if c in runs.columns]
+    out: list[str] = []
+    for name in group_by:
+        if name in allowed:
+            out.append(name)
+            continue
+        matches = [c for c in config if c.rpartition(".")[2] == name]
+        if len(matches) == 1:
+            out.append(matches[0])
+            continue
+        what = f"ambiguous ({', '.join(matches)})" if matches else "unknown"
+        raise ReportError(f"group-by field {name!r} is {what}: allowed: {', '.join(allowed)}")
+    return out
+
+
+def _show(v: Any) -> str:
+    """A config value as a grid would write it: 0.01, true, [1, 2], topk."""
+    v = _key(v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_show(i) for i in v) + "]"
+    return str(v)
+
+
+def _algorithm_names(runs: pd.DataFrame) -> list[str]:
+    for col in ("algorithm.name", "algorithm"):
+        if col in runs.columns:
+            return [MISSING if _absent(v) else _show(v) for v in runs[col].tolist()]
+    return ["all"] * len(runs)
+
+
+def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> pd.Series:
+    """Per run a short configuration label built from the group-by fields.
+
+    ``group_by`` defaults to :func:`varying_fields`. "*.name" fields (and the runs frame's own
+    algorithm/compressor/... columns) show their value only, joined by " + " ("fedavg + topk");
+    other fields show "field=value" with the field's last part ("ratio=0.01"), or the full
+    "section.field" when two chosen fields share a last part; fields absent for a run are
+    skipped. Runs differing only by seed get the same label; a run whose label would be empty
+    (a single configuration) gets its algorithm name, and default labels always start with it
+    ("diloco, local_steps=10" when only local_steps varies).
+    """
+    fields = varying_fields(runs) if group_by is None else _resolve_group_by(runs, group_by)
+    named = "algorithm.name" in fields or "algorithm" in fields
+    if group_by is None and fields and "algorithm.name" in runs.columns and not named:
+        fields = ["algorithm.name", *fields]  # the curve names its method: "diloco, H=10"
+    lasts = [f.rpartition(".")[2] for f in fields]
+    names = [f for f in fields if f.endswith(".name") or "." not in f]
+    params = {
+        f: (f if lasts.count(last) > 1 else last) for f, last in zip(fields, lasts, strict=True)
+    }
+    columns = {f: runs[f].tolist() for f in fields}
+    fallback = _algorithm_names(runs)
+    labels: list[str] = []
+    for i in range(len(runs)):
+        head = [_show(columns[f][i]) for f in names if not _absent(columns[f][i])]
+        tail = [
+            params[f] if columns[f][i] is True else f"{params[f]}={_show(columns[f][i])}"
+            for f in fields
+            # a switch reads as its name when on and is left out when off ("error_feedback")
+            if f not in names and not _absent(columns[f][i]) and columns[f][i] is not False
+        ]
+        parts = [" + ".join(head)] if head else []
+        labels.append(", ".join(parts + tail) or fallback[i])
+    return pd.Series(labels, index=runs.index, name="label", dtype=object)
+
+
+def _label_order(runs: pd.DataFrame, labels: pd.Series) -> list[str]:
+    """Labels in order of first appearance by run_id (the grid's order)."""
+    order = runs["run_id"].argsort(kind="stable") if "run_id" in runs.columns else range(len(runs))
+    return list(dict.fromkeys(labels.iloc[list(order)].tolist()))
+
+
+# Sections and task fields that :func:`shared_settings` names when every run has one value.
+SHARED_TASK = ("task.dataset", "task.model", "task.clients", "task.partition", "task.alpha")
+
+
+def shared_settings(runs: pd.DataFrame) -> str:
+    """What every run shares, as one caption line: "fedavg · compressor topk (ratio=0.05,
+    error_feedback) · digits, mlp, clients=20, dirichlet, alpha=0.3"; "" when nothing is.
+
+    Names the algorithm, every compressor / downlink field (but the bit convention, which the
+    bits axis names) and the main task fields that hold one value wherever present (a field
+    present only for some runs, e.g. ``compressor.ratio`` of the topk runs, counts as shared
+    when its present values agree)."""
+    varying = set(varying_fields(runs))
+
+    def one(col: str) -> Any | None:
+        if col not in runs.columns or col in varying:
+            return None
+        keys = [k for k in _keys(runs, col) if k is not None]
+        if len(set(keys)) != 1:
+            return None
+        return runs[col].loc[runs[col].map(lambda v: not _absent(v))].iloc[0]
+
+    def field(col: str, v: Any) -> str:
+        last = col.rpartition(".")[2]
+        return last if v is True else f"{last}={_show(v)}"
+
+    parts: list[str] = []
+    algo = one("algorithm.name")
+    if algo is not None:
+        parts.append(_show(algo))
+    for section in ("compressor", "downlink"):
+        name = one(f"{section}.name")
+        rest = [
+            field(c, v)
+            for c in _config_columns(runs)
+            if c.startswith(f"{section}.")
+            and c not in (f"{section}.name", f"{section}.bits")  # bits: on the bits axis
+            and (v := one(c)) is not None
+            and v is not False
+        ]
+        if name is not None:
+            parts.append(f"{section} {_show(name)}" + (f" ({', '.join(rest)})" if rest else ""))
+        elif rest:
+            parts.append(f"{section}: {', '.join(rest)}")
+    task = []
+    for col in SHARED_TASK:
+        v = one(col)
+        if v is not None:
+            task.append(
+                _show(v)
+                if col in ("task.dataset", "task.model", "task.partition")
+                else field(col, v)
+            )
+    if task:
+        parts.append(", ".join(task))
+    return " · ".join(parts)
