@@ -183,13 +183,75 @@ def test_mifa_keeps_absent_clients_last_updates():
         assert log.bits_up.tolist() == [32 * task.d] * here.numel()
 
 
+def test_mifa_waits_until_every_client_has_reported_once():
+    """start = "wait" (the paper): no server step until all n clients are in the table; from
+    then on the average over all n. start = "zero" steps in round 1 with G_i = 0 for the rest."""
+    task = make_task(model="mlp", n=8, per_client=20)
+    env = env_with(task, {"dropout_prob": 0.5}, participation=0.5)
+    x0 = task.init_params(generator(0, 0, "init"))
+    alg = build_algorithm("mifa", LOCAL)
+    s, seen, t = alg.init(x0, env, RoundRng(0, 0)), torch.zeros(8, dtype=torch.bool), 0
+    while not bool(seen.all()):
+        t += 1
+        seen[sample_cohort(env, RoundRng(0, t)).cpu()] = True
+        s, log = alg.round(s, env, RoundRng(0, t))
+        assert log.extra["reported"] == float(seen.sum())
+        if not bool(seen.all()):
+            assert torch.equal(alg.params(s), x0), t  # still waiting
+    assert t > 1 and not torch.equal(alg.params(s), x0)  # the first step: mean of all G_i
+    torch.testing.assert_close(alg.params(s), x0 + s.G.mean(0), rtol=0, atol=0)
+    zero = build_algorithm("mifa", {**LOCAL, "start": "zero"})
+    z, _ = zero.round(zero.init(x0, env, RoundRng(0, 0)), env, RoundRng(0, 1))
+    torch.testing.assert_close(zero.params(z), x0 + z.G.mean(0), rtol=0, atol=0)
+    assert not torch.equal(zero.params(z), x0)
+
+
+@pytest.mark.parametrize("name", ["fedbuff", "fedasync", "fedfix"])
+def test_async_methods_start_only_available_clients(name):
+    """Availability windows (each client online half of a 2-round period): every client an
+    asynchronous server starts in round t is idle and present in round t."""
+    task = make_task(model="mlp", n=8, per_client=20)
+    net = {"speed_spread": 4.0, "window_period": 2, "window_on": 0.5}
+    env = env_with(task, net, participation=0.5)
+    alg = build_algorithm(name, LOCAL)
+    x0 = task.init_params(generator(0, 0, "init"))
+    s = alg.init(x0, env, RoundRng(0, 0))
+    started = 0
+    for t in range(1, 16):
+        before = s.clock
+        s, _ = alg.round(s, env, RoundRng(0, t))
+        new = s.clock.busy & (~before.busy | (s.clock.finish != before.finish))  # [n]
+        if name == "fedbuff":  # several groups per round: check against the round's mask
+            new = new & ~before.busy
+        here = available(env.network, 0, t)
+        assert bool(here[new].all()), (t, new, here)
+        assert int(s.clock.busy.sum()) <= 4
+        started += int(new.sum())
+    assert started > 0 and task.train_loss(alg.params(s)) < task.train_loss(x0)
+
+
+def test_fedprox_takes_the_sampling_strategies_of_fedavg():
+    """FedProx with μ = 0 is FedAvg bit for bit under importance and power-of-choice sampling;
+    the grid accepts both strategies (and a deadline) for fedprox."""
+    task = make_task(model="mlp", n=8, per_client=20)
+    for how in ("importance", "power_of_choice"):
+        env = env_with(task, participation=0.25)._replace(sampling=how)
+        a, la, _ = final("fedavg", LOCAL, env, rounds=3)
+        b, lb, _ = final("fedprox", {**LOCAL, "mu": 0.0}, env, rounds=3)
+        assert torch.equal(a, b), how
+        assert [x.bits_up.tolist() for x in la] == [x.bits_up.tolist() for x in lb]
+        grid.parse(f'[algorithm]\nname = "fedprox"\nsampling = "{how}"\n', G)
+    grid.parse('[algorithm]\nname = "fedprox"\n[network]\ndeadline_s = 2\n', G)
+
+
 def test_methods_reduce_the_loss_under_heterogeneity():
     task = make_task(model="mlp", n=8, per_client=25)
     x0 = task.init_params(generator(0, 0, "init"))
     net = {"speed_spread": 5.0, "dropout_prob": 0.3, "deadline_s": 1.5,
            "deadline_mode": "partial"}  # fmt: skip
     for name in ("fedbuff", "fedasync", "fedfix", "fednova", "mifa"):
-        cfg = dict(net) if name in ("fednova", "mifa") else {"speed_spread": 5.0}
+        cfg = dict(net) if name in ("fednova", "mifa") else {"speed_spread": 5.0,
+                                                             "dropout_prob": 0.3}  # fmt: skip
         env = env_with(task, cfg, participation=0.5)
         x, _, _ = final(name, {"lr": 0.1, "local_steps": 5}, env, rounds=30)
         assert task.train_loss(x) < 0.8 * task.train_loss(x0), name
@@ -334,7 +396,7 @@ def test_new_fields_at_their_defaults_keep_job_keys():
     [
         ('[algorithm]\nname = "scaffold"\nsampling = "importance"\n', "implemented by fedavg"),
         ('[algorithm]\nname = "scaffold"\n[network]\ndeadline_s = 2\n', "allowed with: fedavg"),
-        ('[algorithm]\nname = "fedbuff"\n[network]\ndropout_prob = 0.5\n', "ignores availability"),
+        ('[algorithm]\nname = "dfedsam"\n[network]\ndropout_prob = 0.5\n', "ignores availability"),
         ('[algorithm]\nsampling = "random"\n', "algorithm.sampling"),
         ('[algorithm]\nname = "fedbuff"\nsampling = "poisson"\n', "fedbuff allows uniform;"),
         ('[network]\ndeadline_mode = "late"\n', "network.deadline_mode"),

@@ -26,9 +26,9 @@ from fedbench import seeding
 from fedbench.algorithms._hetero import (
     Clock,
     dispatch,
-    draw_idle,
     model_bits,
     phase_of,
+    refill,
     the_network,
 )
 from fedbench.algorithms.base import (
@@ -70,7 +70,8 @@ def fedfix(lr: float, local_steps: int, concurrency: int, slot_s: float) -> Algo
         idle = torch.zeros(n, dtype=torch.bool)
         clock = Clock(idle, torch.full((n,), float("inf"), dtype=torch.float64),
                       torch.zeros(n, dtype=torch.int64), x0.expand(n, -1).clone())  # fmt: skip
-        ids = draw_idle(~idle, conc(env), seeding.generator(rng.seed, 1, seeding.COHORT))
+        gen = seeding.generator(rng.seed, 1, seeding.COHORT)
+        ids = refill(env, idle, conc(env), 0, rng.seed, gen)
         phase = phase_of(env, ids, local_steps, model_bits(env), rng.seed, 0)
         up = update_compressor(env).init(n, env.d, env.device)
         return FedFixState(0, x0, dispatch(clock, env, ids, x0, 0, 0.0, phase), up)
@@ -97,7 +98,8 @@ def fedfix(lr: float, local_steps: int, concurrency: int, slot_s: float) -> Algo
         busy, finish = clock.busy.clone(), clock.finish.clone()
         busy[ids], finish[ids] = False, float("inf")
         clock = clock._replace(busy=busy, finish=finish)
-        new = draw_idle(~busy, k, seeding.generator(rng.seed, rng.round + 1, seeding.COHORT))
+        gen = seeding.generator(rng.seed, rng.round + 1, seeding.COHORT)
+        new = refill(env, busy, C, rng.round, rng.seed, gen)  # the available idle ones
         phase = phase_of(env, new, local_steps, bits, rng.seed, rng.round)
         clock = dispatch(clock, env, new, x, s.t + 1, now, phase)
         log = RoundLog(bits_up, bits_vector(new.numel(), bits, env.device), k, extra,
@@ -122,6 +124,6 @@ ALGORITHMS.add(
         },
         "asynchronous clients; the server aggregates what arrived at fixed time slots",
         paper="Fraboni et al., JMLR 2023 (arXiv 2206.10189)",
-        extra={"availability": False},
+        extra={"own_cohort": True},
     )
 )
