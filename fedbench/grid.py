@@ -500,7 +500,11 @@ def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]
     a = cfg["algorithm"]
     own = alg.name in OWN_COHORT or not alg.extra.get("availability", True)
     # asynchronous methods draw their workers themselves (uniform among the idle and present)
-    ok = ("uniform",) if own or alg.extra.get("own_cohort", False) else (*COHORT_SAMPLINGS, *alg.extra.get("sampling", ()))
+    ok = (
+        ("uniform",)
+        if own or alg.extra.get("own_cohort", False)
+        else (*COHORT_SAMPLINGS, *alg.extra.get("sampling", ()))
+    )
     if a["sampling"] not in ok:
         fit = [k for k in ALGORITHMS if a["sampling"] in ALGORITHMS[k].extra.get("sampling", ())]
         problems.append(

@@ -87,6 +87,40 @@ def test_fednova_step_is_tau_eff_times_the_mean_normalised_update():
     torch.testing.assert_close(alg.params(s), want, rtol=1e-6, atol=1e-7)
 
 
+def test_fednova_and_fedfix_data_weights_follow_the_papers_p_i():
+    """weights = "data": FedNova's p_i = n_i/Σ_S n_j (τ_eff = Σ p_i τ_i) by hand for one round;
+    FedFix's p_i = (n_i/N)(n/C). Equal client sizes: the same as uniform weights."""
+    sizes = [4, 8, 12, 16]
+    task = make_task(model="logreg", n=4, per_client=sizes)
+    env = env_with(task, batch_size="full")
+    x0 = task.init_params(generator(0, 0, "init"))
+    alg = build_algorithm("fednova", {"lr": 0.1, "local_steps": 4, "tau_min": 1,
+                                      "weights": "data"})  # fmt: skip
+    s, log = alg.round(alg.init(x0, env, RoundRng(0, 0)), env, RoundRng(0, 1))
+    ids, tau = torch.arange(4), log.steps[:4]
+    y, _ = local_sgd_tau(env, x0, ids, tau, 0.1, RoundRng(0, 1)("batches"))
+    p = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
+    tau_eff = float((p * tau.double()).sum())
+    want = x0 + tau_eff * (p.float().unsqueeze(1) * (y - x0) / tau.unsqueeze(1)).sum(0)
+    torch.testing.assert_close(alg.params(s), want, rtol=1e-6, atol=1e-7)
+    assert log.extra["tau_eff"] == pytest.approx(tau_eff)
+    net = {"speed_spread": 1.0}
+    fix = build_algorithm("fedfix", {**LOCAL, "weights": "data"})
+    envf = env_with(task, net, batch_size="full")
+    f, _ = fix.round(fix.init(x0, envf, RoundRng(0, 0)), envf, RoundRng(0, 1))
+    y, _ = local_sgd(envf, x0, ids, 3, 0.1, RoundRng(0, 1)("batches"))
+    torch.testing.assert_close(fix.params(f), x0 + (p.float().unsqueeze(1) * (y - x0)).sum(0),
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+    equal = env_with(make_task(model="logreg", n=4, per_client=10), net, batch_size="full")
+    for name in ("fednova", "fedfix"):
+        a, _, _ = final(name, LOCAL, equal, rounds=3)
+        b, _, _ = final(name, {**LOCAL, "weights": "data"}, equal, rounds=3)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    keys = [grid.parse(f'[algorithm]\nname = "fednova"\n{w}', G).jobs[0].key
+            for w in ("", 'weights = "uniform"\n', 'weights = "data"\n')]  # fmt: skip
+    assert keys[0] == keys[1] != keys[2]
+
+
 def test_masked_local_steps_equal_separate_runs_per_client():
     task = make_task(model="logreg", n=4, per_client=10)
     env = env_with(task, batch_size="full")

@@ -6,13 +6,15 @@ Updates", Fraboni, Vidal, Kameni, Lorenzi, JMLR 2023, arXiv 2206.10189.
 Variant: on the simulated clock (fedbench.network), C clients (`concurrency`, default the
 cohort m) each run K local SGD steps from the model they received. Every `slot_s` simulated
 seconds the server aggregates whatever updates arrived since the last slot,
-x ← x + Σ_{i arrived} p_i C(Δ_i) with Δ_i = y_i − x^{τ_i} and p_i = 1/C (the paper's
-p_i = n_i/N with clients weighing equally, as fedavg here); clients still training keep going
-on their old model and contribute at a later slot. The clients that arrived are replaced by
-idle clients drawn uniformly (all of them when C = n), who start from the new model at the
-slot time. A round is one slot (possibly with no arrival). `slot_s = 0` is the phase of a 1×
-worker (dense messages): with equal speeds every client arrives by each slot, and FedFix is
-FedAvg (to rounding: Σ/C for the mean).
+x ← x + Σ_{i arrived} p_i C(Δ_i) with Δ_i = y_i − x^{τ_i} and p_i = 1/C (`weights =
+"uniform"`: the paper's p_i = n_i/N with clients weighing equally, as fedavg here) or
+p_i = (n_i/N)·(n/C) (`weights = "data"`: the paper's data shares, scaled so that C concurrent
+clients of average size weigh 1 in all; with C = n exactly the paper's n_i/N); clients
+still training keep going on their old model and contribute at a later slot. The clients that
+arrived are replaced by idle clients drawn uniformly among the available ones (all of them when
+C = n), who start from the new model at the slot time. A round is one slot (possibly with no
+arrival). `slot_s = 0` is the phase of a 1× worker (dense messages): with equal speeds every
+client arrives by each slot, and FedFix is FedAvg (to rounding: Σ/C for the mean).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from fedbench.algorithms.base import (
     local_sgd,
     update_compressor,
 )
+from fedbench.algorithms.fednova import WEIGHTS
 from fedbench.network import phase_seconds
 from fedbench.params import Component, Param
 from fedbench.seeding import RoundRng
@@ -54,7 +57,7 @@ class FedFixState(NamedTuple):
     up: Any  # uplink compressor state
 
 
-def fedfix(lr: float, local_steps: int, concurrency: int, slot_s: float) -> Algorithm:
+def fedfix(lr: float, local_steps: int, concurrency: int, slot_s: float, weights: str) -> Algorithm:
     def conc(env: Env) -> int:
         return min(env.n, concurrency or cohort_size(env.n, env.participation))
 
@@ -90,7 +93,13 @@ def fedfix(lr: float, local_steps: int, concurrency: int, slot_s: float) -> Algo
             start = clock.start[dev]  # [k, d]
             y, loss = local_sgd(env, start, dev, local_steps, lr, rng(seeding.BATCHES))
             msg, up = update_compressor(env).compress(y - start, dev, s.up, rng(seeding.UPLINK))
-            x = s.x + msg.value.sum(0) / C  # Σ p_i C(Δ_i), p_i = 1/C
+            if weights == "uniform":
+                x = s.x + msg.value.sum(0) / C  # Σ p_i C(Δ_i), p_i = 1/C
+            else:  # p_i = (n_i / N)·(n / C)
+                counts = env.task.data.counts.to(torch.float64)  # [n]
+                p = counts[ids.to(counts.device)] / counts.sum() * (env.n / C)  # [k]
+                p = p.to(device=env.device, dtype=msg.value.dtype).unsqueeze(1)
+                x = s.x + (p * msg.value).sum(0)
             bits_up, ran[ids] = msg.bits, local_steps
             extra["local_loss"] = float(loss.mean())
             stale = (s.t - clock.version[ids]).double()
@@ -121,6 +130,7 @@ ALGORITHMS.add(
             "slot_s": Param(
                 0.0, "simulated seconds between aggregations (0 = one 1× worker's phase)", low=0.0
             ),
+            "weights": WEIGHTS,
         },
         "asynchronous clients; the server aggregates what arrived at fixed time slots",
         paper="Fraboni et al., JMLR 2023 (arXiv 2206.10189)",

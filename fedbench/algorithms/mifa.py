@@ -4,11 +4,12 @@
 Zhang, Zhang, NeurIPS 2021, arXiv 2106.04159.
 
 Variant: Algorithm 1 with a constant learning rate. The server keeps every client's latest
-update G_i (`[n, d]`). `start = "wait"` (default) follows the paper: the server takes no step
-until every client has reported once (the rounds before only fill the table; FLGo's
-implementation, its threshold c = 1); `start = "zero"` steps from round 1 with G_i = 0 for the
-clients not heard from yet (the behaviour of fedbench 0.2, kept as an option). Each round the available clients of the cohort (see the `[network]`
-availability model) run K local SGD steps from x̂ and send Δ_i = y_i − x̂ (optionally
+update G_i (`[n, d]`). `start = "wait"` (default): the server takes no step until every
+client has reported once, the rounds before only fill the table (as FLGo's implementation
+of the paper does, threshold c = 1 [code]; the paper's own text was not read here [mem]);
+`start = "zero"` steps from round 1 with G_i = 0 for the clients not heard from yet (fedbench
+0.2's behaviour, kept as an option). Each round the available clients of the cohort (see the
+`[network]` availability model) run K local SGD steps from x̂ and send Δ_i = y_i − x̂ (optionally
 compressed); the server sets G_i ← C(Δ_i) for them and steps on the average over all n
 clients, x ← opt(x, −(1/n) Σ_i G_i), so absent clients still count with their last update.
 With every client available each round (participation 1, no dropouts) this is FedAvg exactly.
