@@ -396,6 +396,50 @@ def test_fedavg_importance_and_power_of_choice_count_their_extra_bits():
     assert torch.equal(x, final("fedavg", LOCAL, env, rounds=4)[0])  # deterministic
 
 
+def test_clock_charges_power_of_choice_queries_and_waiting_for_presence():
+    """Power-of-choice: the round = the candidates' query phase (model down, one step of local
+    evaluation at s_i, a 32-bit loss up; the slowest candidate) + the chosen ones' training
+    phase with their own messages only. Availability: every round the server waited for
+    someone present costs one nominal round (1× worker, dense messages)."""
+    from fedbench.algorithms.base import _draw_cohort
+    from fedbench.network import nominal_round, present_after, round_seconds
+
+    task = make_task(model="mlp", n=8, per_client=20)
+    net = {"speed_spread": 3.0, "uplink_mbps": 0.01, "downlink_mbps": 0.01}
+    env = env_with(task, net, participation=0.25)._replace(sampling="power_of_choice")
+    d, bits = task.d, 32 * task.d
+    alg = build_algorithm("fedavg", LOCAL)
+    s = alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0))
+    _, log = alg.round(s, env, RoundRng(0, 1))
+    chosen = torch.nonzero(log.steps).flatten()  # the m = 2 chosen of 4 candidates
+    q = log.extra["query_s"]
+    assert log.extra["candidates"] == 4 and log.extra["query_bits_up"] == 4 * 32
+    assert log.extra["query_bits_down"] == 4 * bits
+    n = env.network
+    slowest = float(n.slowdown.max())  # an upper bound on the slowest candidate
+    assert bits / (0.01e6) < q <= bits / (0.01e6) + 32 / 0.01e6 + n.step_ms * slowest / 1e3
+    train = float(phase_seconds(n, torch.full((2,), 3), n.slowdown[chosen],
+                                32.0 * d, 0.0).max())  # fmt: skip
+    got = charged_seconds(n, log, env, RoundRng(0, 1), 3)
+    assert got == pytest.approx(q + train, rel=1e-9)
+    # waiting: a 90% dropout makes some rounds wait; each wait costs one nominal round
+    env = env_with(task, {"dropout_prob": 0.9}, participation=0.25)
+    uni = build_algorithm("fedavg", LOCAL)
+    s = uni.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0))
+    unit, waited = nominal_round(env.network, 3, d), 0
+    for t in range(1, 30):
+        s, log = uni.round(s, env, RoundRng(0, t))
+        ids = sample_cohort(env, RoundRng(0, t)).cpu()  # who trained (after waiting)
+        _, w = present_after(env.network, _draw_cohort(env, RoundRng(0, t)).cpu(), 0, t)
+        steps = torch.full((ids.numel(),), 3)
+        up, down = float(log.bits_up.sum()), float(log.bits_down.sum())
+        train = round_seconds(env.network, up, down, steps, env.network.slowdown[ids])
+        got = charged_seconds(env.network, log, env, RoundRng(0, t), 3)
+        assert got == pytest.approx(train + w * unit, rel=1e-12)
+        waited += w
+    assert waited > 0
+
+
 def test_power_of_choice_picks_the_largest_losses():
     ids = torch.tensor([1, 4, 6, 7])
     got = highest_losses(ids, torch.tensor([0.5, 2.0, 0.1, 1.0]), 2)
