@@ -499,7 +499,12 @@ def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]
     """Sampling strategies, availability and deadlines only with methods that implement them."""
     a = cfg["algorithm"]
     own = alg.name in OWN_COHORT or not alg.extra.get("availability", True)
-    ok = ("uniform",) if own else (*COHORT_SAMPLINGS, *alg.extra.get("sampling", ()))
+    # asynchronous methods draw their workers themselves (uniform among the idle and present)
+    ok = (
+        ("uniform",)
+        if own or alg.extra.get("own_cohort", False)
+        else (*COHORT_SAMPLINGS, *alg.extra.get("sampling", ()))
+    )
     if a["sampling"] not in ok:
         fit = [k for k in ALGORITHMS if a["sampling"] in ALGORITHMS[k].extra.get("sampling", ())]
         problems.append(

@@ -180,11 +180,17 @@ def available(net: Network, seed: int, t: int, attempt: int = 0) -> Tensor:
 def present(net: Network, ids: Tensor, seed: int, t: int) -> Tensor:
     """The sampled clients `ids [m]` that are available in round t, in order. When none is,
     the server waits: availability is drawn again (attempt 1, 2, ...) for the same sample."""
+    return present_after(net, ids, seed, t)[0]
+
+
+def present_after(net: Network, ids: Tensor, seed: int, t: int) -> tuple[Tensor, int]:
+    """`present`'s clients and the number of attempts the server waited (0: someone was
+    there at once); each attempt is one round's worth of waiting (`charged_seconds`)."""
     cpu = ids.cpu()
     for attempt in range(MAX_WAIT):
         keep = cpu[available(net, seed, t, attempt)[cpu]]
         if keep.numel() > 0:
-            return keep.to(ids.device)
+            return keep.to(ids.device), attempt
     raise ValueError(f"[network]: no sampled client was available in round {t}")
 
 
@@ -238,12 +244,21 @@ def round_seconds(
     return float(phase_seconds(net, steps, slowdown, bits_up / k, bits_down / k).max())
 
 
+def nominal_round(net: Network, steps: int, d: int) -> float:
+    """Seconds of one round of a 1× worker with dense messages: the unit of waiting when
+    nobody sampled is available (each wait attempt is one such round)."""
+    one = torch.ones(1, dtype=torch.float64)
+    return float(phase_seconds(net, one * steps, one, 32.0 * d, 32.0 * d)[0])
+
+
 def charged_seconds(net: Network, log: Any, env: Any, rng: Any, local_steps: int) -> float:
     """The runner's charge for one synchronous round of any method: its participants are
     `log.steps > 0` when the method says, else the round's cohort (every method draws it with
     `sample_cohort` from the round's COHORT generator, so it is drawn again here) running
-    `local_steps`."""
-    from fedbench.algorithms.base import sample_cohort  # base imports this module's users
+    `local_steps`. Plus, before the round: a power-of-choice query phase (`query_s`, the
+    candidates' own messages are then left out of the training phase's bits), and the rounds
+    the server waited for an available client (uniform and Poisson cohorts)."""
+    from fedbench.algorithms.base import _draw_cohort, sample_cohort  # base imports us
 
     if log.steps is not None:
         steps = log.steps.cpu()
@@ -254,8 +269,13 @@ def charged_seconds(net: Network, log: Any, env: Any, rng: Any, local_steps: int
         steps = torch.full((ids.numel(),), local_steps)
     gen = seeding.generator(rng.seed, rng.round, NETWORK)  # CPU, whatever the device
     slow = net.slowdown[ids] * stragglers(net, ids.numel(), gen)
-    sec = round_seconds(net, float(log.bits_up.sum()), float(log.bits_down.sum()), steps, slow)
+    up = float(log.bits_up.sum()) - log.extra.get("query_bits_up", 0.0)
+    down = float(log.bits_down.sum()) - log.extra.get("query_bits_down", 0.0)
+    sec = round_seconds(net, up, down, steps, slow)
     if net.deadline_s > 0.0:  # the server closes the round at the deadline
         late = log.extra.get("deadline_cut", 0.0) > 0
-        return net.deadline_s if late else min(sec, net.deadline_s)
-    return sec
+        sec = net.deadline_s if late else min(sec, net.deadline_s)
+    waited = 0
+    if has_availability(net) and getattr(env, "sampling", "uniform") in ("uniform", "poisson"):
+        _, waited = present_after(net, _draw_cohort(env, rng).cpu(), rng.seed, rng.round)
+    return sec + log.extra.get("query_s", 0.0) + waited * nominal_round(net, local_steps, env.d)

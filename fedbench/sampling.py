@@ -84,10 +84,10 @@ def highest_losses(ids: Tensor, losses: Tensor, m: int) -> Tensor:
     return ids[order.to(ids.device)].sort().values
 
 
-def power_of_choice(env: Any, rng: RoundRng, x: Tensor) -> tuple[Tensor, Tensor, int]:
+def power_of_choice(env: Any, rng: RoundRng, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Power-of-choice for `Env` env at the server model `x [d]`: the m chosen ids `[m]`,
-    the candidates' loss reports' bits `[k]` (32 each), and how many candidates received the
-    model without being chosen."""
+    the candidates' loss reports' bits `[k]` (32 each), and the candidates `[k]` (all of
+    them receive the model)."""
     from fedbench.algorithms.base import cohort_size  # base imports this module
     from fedbench.network import has_availability, present
 
@@ -99,17 +99,46 @@ def power_of_choice(env: Any, rng: RoundRng, x: Tensor) -> tuple[Tensor, Tensor,
     loss, _ = env.task.loss_grad(x.expand(cand.numel(), -1), cand)  # F_k(x) [k], full local data
     ids = highest_losses(cand, loss, min(m, cand.numel()))
     reports = torch.full((cand.numel(),), FLOAT_BITS, dtype=torch.int64, device=env.device)
-    return ids, reports, cand.numel() - ids.numel()
+    return ids, reports, cand
 
 
-def with_queries(log: Any, ids: Tensor, env: Any, steps: int, up: Tensor, down: int) -> Any:
-    """A round log plus the selection's own messages (`up [k]` bits, `down` bits in all) and
-    the chosen workers' local steps (so the simulated clock charges who trained)."""
+def query_seconds(env: Any, cand: Tensor, model_bits: float) -> float:
+    """Simulated seconds of power-of-choice's query phase: every candidate receives the model,
+    evaluates its local loss (charged as one local step of its speed s_i: a forward pass over
+    its data, our estimate) and sends a 32-bit loss; the server waits for the slowest. 0
+    without a `[network]` section."""
+    from fedbench.network import phase_seconds
+
+    net = env.network
+    if net is None or cand.numel() == 0:
+        return 0.0
+    one = torch.ones(cand.numel(), dtype=torch.float64)
+    slow = net.slowdown[cand.cpu()]
+    return float(phase_seconds(net, one, slow, float(FLOAT_BITS), model_bits).max())
+
+
+def with_queries(
+    log: Any, ids: Tensor, env: Any, steps: int, up: Tensor, cand: Tensor, model_bits: int
+) -> Any:
+    """A round log plus the selection's own messages (`up [k]` bits; the model, `model_bits`,
+    to every candidate `cand [k]` not chosen) and the chosen workers' local steps (so the
+    simulated clock charges who trained). The query phase's bits and seconds go to `extra`
+    (`query_s`: the clock charges that phase before the training phase)."""
+    down = (cand.numel() - ids.numel()) * model_bits
     ran = torch.zeros(env.n, dtype=torch.int64)
     ran[ids.cpu()] = steps
     extra_down = torch.tensor([down], dtype=torch.int64, device=log.bits_down.device)
+    chosen_down = float(log.bits_down.sum()) / max(1, log.bits_down.numel())  # the model
+    extra = {
+        **log.extra,
+        "query_bits_up": float(up.sum()),
+        "query_bits_down": float(down) + chosen_down * ids.numel(),
+        "candidates": float(up.numel()),
+        "query_s": query_seconds(env, cand, float(model_bits)),
+    }
     return log._replace(
         bits_up=torch.cat([log.bits_up.to(torch.int64), up]),
         bits_down=torch.cat([log.bits_down, extra_down]) if down else log.bits_down,
         steps=ran,
+        extra=extra,
     )

@@ -87,6 +87,40 @@ def test_fednova_step_is_tau_eff_times_the_mean_normalised_update():
     torch.testing.assert_close(alg.params(s), want, rtol=1e-6, atol=1e-7)
 
 
+def test_fednova_and_fedfix_data_weights_follow_the_papers_p_i():
+    """weights = "data": FedNova's p_i = n_i/Σ_S n_j (τ_eff = Σ p_i τ_i) by hand for one round;
+    FedFix's p_i = (n_i/N)(n/C). Equal client sizes: the same as uniform weights."""
+    sizes = [4, 8, 12, 16]
+    task = make_task(model="logreg", n=4, per_client=sizes)
+    env = env_with(task, batch_size="full")
+    x0 = task.init_params(generator(0, 0, "init"))
+    alg = build_algorithm("fednova", {"lr": 0.1, "local_steps": 4, "tau_min": 1,
+                                      "weights": "data"})  # fmt: skip
+    s, log = alg.round(alg.init(x0, env, RoundRng(0, 0)), env, RoundRng(0, 1))
+    ids, tau = torch.arange(4), log.steps[:4]
+    y, _ = local_sgd_tau(env, x0, ids, tau, 0.1, RoundRng(0, 1)("batches"))
+    p = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
+    tau_eff = float((p * tau.double()).sum())
+    want = x0 + tau_eff * (p.float().unsqueeze(1) * (y - x0) / tau.unsqueeze(1)).sum(0)
+    torch.testing.assert_close(alg.params(s), want, rtol=1e-6, atol=1e-7)
+    assert log.extra["tau_eff"] == pytest.approx(tau_eff)
+    net = {"speed_spread": 1.0}
+    fix = build_algorithm("fedfix", {**LOCAL, "weights": "data"})
+    envf = env_with(task, net, batch_size="full")
+    f, _ = fix.round(fix.init(x0, envf, RoundRng(0, 0)), envf, RoundRng(0, 1))
+    y, _ = local_sgd(envf, x0, ids, 3, 0.1, RoundRng(0, 1)("batches"))
+    torch.testing.assert_close(fix.params(f), x0 + (p.float().unsqueeze(1) * (y - x0)).sum(0),
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+    equal = env_with(make_task(model="logreg", n=4, per_client=10), net, batch_size="full")
+    for name in ("fednova", "fedfix"):
+        a, _, _ = final(name, LOCAL, equal, rounds=3)
+        b, _, _ = final(name, {**LOCAL, "weights": "data"}, equal, rounds=3)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    keys = [grid.parse(f'[algorithm]\nname = "fednova"\n{w}', G).jobs[0].key
+            for w in ("", 'weights = "uniform"\n', 'weights = "data"\n')]  # fmt: skip
+    assert keys[0] == keys[1] != keys[2]
+
+
 def test_masked_local_steps_equal_separate_runs_per_client():
     task = make_task(model="logreg", n=4, per_client=10)
     env = env_with(task, batch_size="full")
@@ -183,13 +217,75 @@ def test_mifa_keeps_absent_clients_last_updates():
         assert log.bits_up.tolist() == [32 * task.d] * here.numel()
 
 
+def test_mifa_waits_until_every_client_has_reported_once():
+    """start = "wait" (the paper): no server step until all n clients are in the table; from
+    then on the average over all n. start = "zero" steps in round 1 with G_i = 0 for the rest."""
+    task = make_task(model="mlp", n=8, per_client=20)
+    env = env_with(task, {"dropout_prob": 0.5}, participation=0.5)
+    x0 = task.init_params(generator(0, 0, "init"))
+    alg = build_algorithm("mifa", LOCAL)
+    s, seen, t = alg.init(x0, env, RoundRng(0, 0)), torch.zeros(8, dtype=torch.bool), 0
+    while not bool(seen.all()):
+        t += 1
+        seen[sample_cohort(env, RoundRng(0, t)).cpu()] = True
+        s, log = alg.round(s, env, RoundRng(0, t))
+        assert log.extra["reported"] == float(seen.sum())
+        if not bool(seen.all()):
+            assert torch.equal(alg.params(s), x0), t  # still waiting
+    assert t > 1 and not torch.equal(alg.params(s), x0)  # the first step: mean of all G_i
+    torch.testing.assert_close(alg.params(s), x0 + s.G.mean(0), rtol=0, atol=0)
+    zero = build_algorithm("mifa", {**LOCAL, "start": "zero"})
+    z, _ = zero.round(zero.init(x0, env, RoundRng(0, 0)), env, RoundRng(0, 1))
+    torch.testing.assert_close(zero.params(z), x0 + z.G.mean(0), rtol=0, atol=0)
+    assert not torch.equal(zero.params(z), x0)
+
+
+@pytest.mark.parametrize("name", ["fedbuff", "fedasync", "fedfix"])
+def test_async_methods_start_only_available_clients(name):
+    """Availability windows (each client online half of a 2-round period): every client an
+    asynchronous server starts in round t is idle and present in round t."""
+    task = make_task(model="mlp", n=8, per_client=20)
+    net = {"speed_spread": 4.0, "window_period": 2, "window_on": 0.5}
+    env = env_with(task, net, participation=0.5)
+    alg = build_algorithm(name, LOCAL)
+    x0 = task.init_params(generator(0, 0, "init"))
+    s = alg.init(x0, env, RoundRng(0, 0))
+    started = 0
+    for t in range(1, 16):
+        before = s.clock
+        s, _ = alg.round(s, env, RoundRng(0, t))
+        new = s.clock.busy & (~before.busy | (s.clock.finish != before.finish))  # [n]
+        if name == "fedbuff":  # several groups per round: check against the round's mask
+            new = new & ~before.busy
+        here = available(env.network, 0, t)
+        assert bool(here[new].all()), (t, new, here)
+        assert int(s.clock.busy.sum()) <= 4
+        started += int(new.sum())
+    assert started > 0 and task.train_loss(alg.params(s)) < task.train_loss(x0)
+
+
+def test_fedprox_takes_the_sampling_strategies_of_fedavg():
+    """FedProx with μ = 0 is FedAvg bit for bit under importance and power-of-choice sampling;
+    the grid accepts both strategies (and a deadline) for fedprox."""
+    task = make_task(model="mlp", n=8, per_client=20)
+    for how in ("importance", "power_of_choice"):
+        env = env_with(task, participation=0.25)._replace(sampling=how)
+        a, la, _ = final("fedavg", LOCAL, env, rounds=3)
+        b, lb, _ = final("fedprox", {**LOCAL, "mu": 0.0}, env, rounds=3)
+        assert torch.equal(a, b), how
+        assert [x.bits_up.tolist() for x in la] == [x.bits_up.tolist() for x in lb]
+        grid.parse(f'[algorithm]\nname = "fedprox"\nsampling = "{how}"\n', G)
+    grid.parse('[algorithm]\nname = "fedprox"\n[network]\ndeadline_s = 2\n', G)
+
+
 def test_methods_reduce_the_loss_under_heterogeneity():
     task = make_task(model="mlp", n=8, per_client=25)
     x0 = task.init_params(generator(0, 0, "init"))
     net = {"speed_spread": 5.0, "dropout_prob": 0.3, "deadline_s": 1.5,
            "deadline_mode": "partial"}  # fmt: skip
     for name in ("fedbuff", "fedasync", "fedfix", "fednova", "mifa"):
-        cfg = dict(net) if name in ("fednova", "mifa") else {"speed_spread": 5.0}
+        cfg = dict(net) if name in ("fednova", "mifa") else {"speed_spread": 5.0,
+                                                             "dropout_prob": 0.3}  # fmt: skip
         env = env_with(task, cfg, participation=0.5)
         x, _, _ = final(name, {"lr": 0.1, "local_steps": 5}, env, rounds=30)
         assert task.train_loss(x) < 0.8 * task.train_loss(x0), name
@@ -300,6 +396,50 @@ def test_fedavg_importance_and_power_of_choice_count_their_extra_bits():
     assert torch.equal(x, final("fedavg", LOCAL, env, rounds=4)[0])  # deterministic
 
 
+def test_clock_charges_power_of_choice_queries_and_waiting_for_presence():
+    """Power-of-choice: the round = the candidates' query phase (model down, one step of local
+    evaluation at s_i, a 32-bit loss up; the slowest candidate) + the chosen ones' training
+    phase with their own messages only. Availability: every round the server waited for
+    someone present costs one nominal round (1× worker, dense messages)."""
+    from fedbench.algorithms.base import _draw_cohort
+    from fedbench.network import nominal_round, present_after, round_seconds
+
+    task = make_task(model="mlp", n=8, per_client=20)
+    net = {"speed_spread": 3.0, "uplink_mbps": 0.01, "downlink_mbps": 0.01}
+    env = env_with(task, net, participation=0.25)._replace(sampling="power_of_choice")
+    d, bits = task.d, 32 * task.d
+    alg = build_algorithm("fedavg", LOCAL)
+    s = alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0))
+    _, log = alg.round(s, env, RoundRng(0, 1))
+    chosen = torch.nonzero(log.steps).flatten()  # the m = 2 chosen of 4 candidates
+    q = log.extra["query_s"]
+    assert log.extra["candidates"] == 4 and log.extra["query_bits_up"] == 4 * 32
+    assert log.extra["query_bits_down"] == 4 * bits
+    n = env.network
+    slowest = float(n.slowdown.max())  # an upper bound on the slowest candidate
+    assert bits / (0.01e6) < q <= bits / (0.01e6) + 32 / 0.01e6 + n.step_ms * slowest / 1e3
+    train = float(phase_seconds(n, torch.full((2,), 3), n.slowdown[chosen],
+                                32.0 * d, 0.0).max())  # fmt: skip
+    got = charged_seconds(n, log, env, RoundRng(0, 1), 3)
+    assert got == pytest.approx(q + train, rel=1e-9)
+    # waiting: a 90% dropout makes some rounds wait; each wait costs one nominal round
+    env = env_with(task, {"dropout_prob": 0.9}, participation=0.25)
+    uni = build_algorithm("fedavg", LOCAL)
+    s = uni.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0))
+    unit, waited = nominal_round(env.network, 3, d), 0
+    for t in range(1, 30):
+        s, log = uni.round(s, env, RoundRng(0, t))
+        ids = sample_cohort(env, RoundRng(0, t)).cpu()  # who trained (after waiting)
+        _, w = present_after(env.network, _draw_cohort(env, RoundRng(0, t)).cpu(), 0, t)
+        steps = torch.full((ids.numel(),), 3)
+        up, down = float(log.bits_up.sum()), float(log.bits_down.sum())
+        train = round_seconds(env.network, up, down, steps, env.network.slowdown[ids])
+        got = charged_seconds(env.network, log, env, RoundRng(0, t), 3)
+        assert got == pytest.approx(train + w * unit, rel=1e-12)
+        waited += w
+    assert waited > 0
+
+
 def test_power_of_choice_picks_the_largest_losses():
     ids = torch.tensor([1, 4, 6, 7])
     got = highest_losses(ids, torch.tensor([0.5, 2.0, 0.1, 1.0]), 2)
@@ -334,7 +474,7 @@ def test_new_fields_at_their_defaults_keep_job_keys():
     [
         ('[algorithm]\nname = "scaffold"\nsampling = "importance"\n', "implemented by fedavg"),
         ('[algorithm]\nname = "scaffold"\n[network]\ndeadline_s = 2\n', "allowed with: fedavg"),
-        ('[algorithm]\nname = "fedbuff"\n[network]\ndropout_prob = 0.5\n', "ignores availability"),
+        ('[algorithm]\nname = "dfedsam"\n[network]\ndropout_prob = 0.5\n', "ignores availability"),
         ('[algorithm]\nsampling = "random"\n', "algorithm.sampling"),
         ('[algorithm]\nname = "fedbuff"\nsampling = "poisson"\n', "fedbuff allows uniform;"),
         ('[network]\ndeadline_mode = "late"\n', "network.deadline_mode"),

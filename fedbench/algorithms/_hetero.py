@@ -11,7 +11,16 @@ from torch import Tensor
 
 from fedbench import seeding
 from fedbench.algorithms.base import Correction, Env, local_sgd
-from fedbench.network import NETWORK, Network, build_network, deadline_steps, phase_seconds
+from fedbench.network import (
+    MAX_WAIT,
+    NETWORK,
+    Network,
+    available,
+    build_network,
+    deadline_steps,
+    has_availability,
+    phase_seconds,
+)
 from fedbench.network import stragglers as straggle
 from fedbench.params import Param
 
@@ -115,6 +124,26 @@ def draw_idle(idle: Tensor, k: int, gen: torch.Generator) -> Tensor:
         return torch.nonzero(idle).flatten()
     perm = torch.randperm(n, generator=gen)
     return perm[idle[perm]][:k].sort().values
+
+
+def refill(env: Env, busy: Tensor, C: int, t: int, seed: int, gen: torch.Generator) -> Tensor:
+    """Workers `[k]` to start now so that C train at once: k = C − busy, drawn uniformly among
+    the idle ones that are available in round t (the `[network]` presence model). Without
+    availability this is `draw_idle(~busy, C − busy, gen)`, so the old draws are unchanged.
+    With availability the absent stay idle; when nobody is training and nobody idle is present,
+    the server waits for someone to show up (availability redrawn, attempt 1, 2, ...). A slot
+    left empty is refilled at the next arrival (deviation: not the instant a client returns)."""
+    k = C - int(busy.sum())
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.int64)
+    net = env.network
+    if net is None or not has_availability(net):
+        return draw_idle(~busy, k, gen)
+    for attempt in range(MAX_WAIT):
+        idle = ~busy & available(net, seed, t, attempt)  # [n] idle and present
+        if bool(idle.any()) or bool(busy.any()):
+            return draw_idle(idle, k, gen)
+    raise ValueError(f"[network]: no client was available in round {t}")
 
 
 def dispatch(

@@ -28,9 +28,9 @@ from fedbench.algorithms._hetero import (
     STALENESS_PARAMS,
     Clock,
     dispatch,
-    draw_idle,
     model_bits,
     phase_of,
+    refill,
     staleness_weight,
 )
 from fedbench.algorithms.base import (
@@ -82,7 +82,7 @@ def fedasync(
         idle = torch.zeros(n, dtype=torch.bool)
         clock = Clock(idle, torch.full((n,), float("inf"), dtype=torch.float64),
                       torch.zeros(n, dtype=torch.int64), x0.expand(n, -1).clone())  # fmt: skip
-        ids = draw_idle(~idle, C, seeding.generator(rng.seed, 1, seeding.COHORT))
+        ids = refill(env, idle, C, 0, rng.seed, seeding.generator(rng.seed, 1, seeding.COHORT))
         phase = phase_of(env, ids, local_steps, model_bits(env), rng.seed, 0)
         up = update_compressor(env).init(n, env.d, env.device)
         return FedAsyncState(0, x0, dispatch(clock, env, ids, x0, 0, 0.0, phase), up, 0.0)
@@ -108,7 +108,9 @@ def fedasync(
         busy, finish = clock.busy.clone(), clock.finish.clone()
         busy[ids], finish[ids] = False, float("inf")
         clock = clock._replace(busy=busy, finish=finish)
-        new = draw_idle(~busy, k, seeding.generator(rng.seed, rng.round + 1, seeding.COHORT))
+        C = min(env.n, concurrency or cohort_size(env.n, env.participation))
+        gen = seeding.generator(rng.seed, rng.round + 1, seeding.COHORT)
+        new = refill(env, busy, C, rng.round, rng.seed, gen)  # the available idle ones
         phase = phase_of(env, new, local_steps, bits, rng.seed, rng.round)
         clock = dispatch(clock, env, new, x, version, now, phase)
         ran = torch.zeros(env.n, dtype=torch.int64)
@@ -137,6 +139,6 @@ ALGORITHMS.add(
         },
         "asynchronous clients on the simulated clock; x ← (1 − α_t)x + α_t y on each arrival",
         paper="Xie, Koyejo, Gupta 2019 (arXiv 1903.03934)",
-        extra={"availability": False},
+        extra={"own_cohort": True},
     )
 )

@@ -73,7 +73,7 @@ def fedavg(
         if env.sampling == "importance":
             return importance_round(s, env, rng)
         if env.sampling == "power_of_choice":
-            ids, q_up, q_down = power_of_choice(env, rng, s.x)  # m of d candidates
+            ids, q_up, cand = power_of_choice(env, rng, s.x)  # m of d candidates
         else:
             ids = sample_cohort(env, rng)  # [m]
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
@@ -82,7 +82,7 @@ def fedavg(
         if deadline:  # issue 13: late clients dropped or cut to the steps done by then
             s, log = deadline_round(s, env, rng, ids, down, bits_down, corr)
             if env.sampling == "power_of_choice":
-                log = with_queries(log, ids, env, local_steps, q_up, q_down * bits_down)
+                log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
             return s, log
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
         compress = update_compressor(env).compress
@@ -90,7 +90,7 @@ def fedavg(
         x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
         log = cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
         if env.sampling == "power_of_choice":  # + the candidates' loss reports and models
-            log = with_queries(log, ids, env, local_steps, q_up, q_down * bits_down)
+            log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
         return FedAvgState(s.t + 1, x, opt_state, down, up), log
 
     def deadline_round(

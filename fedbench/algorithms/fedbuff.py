@@ -29,9 +29,9 @@ from fedbench.algorithms._hetero import (
     STALENESS_PARAMS,
     Clock,
     dispatch,
-    draw_idle,
     model_bits,
     phase_of,
+    refill,
     staleness_weight,
 )
 from fedbench.algorithms.base import (
@@ -80,14 +80,14 @@ def fedbuff(
         idle = torch.zeros(n, dtype=torch.bool)
         clock = Clock(idle, torch.full((n,), float("inf"), dtype=torch.float64),
                       torch.zeros(n, dtype=torch.int64), x0.expand(n, -1).clone())  # fmt: skip
-        ids = draw_idle(~idle, C, seeding.generator(rng.seed, 1, seeding.COHORT))
+        ids = refill(env, idle, C, 0, rng.seed, seeding.generator(rng.seed, 1, seeding.COHORT))
         phase = phase_of(env, ids, local_steps, model_bits(env), rng.seed, 0)
         clock = dispatch(clock, env, ids, x0, 0, 0.0, phase)
         up = update_compressor(env).init(n, env.d, env.device)
         return FedBuffState(0, x0, opt.init(x0), clock, up, 0.0)
 
     def round(s: FedBuffState, env: Env, rng: RoundRng) -> tuple[FedBuffState, RoundLog]:
-        _, K_buf = sizes(env)
+        C, K_buf = sizes(env)
         gen_b, gen_u, bits = rng(seeding.BATCHES), rng(seeding.UPLINK), model_bits(env)
         clock, x, up, version, opt_state = s.clock, s.x, s.up, s.t, s.opt
         buf, count, j = torch.zeros_like(x), 0, 0
@@ -117,7 +117,7 @@ def fedbuff(
             gen = seeding.generator(rng.seed, rng.round + 1, seeding.COHORT)
             if not stepped:
                 gen = seeding.generator(rng.seed, rng.round, f"{seeding.COHORT}/{j}")
-            new = draw_idle(~clock.busy, ids.numel(), gen)  # replacements
+            new = refill(env, clock.busy, C, rng.round, rng.seed, gen)  # available idle ones
             phase = phase_of(env, new, local_steps, bits, rng.seed, rng.round * 1000 + j)
             clock = dispatch(clock, env, new, x, version, now, phase)
             downs += new.numel()
@@ -155,6 +155,6 @@ ALGORITHMS.add(
         },
         "asynchronous clients on the simulated clock; server step after K buffered updates",
         paper="Nguyen et al., AISTATS 2022 (arXiv 2106.06639)",
-        extra={"availability": False},
+        extra={"own_cohort": True},
     )
 )
