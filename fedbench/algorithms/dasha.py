@@ -145,6 +145,6 @@ ALGORITHMS.add(
         "compressed momentum-corrected gradient differences, no dense synchronisation rounds",
         paper="Tyurin, Richtárik, ICLR 2023 (arXiv 2202.01268)",
         requires="unbiased",
-        extra={"error_feedback": False, "local": False},
+        extra={"error_feedback": False, "local": False, "availability": False},
     )
 )
