@@ -167,6 +167,7 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
         for a in ("diloco", "streaming_diloco", "async_local_sgd", "noloco")
     },
     "dasha": {"lr": 0.1, "b": 0.1},  # minibatches: DASHA-MVR (plain DASHA accumulates noise)
+    "single_merge": {"lr": 0.1, "late": 1.0},  # gossip every round (rounds without send 0 bits)
 }
 
 
