@@ -214,7 +214,7 @@ def dadao(
         net = the_network(env)
         gen = seeding.generator(rng.seed, rng.round, seeding.ALGORITHM)  # CPU: event lists
         ev = draw_events(env.n, s.edges, 1.0 / net.slowdown, s.k.rate_mix, s.now, round_time, gen)
-        V = s.V.clone()
+        V = s.V  # updated in place (copying [n, 6, d] every round would cost more)
         last = torch.full((env.n,), s.now, dtype=torch.float64)
         batches = seeding.generator(rng.seed, rng.round, seeding.BATCHES)
         sends = play(env, V, last, ev, s.k, batches)

@@ -34,8 +34,11 @@ from fedbench.algorithms.base import (
     Env,
     RoundLog,
     bits_vector,
+    client_rows,
+    gather_rows,
     local_sgd,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.compressors.base import FLOAT_BITS
 from fedbench.params import Component, Param
@@ -45,7 +48,7 @@ from fedbench.seeding import RoundRng
 class TamunaState(NamedTuple):
     t: int
     x_bar: Tensor  # [d] x̄, the server model
-    h_i: Tensor  # [n, d] control variates, Σ_i h_i = 0
+    h_i: Tensor  # [n, d] control variates, Σ_i h_i = 0 (rows updated in place)
 
 
 def ownership(d: int, c: int, s: int, gen: torch.Generator, device: torch.device) -> Tensor:
@@ -69,13 +72,13 @@ def tamuna(lr: float, local_steps: int, s: int, eta: float | str) -> Algorithm:
         return float(eta)
 
     def init(x0: Tensor, env: Env, rng: RoundRng) -> TamunaState:
-        return TamunaState(0, x0, torch.zeros(env.n, env.d, device=env.device))
+        return TamunaState(0, x0, client_rows(env))
 
     def round(s_: TamunaState, env: Env, rng: RoundRng) -> tuple[TamunaState, RoundLog]:
         ids = sample_cohort(env, rng)
         c = ids.numel()
         owners = min(s, c)
-        h = s_.h_i[ids]  # [c, d]
+        h = gather_rows(s_.h_i, ids, env.device)  # [c, d]
         x, loss = local_sgd(
             env,
             s_.x_bar,
@@ -88,8 +91,7 @@ def tamuna(lr: float, local_steps: int, s: int, eta: float | str) -> Algorithm:
         q = ownership(env.d, c, owners, rng(seeding.UPLINK), env.device)  # [c, d]
         x_bar = (q * x).sum(0) / owners  # [d]
         h_new = h + (dual_step(eta) / lr) * q * (x_bar - x)
-        h_i = s_.h_i.clone()
-        h_i[ids] = h_new
+        scatter_rows(s_.h_i, ids, h_new)  # rows written back in place
         bits_up = q.sum(1).long() * FLOAT_BITS  # [c]
         log = RoundLog(
             bits_up,
@@ -97,7 +99,7 @@ def tamuna(lr: float, local_steps: int, s: int, eta: float | str) -> Algorithm:
             c,
             {"local_loss": float(loss.mean())},
         )
-        return TamunaState(s_.t + 1, x_bar, h_i), log
+        return TamunaState(s_.t + 1, x_bar, s_.h_i), log
 
     return Algorithm(init, round, lambda s_: s_.x_bar)
 
