@@ -32,6 +32,7 @@ def test_ring_keeps_the_average_and_reaches_consensus_while_learning():
     state, logs, alg = run_rounds("d_sgd", {"lr": 0.1}, env, 60)
     assert logs[0].bits_up.tolist() == [2 * 32 * task.d] * 8  # two neighbours on the ring
     assert all(int(log.bits_down.sum()) == 0 for log in logs)
+    assert all(log.steps.tolist() == [1] * 8 for log in logs)  # every client works every round
     assert task.train_loss(alg.params(state)) < 0.8 * task.train_loss(x0)
     # a gossip step with W doubly stochastic keeps the mean: x̄ moves only by the local steps
     with_w, _ = local_then_gossip(env, state.x_i, state.W, 1, 0.1, RoundRng(0, 1))

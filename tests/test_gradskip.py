@@ -67,6 +67,7 @@ def test_control_variates_sum_to_zero_and_the_optimum_is_exact():
             log.extra["local_steps"] for log in logs
         )
     assert evals[1.0] == task.n  # every client, every local iteration
+    assert all(int(log.steps.sum()) == log.extra["grad_evals"] for log in logs)  # the clock's
     assert evals[0.5] < 0.8 * task.n  # skipping clients reuse their last gradient
     assert state.gamma == 1.0 / float(task.smoothness().L_i.max())
 

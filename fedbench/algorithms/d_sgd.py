@@ -72,6 +72,7 @@ def d_sgd(lr: float, local_steps: int, topology: str, degree: int) -> Algorithm:
             torch.zeros(env.n, dtype=torch.int64, device=env.device),
             env.n,
             {"local_loss": float(loss.mean())},
+            steps=torch.full((env.n,), local_steps, dtype=torch.int64),  # every client works
         )
         return DSGDState(s.t + 1, x_i, s.W, s.deg), log
 

@@ -112,6 +112,7 @@ def dasha(lr: float | str, a: float | str, b: float) -> Algorithm:
             bits_vector(env.n, bits_down, env.device),
             env.n,
             {"local_loss": float(loss.mean())},
+            steps=torch.ones(env.n, dtype=torch.int64),  # every client, one gradient
         )
         state = DashaState(s.t + 1, s.gamma, s.a, x, g, g_i, h_new, down, up, s.init_bits)
         return state, log

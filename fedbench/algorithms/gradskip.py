@@ -57,7 +57,8 @@ def gradskip(lr: float | str, p: float, q: float) -> Algorithm:
         coin, batches = rng(seeding.ALGORITHM), rng(seeding.BATCHES)
         everyone = torch.arange(env.n, device=env.device)
         x_i, h_i, g_i, fresh, gamma = s.x_i, s.h_i, s.g_i, s.fresh, s.gamma
-        evals, iterations, loss = 0, 0, torch.zeros(env.n, device=env.device)
+        iterations, loss = 0, torch.zeros(env.n, device=env.device)
+        evals = torch.zeros(env.n, dtype=torch.int64)  # [n] gradients each client computed
         deterministic = env.batch_size == "full"
         while True:
             iterations += 1
@@ -69,7 +70,7 @@ def gradskip(lr: float | str, p: float, q: float) -> Algorithm:
                     idx = env.task.batch_indices(everyone, 1, int(env.batch_size), batches)
                     loss, g = env.task.loss_grad(x_i, everyone, idx[:, 0])
                 g_i = torch.where(need[:, None], g, g_i)  # [n, d]
-                evals += int(need.sum())
+                evals += need.cpu().long()
             eta = torch.rand(env.n, generator=coin, device=coin.device).to(env.device) < q
             h_hat = torch.where(eta[:, None], h_i, g_i)  # ĥ_i
             x_hat = x_i - gamma * (g_i - h_hat)  # x̂_i
@@ -91,8 +92,9 @@ def gradskip(lr: float | str, p: float, q: float) -> Algorithm:
             {
                 "local_loss": float(loss.mean()),
                 "local_steps": float(iterations),
-                "grad_evals": float(evals),
+                "grad_evals": float(evals.sum()),
             },
+            steps=evals,  # the simulated clock charges each client its own gradients
         )
         return GradSkipState(s.t + 1, gamma, x_i, h_i, g_i, fresh), log
 

@@ -105,6 +105,7 @@ def page_cs(lr: float, p: float | str) -> Algorithm:
             bits_vector(m, bits_down + 1, env.device),  # + the coin
             m,
             {"local_loss": float(loss.mean()), "full_sync": float(full)},
+            steps=torch.zeros(env.n, dtype=torch.int64).index_fill_(0, ids.cpu(), 1),
         )
         return PageCSState(s.t + 1, s.p, x, g, down, s.init_bits), log
 

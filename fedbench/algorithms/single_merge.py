@@ -65,7 +65,8 @@ def single_merge(
             x_i = x_i.mean(0).expand(env.n, -1).clone()
             up, down = up + FLOAT_BITS * env.d, down + FLOAT_BITS * env.d
         extra = {"local_loss": float(loss.mean()), "gossip": float(gossip)}
-        return SingleMergeState(t, x_i, s.W, s.deg), RoundLog(up, down, env.n, extra)
+        steps = torch.full((env.n,), local_steps, dtype=torch.int64)  # every client works
+        return SingleMergeState(t, x_i, s.W, s.deg), RoundLog(up, down, env.n, extra, None, steps)
 
     def metrics(s: SingleMergeState, env: Env) -> dict[str, float]:
         return {"consensus_sq": consensus_sq(s.x_i)}
