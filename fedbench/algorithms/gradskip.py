@@ -1,7 +1,7 @@
 """GradSkip: ProxSkip-style local training in which clients may skip gradient computations.
 
 "GradSkip: Communication-Accelerated Local Gradient Methods with Better Computational
-Complexity", Maranjyan, Safaryan, Richtárik, TMLR 2025, arXiv 2210.16402.
+Complexity", Maranjyan, Safaryan, Richtárik, arXiv 2210.16402 (v3, 2025; TMLR submission).
 
 Variant: Algorithm 1 (GradSkip) for the consensus form of min (1/n) Σ f_i, full participation.
 Each client keeps a local model x_i and a control variate h_i (h_i⁰ = 0, so Σ_i h_i = 0). One
@@ -123,7 +123,7 @@ ALGORITHMS.add(
             ),
         },
         "ProxSkip/Scaffnew local training where clients skip gradient steps with prob. 1 − q",
-        paper="Maranjyan, Safaryan, Richtárik, TMLR 2025 (arXiv 2210.16402)",
+        paper="Maranjyan, Safaryan, Richtárik, arXiv 2210.16402",
         requires="exact",
         extra={"error_feedback": False, "local": True, "availability": False},
     )
