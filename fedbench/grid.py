@@ -70,6 +70,13 @@ COMMON: dict[str, dict[str, Param]] = {
             "bool",
             since="0.2",
         ),
+        "coherence": Param(
+            False,
+            "log coherence, ‖mean_i ∇f_i(x)‖² / mean_i ‖∇f_i(x)‖² of the per-client gradients at "
+            "the server model, at every evaluation (one full pass)",
+            "bool",
+            since="0.3",
+        ),
     },
     "task": {
         "dataset": Param("digits", "dataset (see `fedbench datasets`)", "str"),

@@ -149,6 +149,7 @@ def _loop(
     rounds, every, save_every = exp["rounds"], exp["eval_every"], exp["checkpoint_every"]
     task, env, alg = build(job, device)
     grad_norm = bool(exp["grad_norm"])
+    coherence = bool(exp.get("coherence", False))
     if ckpt is None:
         if job.config["task"]["init"] == "zeros":
             x0 = torch.zeros(task.d, device=device)
@@ -160,7 +161,7 @@ def _loop(
         sim_time = 0.0  # simulated seconds ([network] section or an asynchronous method)
         if env.network is not None:
             metrics["sim_time_s"] = 0.0
-        metrics.update(evaluate(task, x0, grad_norm))
+        metrics.update(evaluate(task, x0, grad_norm, coherence))
         if alg.metrics is not None:
             metrics.update(alg.metrics(state, env))
         store.log_round(run_id, 0, metrics)
@@ -189,7 +190,7 @@ def _loop(
             metrics["sim_time_s"] = sim_time
         finite = bool(torch.isfinite(x).all()) and all(math.isfinite(v) for v in log.extra.values())
         if finite and (t % every == 0 or t == rounds):
-            metrics.update(evaluate(task, x, grad_norm))
+            metrics.update(evaluate(task, x, grad_norm, coherence))
             if alg.metrics is not None:
                 metrics.update(alg.metrics(state, env))
             finite = math.isfinite(metrics["train_loss"])
@@ -206,12 +207,16 @@ def _loop(
     return "done", None, rounds, metrics
 
 
-def evaluate(task: Task, x: torch.Tensor, grad_norm: bool = False) -> dict[str, float]:
+def evaluate(
+    task: Task, x: torch.Tensor, grad_norm: bool = False, coherence: bool = False
+) -> dict[str, float]:
     """Evaluation metrics of the server model: train_loss (the objective), test loss/accuracy,
-    and grad_norm_sq = ‖∇f(x)‖² when asked."""
+    grad_norm_sq = ‖∇f(x)‖² and the per-client gradient `coherence` when asked."""
     out = {"train_loss": task.train_loss(x), **task.evaluate(x)}
     if grad_norm:
         out["grad_norm_sq"] = float(task.full_gradient(x).square().sum())
+    if coherence:
+        out["coherence"] = task.gradient_coherence(x)
     return out
 
 

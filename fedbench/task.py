@@ -237,6 +237,24 @@ class Task:
             total += g.sum(0)
         return total / self.n
 
+    def gradient_coherence(self, w: Tensor) -> float:
+        """Coherence α = ‖mean_i g_i‖² / mean_i ‖g_i‖² of the per-client gradients
+        g_i = ∇f_i(w) (full local data, regulariser included): the coherence of Chatterjee &
+        Zielinski (arXiv 2203.10036), E_{z,z'}[g_z·g_z'] / E_z[g_z·g_z], with clients in the
+        role of the examples z. 1 when every g_i is the same vector, 1/n for n orthogonal
+        gradients of equal norm, 0 when they cancel."""
+        width = int(self.data.counts.max())
+        step = self.chunk_size(width)
+        total = torch.zeros_like(w)
+        sq = 0.0
+        for s in range(0, self.n, step):
+            ids = torch.arange(s, min(self.n, s + step), device=self.device)
+            _, g = self.loss_grad(w.expand(ids.numel(), -1), ids)  # [c, d]
+            total += g.sum(0)
+            sq += float(g.double().square().sum())
+        mean_sq = sq / self.n
+        return float((total.double() / self.n).square().sum()) / mean_sq if mean_sq > 0 else 1.0
+
 
 class Smoothness(NamedTuple):
     """Smoothness constants of f = (1/n) Σ f_i for step sizes from theory (lr = "theory")."""

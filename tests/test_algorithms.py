@@ -166,6 +166,9 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
         a: {"lr": 0.01, "local_steps": 5, "warmup_steps": 0}
         for a in ("diloco", "streaming_diloco", "async_local_sgd", "noloco")
     },
+    "dasha": {"lr": 0.1, "b": 0.1},  # minibatches: DASHA-MVR (plain DASHA accumulates noise)
+    "single_merge": {"lr": 0.1, "late": 1.0},  # gossip every round (rounds without send 0 bits)
+    "dadao": {"L": 5.0, "round_time": 4.0},  # the MLP has no known L; 4 gradients per node a round
 }
 
 
