@@ -6,12 +6,15 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from fedbench.store import Store
 
 console = Console()
 err_console = Console(stderr=True)
@@ -61,6 +64,20 @@ def one_line_errors(fn: F) -> F:
         raise typer.Exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def open_store(db: str | None) -> Store:
+    """The database for a read-only command (ls, show, report, export, prune): an SQLite file
+    that does not exist is refused in one line and is not created."""
+    from fedbench.store import Store, is_new_sqlite_file, resolve_url
+
+    if is_new_sqlite_file(db):
+        where = resolve_url(db).removeprefix("sqlite:///")
+        raise CommandError(
+            f"--db {where}: no such database file (no experiments yet; "
+            "run one with: fedbench run GRID.toml --db FILE)"
+        )
+    return Store(db)
 
 
 def check_format(fmt: str, allowed: Sequence[str]) -> str:

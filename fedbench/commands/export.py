@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedbench.commands.common import CommandError, DbOption, console, one_line_errors
-from fedbench.store import Store
+from fedbench.commands.common import CommandError, DbOption, console, one_line_errors, open_store
 
 TABLES = ("experiments", "runs", "metrics")
 FORMATS = ("csv", "parquet")
@@ -42,7 +41,7 @@ def export(
             raise CommandError(
                 "--format parquet needs pyarrow: pip install pyarrow (or 'fedbench[parquet]')"
             ) from None
-    store = Store(db)
+    store = open_store(db)
     out.mkdir(parents=True, exist_ok=True)
     for t in table or TABLES:
         path = out / f"{t}.{fmt}"

@@ -15,6 +15,7 @@ from fedbench.commands.common import (
     check_format,
     emit_rows,
     one_line_errors,
+    open_store,
 )
 from fedbench.store import STATUSES, Store
 
@@ -41,7 +42,7 @@ def ls(
     for s in status or []:
         if s not in STATUSES:
             raise CommandError(f"--status {s}: allowed: {', '.join(STATUSES)}")
-    store = Store(db)
+    store = open_store(db)
     if experiments:
         frame = store.experiments_frame()
         emit_rows(_records(frame), fmt, title="experiments")

@@ -17,8 +17,8 @@ from fedbench.commands.common import (
     console,
     emit_rows,
     one_line_errors,
+    open_store,
 )
-from fedbench.store import Store
 
 
 @one_line_errors
@@ -35,7 +35,7 @@ def show(
     Example: fedbench show 3f2a9c
     """
     check_format(fmt, ("table", "json"))
-    store = Store(db)
+    store = open_store(db)
     info = store.get_run(run)
     metrics = store.metrics_frame([int(info["id"])])
     summary = []

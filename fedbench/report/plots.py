@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
@@ -45,6 +46,8 @@ class _Kind(NamedTuple):
     ys: tuple[str, ...]  # metric to plot, then fallbacks
     log_y: bool
 
+
+MATPLOTLIB_VERSION = str(matplotlib.__version__)
 
 KINDS: dict[str, _Kind] = {
     "bits-vs-accuracy": _Kind("bits", ("test_accuracy",), False),
