@@ -610,6 +610,16 @@ class Store:
                 q = sa.update(RUNS).where(RUNS.c.id.in_(part), RUNS.c.status == "running")
                 conn.execute(q.values(status="pending", finished_at=None))
 
+    def delete_runs(self, run_ids: Sequence[int]) -> int:
+        """Delete runs and their metrics (one transaction); returns how many runs went."""
+        ids = [int(i) for i in run_ids]
+        gone = 0
+        with self._write() as conn:
+            for part in _chunks(ids):
+                conn.execute(sa.delete(METRICS).where(METRICS.c.run_id.in_(part)))
+                gone += conn.execute(sa.delete(RUNS).where(RUNS.c.id.in_(part))).rowcount
+        return gone
+
     # ----------------------------------------------------------------- reading
 
     def last_round(self, run_id: int) -> int | None:

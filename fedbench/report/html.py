@@ -177,7 +177,9 @@ def html_page(
                     "seed": r["seed"],
                     "status": r["status"],
                     "rounds": None if pd.isna(r["rounds_logged"]) else int(r["rounds_logged"]),
-                    "why": r.get("error") or why.get(str(r["status"])),
+                    "why": r["error"]
+                    if isinstance(r.get("error"), str)
+                    else why.get(str(r["status"])),
                 }
                 for i, (_, r) in enumerate(runs.iterrows())
                 if bad[i]

@@ -112,8 +112,9 @@ def summary(
         row: dict[str, Any] = {"label": label, "seeds": len(g)}
         if show_status:
             row["status"] = _status_counts(g["status"])
-        for c in stats:
-            row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
+        with np.errstate(invalid="ignore"):  # std of a diverged (inf) value: NaN
+            for c in stats:
+                row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
         if "bits" in g.columns:
             row["bits_mean"] = g["bits"].mean()
         row["rounds"] = g["rounds"].max()
