@@ -654,10 +654,13 @@ def job_labels(jobs: Iterable[Job]) -> dict[str, str]:
         parts = []
         for k in varying:
             v = f.get(k)
-            if k.endswith(".name") or k in ("task.dataset", "task.model", "task.partition"):
+            ef_only = k == "compressor.error_feedback" and "compressor.name" not in varying
+            if k == "compressor.name" or ef_only:  # error feedback spelled "ef(topk)"
+                parts.append(j.compressor)
+            elif k.endswith(".name") or k in ("task.dataset", "task.model", "task.partition"):
                 parts.append(str(v) if k != "downlink.name" else f"down={v}")
             elif k == "compressor.error_feedback":
-                parts.append("+EF" if v else "")
+                pass  # in the compressor's name
             elif v is not None:
                 parts.append(f"{k.split('.', 1)[1]}={_show(v) if not isinstance(v, str) else v}")
         labels[j.key] = " ".join(p for p in parts if p) or j.algorithm

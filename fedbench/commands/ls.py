@@ -6,6 +6,7 @@ import math
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fedbench.commands.common import (
     CommandError,
@@ -13,6 +14,7 @@ from fedbench.commands.common import (
     ExperimentOption,
     FormatOption,
     check_format,
+    console,
     emit_rows,
     one_line_errors,
     open_store,
@@ -51,10 +53,11 @@ def ls(
     if limit:
         runs = runs.tail(limit)
     finals = _final_metrics(store, [int(r) for r in runs["run_id"]]) if len(runs) else {}
-    raw = fmt != "table"
     rows = []
     for r in _records(runs):
         f = finals.get(int(r["run_id"]), {})
+        clients = r.get("task.clients")
+        up = f.get("bits_up")
         rows.append(
             {
                 "id": r["run_id"],
@@ -67,12 +70,54 @@ def ls(
                 "seed": r["seed"],
                 "status": r["status"],
                 "rounds": _int(r.get("rounds_logged")),
-                # numbers for scripts, rounded strings for people
-                "test_accuracy": f.get("test_accuracy") if raw else _fmt(f.get("test_accuracy")),
-                "bits_up": f.get("bits_up") if raw else _fmt(f.get("bits_up"), "{:.3g}"),
+                "test_accuracy": f.get("test_accuracy"),
+                # the store counts bits summed over all clients; report shows per client
+                "bits_up_all_clients": up,
+                "bits_up_per_client": None if up is None or not clients else up / clients,
             }
         )
-    emit_rows(rows, fmt, title=f"{len(rows)} runs" + (f" of {experiment}" if experiment else ""))
+    title = f"{len(rows)} runs" + (f" of {experiment}" if experiment else "")
+    if fmt != "table":
+        emit_rows(rows, fmt, title=title)
+        return
+    _table(rows, title, show_experiment=len({r["experiment"] for r in rows}) > 1)
+
+
+def _table(rows: list[dict[str, Any]], title: str, show_experiment: bool) -> None:
+    """The runs for people: short keys and the columns that fit 80 columns, numbers rounded,
+    units named; --format json|csv has every field."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+              collapse_padding=True, header_style="bold")  # fmt: skip
+    cols = ["id", "key", *(["experiment"] if show_experiment else []), "algorithm",
+            "compressor", "seed", "status", "rounds", "acc", "up/client"]  # fmt: skip
+    short = ("experiment", "algorithm", "compressor")
+    for c in cols:
+        t.add_column(
+            c,
+            justify="right" if c in ("id", "seed", "rounds", "acc", "up/client") else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=(10 if c == "experiment" else 12) if c in short else None,
+            min_width=None if c in short else len(c) if c != "key" else 8,
+        )
+    for r in rows:
+        cells = {
+            **r,
+            "key": str(r["key"])[:8],
+            "acc": _fmt(r["test_accuracy"], "{:.3f}"),
+            "up/client": _fmt(r["bits_up_per_client"], "{:.3g}"),
+        }
+        t.add_row(*("" if cells.get(c) is None else escape(str(cells[c])) for c in cols))
+    console.print(t)
+    console.print(
+        "acc: final test accuracy; up/client: cumulative uplink bits per client "
+        "(--format json has the total over all clients, full keys and every field)",
+        style="dim",
+        highlight=False,
+    )
 
 
 def _final_metrics(store: Store, run_ids: list[int]) -> dict[int, dict[str, float]]:

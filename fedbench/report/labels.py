@@ -152,6 +152,23 @@ def _algorithm_names(runs: pd.DataFrame) -> list[str]:
     return ["all"] * len(runs)
 
 
+EF = "compressor.error_feedback"
+
+
+def with_ef_names(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs with error feedback spelled one way everywhere, as the compressor's own name and
+    the store's ``compressor`` column spell it: ``compressor.name`` "ef(topk)" where
+    ``compressor.error_feedback`` is true, and that column dropped."""
+    if EF not in runs.columns or "compressor.name" not in runs.columns:
+        return runs
+    out = runs.drop(columns=[EF])
+    on = runs[EF].map(lambda v: not _absent(v) and bool(v)).to_numpy(dtype=bool)
+    names = runs["compressor.name"].tolist()
+    out["compressor.name"] = [f"ef({n})" if e and not _absent(n) else n
+                              for n, e in zip(names, on, strict=True)]  # fmt: skip
+    return out
+
+
 def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> pd.Series:
     """Per run a short configuration label built from the group-by fields.
 
@@ -168,6 +185,12 @@ def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> 
     field already tells it apart (ratio absent exactly for compressor identity); a false switch
     reads "error_feedback=false"; :func:`pooled_fields` names what such rows pool.
     """
+    if group_by is not None:  # error feedback is part of the compressor's name
+        group_by = list(dict.fromkeys(
+            "compressor.name" if g in (EF, "error_feedback") and EF in runs.columns else g
+            for g in group_by
+        ))  # fmt: skip
+    runs = with_ef_names(runs)
     fields = varying_fields(runs) if group_by is None else _resolve_group_by(runs, group_by)
     named = "algorithm.name" in fields or "algorithm" in fields
     if group_by is None and fields and "algorithm.name" in runs.columns and not named:
@@ -244,13 +267,14 @@ SHARED_TASK = ("task.dataset", "task.model", "task.clients", "task.partition", "
 
 
 def shared_settings(runs: pd.DataFrame) -> str:
-    """What every run shares, as one caption line: "fedavg · compressor topk (ratio=0.05,
-    error_feedback) · digits, mlp, clients=20, dirichlet, alpha=0.3"; "" when nothing is.
+    """What every run shares, as one caption line: "fedavg · compressor ef(topk) (ratio=0.05)
+    · digits, mlp, clients=20, dirichlet, alpha=0.3"; "" when nothing is.
 
     Names the algorithm, every compressor / downlink field (but the bit convention, which the
     bits axis names) and the main task fields that hold one value wherever present (a field
     present only for some runs, e.g. ``compressor.ratio`` of the topk runs, counts as shared
     when its present values agree)."""
+    runs = with_ef_names(runs)
     varying = set(varying_fields(runs))
 
     def one(col: str) -> Any | None:
