@@ -73,7 +73,7 @@ COMMON: dict[str, dict[str, Param]] = {
     },
     "task": {
         "dataset": Param("digits", "dataset (see `fedbench datasets`)", "str"),
-        "model": Param("mlp", "model: logreg | mlp | cnn", "str"),
+        "model": Param("mlp", f"model: {' | '.join(MODELS)} (see `fedbench datasets`)", "str"),
         "clients": Param(10, "number of clients n", "int", low=1),
         "partition": Param("iid", "how training samples are split over clients", "str"),
         "test_fraction": Param(
@@ -189,6 +189,7 @@ class Grid:
     text: str
     jobs: list[Job]
     ignored: dict[str, set[str]] = field(default_factory=dict)  # field -> components ignoring it
+    notes: list[str] = field(default_factory=list)  # legal but probably unintended settings
 
     @property
     def name(self) -> str:
@@ -234,6 +235,39 @@ def allowed_fields(section: str) -> list[str]:
     return sorted(names)
 
 
+# Names people write for a field: the hint of an unknown field.
+FIELD_ALIASES = {
+    "learning_rate": "lr", "step_size": "lr", "num_clients": "clients", "n_clients": "clients",
+    "batchsize": "batch_size", "local_epochs": "local_steps", "num_rounds": "rounds",
+    "seed": "seeds", "compression": "name", "compressor": "name", "algorithm": "name",
+}  # fmt: skip
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """' (did you mean fedavg?)' for a close or differently-cased choice, else ''."""
+    import difflib
+
+    options = list(choices)
+    lower = {c.lower(): c for c in options}
+    hit = lower.get(value.lower())
+    if hit is None and FIELD_ALIASES.get(value) in options:
+        hit = FIELD_ALIASES[value]
+    if hit is None:
+        close = difflib.get_close_matches(value, options, n=1, cutoff=0.7)
+        hit = close[0] if close else None
+    return f" (did you mean {hit}?)" if hit else ""
+
+
+def _fields_taken(section: str, cfg: Mapping[str, Any]) -> str:
+    """The fields a section takes given its chosen components, for an unknown-field message:
+    "fedavg takes: ...; every [algorithm] takes: ..."; all fields when a name is not known."""
+    chosen = [(reg, n) for reg, n in _components(section, cfg) if n in reg]
+    if not chosen or len(chosen) < len(_components(section, cfg)):
+        return f"allowed: {', '.join(allowed_fields(section))}"
+    own = [f"{n} takes: {', '.join(reg[n].params) or 'nothing more'}" for reg, n in chosen]
+    return "; ".join([*own, f"every [{section}] takes: {', '.join(COMMON[section])}"])
+
+
 # -- parsing and expansion -------------------------------------------------------------------
 
 
@@ -271,7 +305,21 @@ def parse(text: str, path: Path) -> Grid:
     jobs, ignored = _expand(base, families, seeds, path, say)
     if problems:
         raise GridError(list(dict.fromkeys(problems)))
-    return Grid(path, text, jobs, ignored)
+    return Grid(path, text, jobs, ignored, _notes(jobs, path))
+
+
+def _notes(jobs: list[Job], path: Path) -> list[str]:
+    """Settings that are legal but probably not meant, one line each."""
+    notes = []
+    for rounds, every in sorted(
+        {(int(e["rounds"]), int(e["eval_every"])) for e in (j.config["experiment"] for j in jobs)}
+    ):
+        if every > rounds:
+            notes.append(
+                f"{path}: [experiment] eval_every = {every} > rounds = {rounds}: evaluated "
+                "only before the first round and after the last"
+            )
+    return notes
 
 
 def _base_sections(raw: Mapping[str, Any], path: Path, say: Any) -> dict[str, dict[str, Any]]:
@@ -288,7 +336,12 @@ def _base_sections(raw: Mapping[str, Any], path: Path, say: Any) -> dict[str, di
         allowed = allowed_fields(s) + (["seeds"] if s == "experiment" else [])
         for k in sec:
             if k not in allowed:
-                say(f"{path}: [{s}] {k}: unknown field; allowed: {', '.join(allowed)}")
+                taken = (
+                    _fields_taken(s, sec)
+                    if s in COMMON and s != "experiment"
+                    else f"allowed: {', '.join(allowed)}"
+                )
+                say(f"{path}: [{s}] {k}: unknown field{did_you_mean(k, allowed)}; {taken}")
         base[s] = {k: v for k, v in sec.items() if k in allowed}
     return base
 
@@ -360,8 +413,26 @@ def _axes(table: Any, where: str, path: Path, say: Any) -> dict[str, list[Any]]:
                 "(a list-valued field is a list of lists)"
             )
             continue
+        if _takes_a_list(k) and not any(isinstance(x, list) for x in v):
+            section, _, name = k.partition(".")
+            say(
+                f"{path}: {where} {k} = {_show(v)}: {name} takes a list, so this is read as "
+                f"{len(v)} values {', '.join(_show(x) for x in v)}; for one value write "
+                f"{_show([v])} here or {name} = {_show(v)} in [{section}], for several a "
+                "list of lists"
+            )
+            continue
         out[k] = v
     return out
+
+
+def _takes_a_list(key: str) -> bool:
+    """Whether every parameter named by "section.field" holds a list (e.g. task.hidden)."""
+    section, _, name = key.partition(".")
+    kinds = {p.kind for reg in _section_registries(section) for c in reg for p in
+             [reg[c].params.get(name)] if p is not None}  # fmt: skip
+    kinds |= {COMMON[section][name].kind} if name in COMMON.get(section, {}) else set()
+    return kinds == {"int_list"}
 
 
 # One grid file is one experiment: these describe it and cannot vary between its jobs.
@@ -379,7 +450,9 @@ def _check_keys(table: Mapping[str, Any], where: str, path: Path, say: Any) -> d
         elif k in FIXED_PER_GRID:
             say(f"{path}: {where} {k}: one grid file is one experiment; set it in [experiment]")
         elif f not in allowed_fields(s):
-            say(f"{path}: {where} {k}: unknown field; allowed: {', '.join(allowed_fields(s))}")
+            allowed = allowed_fields(s)
+            hint = did_you_mean(f, allowed)
+            say(f"{path}: {where} {k}: unknown field{hint}; allowed: {', '.join(allowed)}")
         else:
             good[k] = v
     return good
@@ -393,6 +466,13 @@ def _seeds(value: Any, path: Path, say: Any) -> list[int]:
         and value
         and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
     ):
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if not repeated:
+            return list(value)
+        say(
+            f"{path}: [experiment] seeds = {_show(value)}: seed "
+            f"{', '.join(map(str, repeated))} repeated; each seed runs once"
+        )
         return list(dict.fromkeys(value))
     say(
         f"{path}: [experiment] seeds = {_show(value)}: allowed: "
@@ -433,8 +513,8 @@ def resolve(
             if name not in reg:
                 field_name = _NAME_FIELD.get(reg.what, "name")
                 problems.append(
-                    f"{s}.{field_name} = {_show(merged.get(field_name))}: unknown {reg.what}; "
-                    f"allowed: {', '.join(reg)}"
+                    f"{s}.{field_name} = {_show(merged.get(field_name))}: unknown {reg.what}"
+                    f"{did_you_mean(str(merged.get(field_name)), reg)}; allowed: {', '.join(reg)}"
                 )
                 continue
             chosen.append(name)

@@ -631,14 +631,14 @@ class Store:
 
     def get_run(self, ref: str) -> dict[str, Any]:
         """One run by id, full key or unique key prefix (at least 4 characters); a number that
-        is a run id means that run. Includes `experiment` (its name) and `rounds_logged`."""
+        is a run id means that run, else it is read as a key prefix of any length. Includes `experiment` (its name) and `rounds_logged`."""
         ref = str(ref).strip()
         q = _runs_select()
         with self._read() as conn:
             rows = conn.execute(q.where(RUNS.c.key == ref)).all()
             if not rows and ref.isdigit():
                 rows = conn.execute(q.where(RUNS.c.id == int(ref))).all()
-            if not rows and len(ref) >= MIN_PREFIX:
+            if not rows and (len(ref) >= MIN_PREFIX or ref.isdigit()):  # "24": id, else key
                 prefix = RUNS.c.key.startswith(ref, autoescape=True)
                 rows = conn.execute(q.where(prefix).order_by(RUNS.c.id).limit(6)).all()
         if not rows:

@@ -22,7 +22,14 @@ from rich.progress import (
 
 from fedbench import executors, runner
 from fedbench import grid as gridlib
-from fedbench.commands.common import CommandError, DbOption, console, emit_rows, one_line_errors
+from fedbench.commands.common import (
+    CommandError,
+    DbOption,
+    console,
+    emit_rows,
+    err_console,
+    one_line_errors,
+)
 from fedbench.store import Store, is_new_sqlite_file
 
 TODO = ("pending", "running")
@@ -75,6 +82,8 @@ def run(
     except ValueError as e:
         raise CommandError(str(e)) from None
     g = gridlib.load(grid)
+    for note in g.notes:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     jobs = gridlib.filter_jobs(g.jobs, only or [])
     if not jobs:
         raise CommandError(f"{grid}: no job matches --only {' '.join(only or [])}")
