@@ -631,7 +631,8 @@ class Store:
 
     def get_run(self, ref: str) -> dict[str, Any]:
         """One run by id, full key or unique key prefix (at least 4 characters); a number that
-        is a run id means that run, else it is read as a key prefix of any length. Includes `experiment` (its name) and `rounds_logged`."""
+        is a run id means that run, else it is read as a key prefix of any length. Includes
+        `experiment` (its name) and `rounds_logged`."""
         ref = str(ref).strip()
         q = _runs_select()
         with self._read() as conn:
