@@ -298,19 +298,26 @@ def parse(text: str, path: Path) -> Grid:
     problems: list[str] = []
     say = problems.append
     base = _base_sections(raw, path, say)
-    seeds = _seeds(base["experiment"].pop("seeds", [0]), path, say)
+    given_seeds = base["experiment"].pop("seeds", [0])
+    seeds = _seeds(given_seeds, path, say)
     if not base["experiment"].get("name"):
         base["experiment"]["name"] = path.stem
     families = _families(raw, path, say)
     jobs, ignored = _expand(base, families, seeds, path, say)
     if problems:
         raise GridError(list(dict.fromkeys(problems)))
-    return Grid(path, text, jobs, ignored, _notes(jobs, path))
+    return Grid(path, text, jobs, ignored, _notes(jobs, path, given_seeds))
 
 
-def _notes(jobs: list[Job], path: Path) -> list[str]:
+def _notes(jobs: list[Job], path: Path, seeds: Any) -> list[str]:
     """Settings that are legal but probably not meant, one line each."""
     notes = []
+    if isinstance(seeds, list) and len(set(seeds)) < len(seeds):
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        notes.append(
+            f"{path}: [experiment] seeds = {_show(seeds)}: seed "
+            f"{', '.join(map(str, repeated))} repeated; each seed runs once"
+        )
     for rounds, every in sorted(
         {(int(e["rounds"]), int(e["eval_every"])) for e in (j.config["experiment"] for j in jobs)}
     ):
@@ -466,13 +473,6 @@ def _seeds(value: Any, path: Path, say: Any) -> list[int]:
         and value
         and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
     ):
-        repeated = sorted({s for s in value if value.count(s) > 1})
-        if not repeated:
-            return list(value)
-        say(
-            f"{path}: [experiment] seeds = {_show(value)}: seed "
-            f"{', '.join(map(str, repeated))} repeated; each seed runs once"
-        )
         return list(dict.fromkeys(value))
     say(
         f"{path}: [experiment] seeds = {_show(value)}: allowed: "
