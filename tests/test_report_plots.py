@@ -125,3 +125,18 @@ def test_diverged_run_is_marked(runs: pd.DataFrame, metrics: pd.DataFrame) -> No
     runs.loc[(runs["algorithm"] == "ef21") & (runs["compressor"] == "topk"), "status"] = "diverged"
     ax = rep.figure(runs, metrics, "rounds-vs-accuracy").axes[0]
     assert "ef21 + topk (diverged)" in lines(ax)
+
+
+def test_coinciding_curves_stay_visible(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    """Identical curves (same numbers): the one drawn first has bigger markers, every other
+    curve hollow markers, so it shows around the one drawn over it."""
+    twin = runs.copy()
+    twin["run_id"] = twin["run_id"] + 100
+    twin["algorithm.name"] = twin["algorithm"] = twin["algorithm"] + "_twin"
+    both = pd.concat([runs, twin], ignore_index=True)
+    m = pd.concat([metrics, metrics.assign(run_id=metrics["run_id"] + 100)], ignore_index=True)
+    drawn = rep.figure(both, m, "rounds-vs-accuracy").axes[0].lines
+    sizes = [ln.get_markersize() for ln in drawn]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    assert [ln.get_fillstyle() for ln in drawn[:2]] == ["full", "none"]
+    assert np.allclose(drawn[0].get_ydata(), drawn[4].get_ydata())  # fedavg and its twin
