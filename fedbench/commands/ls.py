@@ -47,7 +47,17 @@ def ls(
     store = open_store(db)
     if experiments:
         frame = store.experiments_frame()
-        emit_rows(_records(frame), fmt, title="experiments")
+        if fmt != "table":
+            emit_rows(_records(frame), fmt, title="experiments")
+            return
+        rows = [
+            {"id": r["id"], "name": r["name"], "runs": r["runs"], "done": r["done"],
+             "failed": r["failed"], "diverged": r["diverged"],
+             "to run": r["pending"] + r["running"],
+             "created": f"{r['created_at']:%Y-%m-%d %H:%M}", "grid": r["grid_path"]}
+            for r in _records(frame)
+        ]  # fmt: skip
+        _table(rows, "experiments", list(rows[0]) if rows else ["id", "name"], note="")
         return
     runs = store.runs_frame(experiment=experiment, status=status or None)
     if limit:
@@ -80,44 +90,50 @@ def ls(
     if fmt != "table":
         emit_rows(rows, fmt, title=title)
         return
-    _table(rows, title, show_experiment=len({r["experiment"] for r in rows}) > 1)
+    many = len({r["experiment"] for r in rows}) > 1
+    cols = ["id", "key", *(["experiment"] if many else []), "algorithm",
+            "compressor", "seed", "status", "rounds", "acc", "up/client"]  # fmt: skip
+    cells = [
+        {**r, "key": str(r["key"])[:8], "acc": _fmt(r["test_accuracy"], "{:.3f}"),
+         "up/client": _fmt(r["bits_up_per_client"], "{:.3g}")}
+        for r in rows
+    ]  # fmt: skip
+    _table(
+        cells,
+        title,
+        cols,
+        note="acc: final test accuracy; up/client: cumulative uplink bits per client "
+        "(--format json has the total over all clients, full keys and every field)",
+    )
 
 
-def _table(rows: list[dict[str, Any]], title: str, show_experiment: bool) -> None:
-    """The runs for people: short keys and the columns that fit 80 columns, numbers rounded,
-    units named; --format json|csv has every field."""
+SHORT = {"experiment": 10, "algorithm": 12, "compressor": 12, "name": 16, "grid": 24}
+NUMBERS = ("id", "seed", "rounds", "acc", "up/client", "runs", "done", "failed", "diverged",
+           "to run")  # fmt: skip
+
+
+def _table(rows: list[dict[str, Any]], title: str, cols: list[str], note: str) -> None:
+    """Rows for people: the columns that fit 80 columns, long names cut with an ellipsis,
+    never wrapped; --format json|csv has every field."""
     from rich import box
     from rich.table import Table
 
     t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
               collapse_padding=True, header_style="bold")  # fmt: skip
-    cols = ["id", "key", *(["experiment"] if show_experiment else []), "algorithm",
-            "compressor", "seed", "status", "rounds", "acc", "up/client"]  # fmt: skip
-    short = ("experiment", "algorithm", "compressor")
     for c in cols:
         t.add_column(
             c,
-            justify="right" if c in ("id", "seed", "rounds", "acc", "up/client") else "left",
+            justify="right" if c in NUMBERS else "left",
             no_wrap=True,
             overflow="ellipsis",
-            max_width=(10 if c == "experiment" else 12) if c in short else None,
-            min_width=None if c in short else len(c) if c != "key" else 8,
+            max_width=SHORT.get(c),
+            min_width=None if c in SHORT else 8 if c == "key" else len(c),
         )
     for r in rows:
-        cells = {
-            **r,
-            "key": str(r["key"])[:8],
-            "acc": _fmt(r["test_accuracy"], "{:.3f}"),
-            "up/client": _fmt(r["bits_up_per_client"], "{:.3g}"),
-        }
-        t.add_row(*("" if cells.get(c) is None else escape(str(cells[c])) for c in cols))
+        t.add_row(*("" if r.get(c) is None else escape(str(r[c])) for c in cols))
     console.print(t)
-    console.print(
-        "acc: final test accuracy; up/client: cumulative uplink bits per client "
-        "(--format json has the total over all clients, full keys and every field)",
-        style="dim",
-        highlight=False,
-    )
+    if note:
+        console.print(note, style="dim", highlight=False)
 
 
 def _final_metrics(store: Store, run_ids: list[int]) -> dict[int, dict[str, float]]:
