@@ -121,13 +121,15 @@ def _table(rows: list[dict[str, Any]], title: str, cols: list[str], note: str) -
     t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
               collapse_padding=True, header_style="bold")  # fmt: skip
     for c in cols:
+        wide = max([len(c)] + [len(str(r.get(c) or "")) for r in rows])
         t.add_column(
             c,
             justify="right" if c in NUMBERS else "left",
             no_wrap=True,
             overflow="ellipsis",
             max_width=SHORT.get(c),
-            min_width=None if c in SHORT else 8 if c == "key" else len(c),
+            # what squeezes first: the grid path, then long names; never numbers or keys
+            min_width=None if c == "grid" else min(wide, SHORT.get(c, wide), 10),
         )
     for r in rows:
         t.add_row(*("" if r.get(c) is None else escape(str(r[c])) for c in cols))
