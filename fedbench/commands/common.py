@@ -43,22 +43,27 @@ class CommandError(Exception):
 
 
 def one_line_errors(fn: F) -> F:
-    """Turn the project's known errors into one red line each on stderr and exit status 2."""
-    from fedbench.data import DataError
-    from fedbench.grid import GridError
-    from fedbench.report import ReportError
-    from fedbench.store import StoreError
+    """Turn the project's known errors into one red line each on stderr and exit status 2.
+    The error classes are imported when an error happens, so that `--help` stays fast."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except GridError as e:
-            lines = e.problems
         except CommandError as e:
             lines = e.lines
-        except (DataError, StoreError, ReportError) as e:
-            lines = [str(e)]
+        except Exception as e:
+            from fedbench.data import DataError
+            from fedbench.grid import GridError
+            from fedbench.report import ReportError
+            from fedbench.store import StoreError
+
+            if isinstance(e, GridError):
+                lines = e.problems
+            elif isinstance(e, (DataError, StoreError, ReportError)):
+                lines = [str(e)]
+            else:
+                raise
         for line in lines:
             err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)

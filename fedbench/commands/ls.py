@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,7 +19,9 @@ from fedbench.commands.common import (
     one_line_errors,
     open_store,
 )
-from fedbench.store import STATUSES, Store
+
+if TYPE_CHECKING:
+    from fedbench.store import Store
 
 
 @one_line_errors
@@ -41,6 +43,8 @@ def ls(
     Example: fedbench ls --status failed --format json
     """
     check_format(fmt, ("table", "json", "csv"))
+    from fedbench.store import STATUSES
+
     for s in status or []:
         if s not in STATUSES:
             raise CommandError(f"--status {s}: allowed: {', '.join(STATUSES)}")
