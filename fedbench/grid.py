@@ -287,6 +287,7 @@ class Family(NamedTuple):
     where: str  # "[[variant]] i", or "" for the base grid
     fixed: dict[str, Any]  # "section.field" -> value, applied to every job of the family
     axes: dict[str, list[Any]]  # "section.field" -> values, crossed
+    inherited: frozenset[str] = frozenset()  # axes a variant takes from [grid] unchanged
 
 
 def parse(text: str, path: Path) -> Grid:
@@ -371,7 +372,7 @@ def _families(raw: Mapping[str, Any], path: Path, say: Any) -> list[Family]:
         own = _axes({k: val for k, val in v.items() if isinstance(val, list)}, where, path, say)
         fixed = _check_keys(fixed, where, path, say)
         merged = {k: val for k, val in axes.items() if k not in fixed and k not in own}
-        families.append(Family(where, fixed, {**merged, **own}))
+        families.append(Family(where, fixed, {**merged, **own}, frozenset(merged)))
     return families
 
 
@@ -388,7 +389,10 @@ def _expand(
             cfg = {s: dict(base[s]) for s in base}
             source = {f"{s}.{k}": f"[{s}]" for s in base for k in base[s]}
             overrides = [(k, v, fam.where) for k, v in fam.fixed.items()]
-            overrides += [(k, v, fam.where or "[grid]") for k, v in zip(keys, combo, strict=True)]
+            overrides += [
+                (k, v, "[grid]" if not fam.where or k in fam.inherited else fam.where)
+                for k, v in zip(keys, combo, strict=True)
+            ]  # a value is blamed on where it is written
             for k, val, where in overrides:
                 s, f = k.split(".", 1)
                 cfg.setdefault(s, {})[f] = val

@@ -78,6 +78,15 @@ def test_flat_list_for_a_list_field_is_explained(tmp_path: Path) -> None:
     assert hidden == {(64, 128), (32,)}
 
 
+def test_a_grid_value_is_blamed_on_the_grid_not_a_variant(tmp_path: Path) -> None:
+    text = '[grid]\n"algorithm.lr" = [-1.0, 0.1]\n[[variant]]\n"algorithm.name" = "scaffold"\n'
+    (line,) = grid_errors(tmp_path, text)  # once, although both families cross it
+    assert "[grid] algorithm.lr = -1.0" in line and "variant" not in line
+    own = '[[variant]]\n"algorithm.name" = "scaffold"\n"algorithm.lr" = [-2.0]\n'
+    (line,) = grid_errors(tmp_path, own)
+    assert "[[variant]] 1 algorithm.lr = -2.0" in line
+
+
 def test_repeated_seeds_are_noted(tmp_path: Path) -> None:
     path = tmp_path / "g.toml"
     path.write_text("[experiment]\nseeds = [0, 1, 0]\n", encoding="utf-8")
