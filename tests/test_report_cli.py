@@ -152,6 +152,7 @@ def test_metric_panels_and_x_axis(db: Path, tmp_path: Path) -> None:
         (["--baseline", "fedavg"], ["matches 2 rows", "fedavg + topk"]),
         (["--baseline", "fedav + topk"], ["did you mean 'fedavg + topk'"]),
         (["--plot", "rounds-vs-loss", "--metric", "train_loss", "--out", "x.png"], ["one file"]),
+        (["--html", __file__], ["is a file; give a directory"]),
     ],
 )
 def test_bad_options_are_refused_before_any_output(

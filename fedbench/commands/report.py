@@ -161,6 +161,8 @@ def report(
             f"--out names one file but {n_figures} figures were asked for; "
             "give one --plot (or only --metric) with it"
         )
+    if html is not None and html.exists() and not html.is_dir():
+        raise CommandError(f"--html {html}: is a file; give a directory for the page")
     if x is not None and not kinds and not ys:
         raise CommandError("--x sets the x axis of plots: give --plot or --metric with it")
 
