@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fedbench.commands import catalog, export, ls, report, run, show, validate
+from fedbench.commands import catalog, data, export, ls, prune, report, run, show, validate
 
 app = typer.Typer(
     name="fedbench",
@@ -24,6 +24,8 @@ app.command("algorithms")(catalog.algorithms)
 app.command("compressors")(catalog.compressors)
 app.command("datasets")(catalog.datasets)
 app.command("export")(export.export)
+app.command("prune")(prune.prune)
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ COMMON: dict[str, dict[str, Param]] = {
     },
     "task": {
         "dataset": Param("digits", "dataset (see `fedbench datasets`)", "str"),
-        "model": Param("mlp", "model: logreg | mlp | cnn", "str"),
+        "model": Param("mlp", f"model: {' | '.join(MODELS)} (see `fedbench datasets`)", "str"),
         "clients": Param(10, "number of clients n", "int", low=1),
         "partition": Param("iid", "how training samples are split over clients", "str"),
         "test_fraction": Param(
@@ -196,6 +196,7 @@ class Grid:
     text: str
     jobs: list[Job]
     ignored: dict[str, set[str]] = field(default_factory=dict)  # field -> components ignoring it
+    notes: list[str] = field(default_factory=list)  # legal but probably unintended settings
 
     @property
     def name(self) -> str:
@@ -241,6 +242,39 @@ def allowed_fields(section: str) -> list[str]:
     return sorted(names)
 
 
+# Names people write for a field: the hint of an unknown field.
+FIELD_ALIASES = {
+    "learning_rate": "lr", "step_size": "lr", "num_clients": "clients", "n_clients": "clients",
+    "batchsize": "batch_size", "local_epochs": "local_steps", "num_rounds": "rounds",
+    "seed": "seeds", "compression": "name", "compressor": "name", "algorithm": "name",
+}  # fmt: skip
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """' (did you mean fedavg?)' for a close or differently-cased choice, else ''."""
+    import difflib
+
+    options = list(choices)
+    lower = {c.lower(): c for c in options}
+    hit = lower.get(value.lower())
+    if hit is None and FIELD_ALIASES.get(value) in options:
+        hit = FIELD_ALIASES[value]
+    if hit is None:
+        close = difflib.get_close_matches(value, options, n=1, cutoff=0.7)
+        hit = close[0] if close else None
+    return f" (did you mean {hit}?)" if hit else ""
+
+
+def _fields_taken(section: str, cfg: Mapping[str, Any]) -> str:
+    """The fields a section takes given its chosen components, for an unknown-field message:
+    "fedavg takes: ...; every [algorithm] takes: ..."; all fields when a name is not known."""
+    chosen = [(reg, n) for reg, n in _components(section, cfg) if n in reg]
+    if not chosen or len(chosen) < len(_components(section, cfg)):
+        return f"allowed: {', '.join(allowed_fields(section))}"
+    own = [f"{n} takes: {', '.join(reg[n].params) or 'nothing more'}" for reg, n in chosen]
+    return "; ".join([*own, f"every [{section}] takes: {', '.join(COMMON[section])}"])
+
+
 # -- parsing and expansion -------------------------------------------------------------------
 
 
@@ -260,6 +294,7 @@ class Family(NamedTuple):
     where: str  # "[[variant]] i", or "" for the base grid
     fixed: dict[str, Any]  # "section.field" -> value, applied to every job of the family
     axes: dict[str, list[Any]]  # "section.field" -> values, crossed
+    inherited: frozenset[str] = frozenset()  # axes a variant takes from [grid] unchanged
 
 
 def parse(text: str, path: Path) -> Grid:
@@ -271,14 +306,35 @@ def parse(text: str, path: Path) -> Grid:
     problems: list[str] = []
     say = problems.append
     base = _base_sections(raw, path, say)
-    seeds = _seeds(base["experiment"].pop("seeds", [0]), path, say)
+    given_seeds = base["experiment"].pop("seeds", [0])
+    seeds = _seeds(given_seeds, path, say)
     if not base["experiment"].get("name"):
         base["experiment"]["name"] = path.stem
     families = _families(raw, path, say)
     jobs, ignored = _expand(base, families, seeds, path, say)
     if problems:
         raise GridError(list(dict.fromkeys(problems)))
-    return Grid(path, text, jobs, ignored)
+    return Grid(path, text, jobs, ignored, _notes(jobs, path, given_seeds))
+
+
+def _notes(jobs: list[Job], path: Path, seeds: Any) -> list[str]:
+    """Settings that are legal but probably not meant, one line each."""
+    notes = []
+    if isinstance(seeds, list) and len(set(seeds)) < len(seeds):
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        notes.append(
+            f"{path}: [experiment] seeds = {_show(seeds)}: seed "
+            f"{', '.join(map(str, repeated))} repeated; each seed runs once"
+        )
+    for rounds, every in sorted(
+        {(int(e["rounds"]), int(e["eval_every"])) for e in (j.config["experiment"] for j in jobs)}
+    ):
+        if every > rounds:
+            notes.append(
+                f"{path}: [experiment] eval_every = {every} > rounds = {rounds}: evaluated "
+                "only before the first round and after the last"
+            )
+    return notes
 
 
 def _base_sections(raw: Mapping[str, Any], path: Path, say: Any) -> dict[str, dict[str, Any]]:
@@ -295,7 +351,12 @@ def _base_sections(raw: Mapping[str, Any], path: Path, say: Any) -> dict[str, di
         allowed = allowed_fields(s) + (["seeds"] if s == "experiment" else [])
         for k in sec:
             if k not in allowed:
-                say(f"{path}: [{s}] {k}: unknown field; allowed: {', '.join(allowed)}")
+                taken = (
+                    _fields_taken(s, sec)
+                    if s in COMMON and s != "experiment"
+                    else f"allowed: {', '.join(allowed)}"
+                )
+                say(f"{path}: [{s}] {k}: unknown field{did_you_mean(k, allowed)}; {taken}")
         base[s] = {k: v for k, v in sec.items() if k in allowed}
     return base
 
@@ -318,7 +379,7 @@ def _families(raw: Mapping[str, Any], path: Path, say: Any) -> list[Family]:
         own = _axes({k: val for k, val in v.items() if isinstance(val, list)}, where, path, say)
         fixed = _check_keys(fixed, where, path, say)
         merged = {k: val for k, val in axes.items() if k not in fixed and k not in own}
-        families.append(Family(where, fixed, {**merged, **own}))
+        families.append(Family(where, fixed, {**merged, **own}, frozenset(merged)))
     return families
 
 
@@ -335,7 +396,10 @@ def _expand(
             cfg = {s: dict(base[s]) for s in base}
             source = {f"{s}.{k}": f"[{s}]" for s in base for k in base[s]}
             overrides = [(k, v, fam.where) for k, v in fam.fixed.items()]
-            overrides += [(k, v, fam.where or "[grid]") for k, v in zip(keys, combo, strict=True)]
+            overrides += [
+                (k, v, "[grid]" if not fam.where or k in fam.inherited else fam.where)
+                for k, v in zip(keys, combo, strict=True)
+            ]  # a value is blamed on where it is written
             for k, val, where in overrides:
                 s, f = k.split(".", 1)
                 cfg.setdefault(s, {})[f] = val
@@ -367,8 +431,26 @@ def _axes(table: Any, where: str, path: Path, say: Any) -> dict[str, list[Any]]:
                 "(a list-valued field is a list of lists)"
             )
             continue
+        if _takes_a_list(k) and not any(isinstance(x, list) for x in v):
+            section, _, name = k.partition(".")
+            say(
+                f"{path}: {where} {k} = {_show(v)}: {name} takes a list, so this is read as "
+                f"{len(v)} values {', '.join(_show(x) for x in v)}; for one value write "
+                f"{_show([v])} here or {name} = {_show(v)} in [{section}], for several a "
+                "list of lists"
+            )
+            continue
         out[k] = v
     return out
+
+
+def _takes_a_list(key: str) -> bool:
+    """Whether every parameter named by "section.field" holds a list (e.g. task.hidden)."""
+    section, _, name = key.partition(".")
+    kinds = {p.kind for reg in _section_registries(section) for c in reg for p in
+             [reg[c].params.get(name)] if p is not None}  # fmt: skip
+    kinds |= {COMMON[section][name].kind} if name in COMMON.get(section, {}) else set()
+    return kinds == {"int_list"}
 
 
 # One grid file is one experiment: these describe it and cannot vary between its jobs.
@@ -386,7 +468,9 @@ def _check_keys(table: Mapping[str, Any], where: str, path: Path, say: Any) -> d
         elif k in FIXED_PER_GRID:
             say(f"{path}: {where} {k}: one grid file is one experiment; set it in [experiment]")
         elif f not in allowed_fields(s):
-            say(f"{path}: {where} {k}: unknown field; allowed: {', '.join(allowed_fields(s))}")
+            allowed = allowed_fields(s)
+            hint = did_you_mean(f, allowed)
+            say(f"{path}: {where} {k}: unknown field{hint}; allowed: {', '.join(allowed)}")
         else:
             good[k] = v
     return good
@@ -440,8 +524,8 @@ def resolve(
             if name not in reg:
                 field_name = _NAME_FIELD.get(reg.what, "name")
                 problems.append(
-                    f"{s}.{field_name} = {_show(merged.get(field_name))}: unknown {reg.what}; "
-                    f"allowed: {', '.join(reg)}"
+                    f"{s}.{field_name} = {_show(merged.get(field_name))}: unknown {reg.what}"
+                    f"{did_you_mean(str(merged.get(field_name)), reg)}; allowed: {', '.join(reg)}"
                 )
                 continue
             chosen.append(name)
@@ -666,10 +750,13 @@ def job_labels(jobs: Iterable[Job]) -> dict[str, str]:
         parts = []
         for k in varying:
             v = f.get(k)
-            if k.endswith(".name") or k in ("task.dataset", "task.model", "task.partition"):
+            ef_only = k == "compressor.error_feedback" and "compressor.name" not in varying
+            if k == "compressor.name" or ef_only:  # error feedback spelled "ef(topk)"
+                parts.append(j.compressor)
+            elif k.endswith(".name") or k in ("task.dataset", "task.model", "task.partition"):
                 parts.append(str(v) if k != "downlink.name" else f"down={v}")
             elif k == "compressor.error_feedback":
-                parts.append("+EF" if v else "")
+                pass  # in the compressor's name
             elif v is not None:
                 parts.append(f"{k.split('.', 1)[1]}={_show(v) if not isinstance(v, str) else v}")
         labels[j.key] = " ".join(p for p in parts if p) or j.algorithm

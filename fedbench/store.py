@@ -610,6 +610,16 @@ class Store:
                 q = sa.update(RUNS).where(RUNS.c.id.in_(part), RUNS.c.status == "running")
                 conn.execute(q.values(status="pending", finished_at=None))
 
+    def delete_runs(self, run_ids: Sequence[int]) -> int:
+        """Delete runs and their metrics (one transaction); returns how many runs went."""
+        ids = [int(i) for i in run_ids]
+        gone = 0
+        with self._write() as conn:
+            for part in _chunks(ids):
+                conn.execute(sa.delete(METRICS).where(METRICS.c.run_id.in_(part)))
+                gone += conn.execute(sa.delete(RUNS).where(RUNS.c.id.in_(part))).rowcount
+        return gone
+
     # ----------------------------------------------------------------- reading
 
     def last_round(self, run_id: int) -> int | None:
@@ -621,14 +631,15 @@ class Store:
 
     def get_run(self, ref: str) -> dict[str, Any]:
         """One run by id, full key or unique key prefix (at least 4 characters); a number that
-        is a run id means that run. Includes `experiment` (its name) and `rounds_logged`."""
+        is a run id means that run, else it is read as a key prefix of any length. Includes
+        `experiment` (its name) and `rounds_logged`."""
         ref = str(ref).strip()
         q = _runs_select()
         with self._read() as conn:
             rows = conn.execute(q.where(RUNS.c.key == ref)).all()
             if not rows and ref.isdigit():
                 rows = conn.execute(q.where(RUNS.c.id == int(ref))).all()
-            if not rows and len(ref) >= MIN_PREFIX:
+            if not rows and (len(ref) >= MIN_PREFIX or ref.isdigit()):  # "24": id, else key
                 prefix = RUNS.c.key.startswith(ref, autoescape=True)
                 rows = conn.execute(q.where(prefix).order_by(RUNS.c.id).limit(6)).all()
         if not rows:

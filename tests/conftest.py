@@ -103,3 +103,12 @@ def full_grad(task: Task, x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def task() -> Task:
     return make_task()
+
+
+@pytest.fixture(autouse=True)
+def _empty_data_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests never read the user's dataset cache (`fedbench data fetch`): an empty one."""
+    monkeypatch.setenv("FEDBENCH_DATA", str(tmp_path_factory.getbasetemp() / "no-data-cache"))
+    monkeypatch.delenv("FEDBENCH_DATA_MIRROR", raising=False)

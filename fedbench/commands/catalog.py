@@ -17,7 +17,6 @@ from fedbench.commands.common import (
     emit_rows,
     one_line_errors,
 )
-from fedbench.grid import COMMON
 from fedbench.params import Param, Registry
 
 
@@ -44,7 +43,26 @@ def _emit(
 ) -> None:
     """List components; `common` holds the fields every job has, per grid section; `more`:
     further top-level entries of the JSON output (the table output prints them itself)."""
-    check_format(fmt, ("table", "json"))
+    check_format(fmt, ("table", "json", "csv"))
+    if fmt == "csv":  # one row per parameter, components without parameters get one row
+        rows: list[dict[str, object]] = [
+            {"section": sec, "name": "(every job)", "kind": "", "summary": "", "param": k,
+             "default": json.dumps(p.default), "allowed": p.allowed(), "help": p.help}
+            for sec, fields in common.items()
+            for k, p in fields.items()
+        ]  # fmt: skip
+        for title, reg in registries:
+            for n in reg:
+                c = reg[n]
+                head = {"section": title, "name": n, "kind": c.kind, "summary": c.summary}
+                params = [
+                    {"param": k, "default": json.dumps(p.default), "allowed": p.allowed(),
+                     "help": p.help}
+                    for k, p in c.params.items()
+                ] or [{"param": "", "default": "", "allowed": "", "help": ""}]  # fmt: skip
+                rows += [{**head, **p} for p in params]
+        emit_rows(rows, "csv")
+        return
     if fmt == "json":
         out: dict[str, object] = {
             "common": {sec: _param_json(fields) for sec, fields in common.items()},
@@ -87,6 +105,7 @@ def algorithms(fmt: FormatOption = "table") -> None:
     Example: fedbench algorithms --format json
     """
     from fedbench.algorithms import ALGORITHMS
+    from fedbench.grid import COMMON
 
     _emit([("algorithms", ALGORITHMS)], fmt, {"algorithm": COMMON["algorithm"]})
 
@@ -98,6 +117,7 @@ def compressors(fmt: FormatOption = "table") -> None:
     Example: fedbench compressors
     """
     from fedbench.compressors import COMPRESSORS
+    from fedbench.grid import COMMON
 
     _emit(
         [("compressors", COMPRESSORS)],
@@ -139,9 +159,13 @@ def datasets(
     Example: fedbench datasets --stats --partition dirichlet --clients 20
     """
     from fedbench.data import DATASETS, PARTITIONS
+    from fedbench.grid import COMMON
     from fedbench.models import MODELS
 
     rows = _heterogeneity_rows(clients, partition) if stats else []
+    if stats and fmt == "csv":  # one table: the heterogeneity rows, every field
+        emit_rows(rows, "csv", columns=list(dict.fromkeys(k for r in rows for k in r)))
+        return
     _emit(
         [("datasets", DATASETS), ("partitions", PARTITIONS), ("models", MODELS)],
         fmt,
@@ -186,6 +210,10 @@ def _heterogeneity_rows(clients: int, partition: str | None) -> list[dict[str, o
         given = {"dataset": name, "clients": clients, "data_seed": 0, "test_fraction": 0.2}
         if partition is not None:
             given["partition"] = partition
+        if DATASETS[name].extra.get("sequences"):  # token sequences need a language model
+            from fedbench.models import MODELS
+
+            given["model"] = next(k for k in MODELS if MODELS[k].extra.get("sequences"))
         row: dict[str, object] = {"dataset": name, "partition": partition or ""}
         allowed = DATASETS[name].extra.get("partitions", ())
         if partition is not None and allowed and partition not in allowed:

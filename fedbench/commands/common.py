@@ -6,12 +6,15 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from fedbench.store import Store
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,27 +43,46 @@ class CommandError(Exception):
 
 
 def one_line_errors(fn: F) -> F:
-    """Turn the project's known errors into one red line each on stderr and exit status 2."""
-    from fedbench.data import DataError
-    from fedbench.grid import GridError
-    from fedbench.report import ReportError
-    from fedbench.store import StoreError
+    """Turn the project's known errors into one red line each on stderr and exit status 2.
+    The error classes are imported when an error happens, so that `--help` stays fast."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except GridError as e:
-            lines = e.problems
         except CommandError as e:
             lines = e.lines
-        except (DataError, StoreError, ReportError) as e:
-            lines = [str(e)]
+        except Exception as e:
+            from fedbench.data import DataError
+            from fedbench.grid import GridError
+            from fedbench.report import ReportError
+            from fedbench.store import StoreError
+
+            if isinstance(e, GridError):
+                lines = e.problems
+            elif isinstance(e, (DataError, StoreError, ReportError)):
+                lines = [str(e)]
+            else:
+                raise
         for line in lines:
             err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def open_store(db: str | None) -> Store:
+    """The database for a read-only command (ls, show, report, export, prune): an SQLite file
+    that does not exist is refused in one line and is not created."""
+    from fedbench.store import Store, is_new_sqlite_file, resolve_url
+
+    if is_new_sqlite_file(db):
+        where = resolve_url(db).removeprefix("sqlite:///")
+        raise CommandError(
+            f"--db {where}: no such database file (no experiments yet; "
+            "run one with: fedbench run GRID.toml --db FILE)"
+        )
+    return Store(db)
 
 
 def check_format(fmt: str, allowed: Sequence[str]) -> str:

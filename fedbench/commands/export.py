@@ -1,4 +1,5 @@
-"""`fedbench export`: the database tables as CSV or Parquet files for other tools."""
+"""`fedbench export`: the database tables, or one experiment's tidy results frame, as CSV or
+Parquet files for other tools."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ from typing import Annotated
 
 import typer
 
-from fedbench.commands.common import CommandError, DbOption, console, one_line_errors
-from fedbench.store import Store
+from fedbench.commands.common import (
+    CommandError,
+    DbOption,
+    console,
+    one_line_errors,
+    open_store,
+)
 
 TABLES = ("experiments", "runs", "metrics")
 FORMATS = ("csv", "parquet")
@@ -24,15 +30,28 @@ def export(
         list[str] | None,
         typer.Option("--table", "-t", help="experiments | runs | metrics (repeatable)"),
     ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment",
+            "-e",
+            help="write this experiment's tidy results frame instead: EXPERIMENT.csv, one row "
+            "per run x round, config fields and metrics as columns "
+            "(fedbench.report.load_frame in Python)",
+        ),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="csv | parquet")] = "csv",
 ) -> None:
-    """Write database tables as CSV or Parquet files (Parquet needs pyarrow).
+    """Write database tables, or one experiment's tidy frame, as CSV or Parquet files
+    (Parquet needs pyarrow).
 
     Example: fedbench export results/export --format parquet --table runs --table metrics
     """
     for t in table or []:
         if t not in TABLES:
             raise CommandError(f"--table {t}: allowed: {', '.join(TABLES)}")
+    if table and experiment:
+        raise CommandError("--experiment writes one tidy frame: give it without --table")
     if fmt not in FORMATS:
         raise CommandError(f"--format {fmt}: allowed: {', '.join(FORMATS)}")
     if fmt == "parquet":
@@ -42,11 +61,21 @@ def export(
             raise CommandError(
                 "--format parquet needs pyarrow: pip install pyarrow (or 'fedbench[parquet]')"
             ) from None
-    store = Store(db)
+    store = open_store(db)
+    frames = []
+    if experiment is not None:
+        from fedbench.report import load, tidy
+
+        frame = tidy(*load(store, experiment))
+        if fmt == "parquet":  # config values may be tuples: parquet needs one type a column
+            obj = [c for c in frame.columns if frame[c].dtype == object]
+            frame[obj] = frame[obj].map(lambda v: str(list(v)) if isinstance(v, tuple) else v)
+        frames.append((experiment, frame))
+    else:
+        frames = [(t, store.export(t)) for t in table or TABLES]
     out.mkdir(parents=True, exist_ok=True)
-    for t in table or TABLES:
-        path = out / f"{t}.{fmt}"
-        frame = store.export(t)
+    for name, frame in frames:
+        path = out / f"{name}.{fmt}"
         if fmt == "csv":
             frame.to_csv(path, index=False)
         else:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fedbench.commands.common import (
     CommandError,
@@ -13,10 +14,14 @@ from fedbench.commands.common import (
     ExperimentOption,
     FormatOption,
     check_format,
+    console,
     emit_rows,
     one_line_errors,
+    open_store,
 )
-from fedbench.store import STATUSES, Store
+
+if TYPE_CHECKING:
+    from fedbench.store import Store
 
 
 @one_line_errors
@@ -38,22 +43,35 @@ def ls(
     Example: fedbench ls --status failed --format json
     """
     check_format(fmt, ("table", "json", "csv"))
+    from fedbench.store import STATUSES
+
     for s in status or []:
         if s not in STATUSES:
             raise CommandError(f"--status {s}: allowed: {', '.join(STATUSES)}")
-    store = Store(db)
+    store = open_store(db)
     if experiments:
         frame = store.experiments_frame()
-        emit_rows(_records(frame), fmt, title="experiments")
+        if fmt != "table":
+            emit_rows(_records(frame), fmt, title="experiments")
+            return
+        rows = [
+            {"id": r["id"], "name": r["name"], "runs": r["runs"], "done": r["done"],
+             "failed": r["failed"], "diverged": r["diverged"],
+             "to run": r["pending"] + r["running"],
+             "created": f"{r['created_at']:%Y-%m-%d %H:%M}", "grid": r["grid_path"]}
+            for r in _records(frame)
+        ]  # fmt: skip
+        _table(rows, "experiments", list(rows[0]) if rows else ["id", "name"], note="")
         return
     runs = store.runs_frame(experiment=experiment, status=status or None)
     if limit:
         runs = runs.tail(limit)
     finals = _final_metrics(store, [int(r) for r in runs["run_id"]]) if len(runs) else {}
-    raw = fmt != "table"
     rows = []
     for r in _records(runs):
         f = finals.get(int(r["run_id"]), {})
+        clients = r.get("task.clients")
+        up = f.get("bits_up")
         rows.append(
             {
                 "id": r["run_id"],
@@ -66,12 +84,62 @@ def ls(
                 "seed": r["seed"],
                 "status": r["status"],
                 "rounds": _int(r.get("rounds_logged")),
-                # numbers for scripts, rounded strings for people
-                "test_accuracy": f.get("test_accuracy") if raw else _fmt(f.get("test_accuracy")),
-                "bits_up": f.get("bits_up") if raw else _fmt(f.get("bits_up"), "{:.3g}"),
+                "test_accuracy": f.get("test_accuracy"),
+                # the store counts bits summed over all clients; report shows per client
+                "bits_up_all_clients": up,
+                "bits_up_per_client": None if up is None or not clients else up / clients,
             }
         )
-    emit_rows(rows, fmt, title=f"{len(rows)} runs" + (f" of {experiment}" if experiment else ""))
+    title = f"{len(rows)} runs" + (f" of {experiment}" if experiment else "")
+    if fmt != "table":
+        emit_rows(rows, fmt, title=title)
+        return
+    many = len({r["experiment"] for r in rows}) > 1
+    cols = ["id", "key", *(["experiment"] if many else []), "algorithm",
+            "compressor", "seed", "status", "rounds", "acc", "up/client"]  # fmt: skip
+    cells = [
+        {**r, "key": str(r["key"])[:8], "acc": _fmt(r["test_accuracy"], "{:.3f}"),
+         "up/client": _fmt(r["bits_up_per_client"], "{:.3g}")}
+        for r in rows
+    ]  # fmt: skip
+    _table(
+        cells,
+        title,
+        cols,
+        note="acc: final test accuracy; up/client: cumulative uplink bits per client "
+        "(--format json has the total over all clients, full keys and every field)",
+    )
+
+
+SHORT = {"experiment": 10, "algorithm": 12, "compressor": 12, "name": 16, "grid": 24}
+NUMBERS = ("id", "seed", "rounds", "acc", "up/client", "runs", "done", "failed", "diverged",
+           "to run")  # fmt: skip
+
+
+def _table(rows: list[dict[str, Any]], title: str, cols: list[str], note: str) -> None:
+    """Rows for people: the columns that fit 80 columns, long names cut with an ellipsis,
+    never wrapped; --format json|csv has every field."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+              collapse_padding=True, header_style="bold")  # fmt: skip
+    for c in cols:
+        wide = max([len(c)] + [len(str(r.get(c) or "")) for r in rows])
+        t.add_column(
+            c,
+            justify="right" if c in NUMBERS else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=SHORT.get(c),
+            # what squeezes first: the grid path, then long names; never numbers or keys
+            min_width=None if c == "grid" else min(wide, SHORT.get(c, wide), 10),
+        )
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else escape(str(r[c])) for c in cols))
+    console.print(t)
+    if note:
+        console.print(note, style="dim", highlight=False)
 
 
 def _final_metrics(store: Store, run_ids: list[int]) -> dict[int, dict[str, float]]:

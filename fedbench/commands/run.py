@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +22,14 @@ from rich.progress import (
 
 from fedbench import executors, runner
 from fedbench import grid as gridlib
-from fedbench.commands.common import CommandError, DbOption, console, emit_rows, one_line_errors
+from fedbench.commands.common import (
+    CommandError,
+    DbOption,
+    console,
+    emit_rows,
+    err_console,
+    one_line_errors,
+)
 from fedbench.store import Store, is_new_sqlite_file
 
 TODO = ("pending", "running")
@@ -74,6 +82,8 @@ def run(
     except ValueError as e:
         raise CommandError(str(e)) from None
     g = gridlib.load(grid)
+    for note in g.notes:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     jobs = gridlib.filter_jobs(g.jobs, only or [])
     if not jobs:
         raise CommandError(f"{grid}: no job matches --only {' '.join(only or [])}")
@@ -107,6 +117,7 @@ def run(
         + f" on {dev} → {store.url}",
         highlight=False,
         markup=False,
+        soft_wrap=not console.is_terminal,
     )
     runner.tune_allocator()
     if executor == "ray":
@@ -166,6 +177,10 @@ class _Display:
             disable=not console.is_terminal,
         )
         self.total = self.bar.add_task(self._headline(), total=len(jobs))
+        # not on a terminal (a file, a pipe): no live bars, so one unwrapped line per job start
+        # and end, and a progress line every quarter of a job's rounds or every minute
+        self.plain = not console.is_terminal
+        self.said: dict[str, tuple[int, float]] = {}  # key -> (round, time) of its last line
 
     def __enter__(self) -> _Display:
         self.bar.__enter__()
@@ -188,9 +203,11 @@ class _Display:
         if e.kind == "start":
             rounds = self.jobs[e.key].config["experiment"]["rounds"]
             self.running[e.key] = self.bar.add_task(self._name(e.key), total=rounds)
+            self._plain(e.key, "start", f"{rounds} rounds")
         elif e.kind == "round" and e.key in self.running:
             acc = e.metrics.get("test_accuracy")
             tail = f" acc {acc:.3f}" if acc is not None else ""
+            self._progress(e.key, e.round, tail)
             self.bar.update(
                 self.running[e.key], completed=e.round, description=self._name(e.key) + tail
             )
@@ -200,6 +217,26 @@ class _Display:
                 self.bar.remove_task(task)
             self._finished(e.outcome)
         self.bar.update(self.total, description=self._headline())
+
+    def _plain(self, key: str, what: str, rest: str, at: int = 0) -> None:
+        if not self.plain:
+            return
+        self.said[key] = (at, time.monotonic())
+        console.print(
+            f"{what:8} {key}  {self.labels[key]} seed {self.jobs[key].seed}  {rest}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    def _progress(self, key: str, rnd: int, tail: str) -> None:
+        if not self.plain:
+            return
+        rounds = int(self.jobs[key].config["experiment"]["rounds"])
+        last, when = self.said.get(key, (0, time.monotonic()))
+        step = max(1, rounds // 4)
+        if rnd < rounds and (rnd // step > last // step or time.monotonic() - when >= 60):
+            self._plain(key, "progress", f"round {rnd}/{rounds}{tail}", rnd)
 
     def _finished(self, out: runner.Outcome) -> None:
         self.outcomes.append(out)
@@ -218,6 +255,7 @@ class _Display:
                 else ""
             ),
             highlight=False,
+            soft_wrap=self.plain,
         )
 
 
@@ -231,6 +269,7 @@ def _summary(name: str, outcomes: list[runner.Outcome], store: Store) -> None:
         + ("" if store.url.endswith("results/fedbench.db") else f" --db {store.url}"),
         highlight=False,
         markup=False,
+        soft_wrap=not console.is_terminal,
     )
     if by["failed"]:
         console.print(

@@ -17,8 +17,8 @@ from fedbench.commands.common import (
     console,
     emit_rows,
     one_line_errors,
+    open_store,
 )
-from fedbench.store import Store
 
 
 @one_line_errors
@@ -34,8 +34,8 @@ def show(
 
     Example: fedbench show 3f2a9c
     """
-    check_format(fmt, ("table", "json"))
-    store = Store(db)
+    check_format(fmt, ("table", "json", "csv"))
+    store = open_store(db)
     info = store.get_run(run)
     metrics = store.metrics_frame([int(info["id"])])
     summary = []
@@ -51,6 +51,13 @@ def show(
                 "max": float(values.max()),
             }
         )
+    if fmt == "csv":  # the run's metrics summary, one row per metric, the run in each row
+        emit_rows(
+            [{"run_id": info["id"], "key": info["key"], "status": info["status"], **r}
+             for r in summary],
+            "csv",
+        )  # fmt: skip
+        return
     partition = partition_stats(info.get("config") or {})
     if fmt == "json":
         sys.stdout.write(

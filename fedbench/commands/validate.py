@@ -62,6 +62,7 @@ def validate(
             "configurations": len(set(labels.values())),
             "seeds": sorted({j.seed for j in g.jobs}),
             "ignored": {k: sorted(v) for k, v in g.ignored.items()},
+            "notes": g.notes,
             "job_list": [
                 {**r, "config": gridlib.run_config(j)} for r, j in zip(rows, g.jobs, strict=True)
             ],
@@ -83,4 +84,6 @@ def validate(
             highlight=False,
             markup=False,
         )
+    for note in g.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     console.print(f"[green]ok[/green]: {escape(str(grid))} is valid", highlight=False)

@@ -53,8 +53,16 @@ def normalise(images: np.ndarray, name: str) -> np.ndarray:
 
 
 def _need_dir(path: str, name: str, expected: str) -> Path:
-    if not path:
-        raise DataError(f"dataset {name} needs a path: dataset = '{name}:DIR' ({expected})")
+    if not path:  # fetched once by `fedbench data fetch NAME` (never downloaded here)
+        from fedbench.fetch import cached
+
+        folder = cached(name)
+        if folder is not None:
+            return folder
+        raise DataError(
+            f"dataset {name} needs a path: dataset = '{name}:DIR' ({expected}), "
+            f"or fetch it once with: fedbench data fetch {name}"
+        )
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: no such directory; dataset {name} expects {expected}")

@@ -20,6 +20,11 @@ from fedbench.report.frame import (
     bits_axis_label,
     bits_convention,
     curves,
+    load,
+    load_frame,
+    logged_metrics,
+    split,
+    tidy,
 )
 from fedbench.report.labels import (
     BAND,
@@ -29,15 +34,23 @@ from fedbench.report.labels import (
     X_AXES,
     ReportError,
     config_labels,
+    pooled_fields,
     varying_fields,
 )
-from fedbench.report.tables import render, summary
+from fedbench.report.tables import check_target, render, summary
 
-_LAZY = {"figure": "plots", "plot": "plots", "KINDS": "plots", "Y_LABELS": "plots"}
+_LAZY = {
+    "figure": "plots",
+    "plot": "plots",
+    "KINDS": "plots",
+    "Y_LABELS": "plots",
+    "html_page": "html",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """figure, plot, KINDS: from fedbench.report.plots, imported on first use."""
+    """figure, plot, KINDS (fedbench.report.plots) and html_page (fedbench.report.html),
+    imported on first use."""
     if name in _LAZY:
         import importlib
 
@@ -54,9 +67,16 @@ __all__ = [
     "ReportError",
     "bits_axis_label",
     "bits_convention",
+    "check_target",
     "config_labels",
     "curves",
+    "load",
+    "load_frame",
+    "logged_metrics",
+    "pooled_fields",
     "render",
+    "split",
     "summary",
+    "tidy",
     "varying_fields",
 ]

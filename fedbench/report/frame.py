@@ -8,6 +8,7 @@ literature's "bits per client" axis is asked for.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from fedbench.report.labels import (
     _label_order,
     config_labels,
 )
+
+if TYPE_CHECKING:
+    from fedbench.store import Store
 
 # --------------------------------------------------------------------------- per-round values
 
@@ -191,3 +195,103 @@ def curves(
     out = out.sort_values(["_rank", "round"], kind="stable").drop(columns="_rank")
     out["n_seeds"] = out["n_seeds"].astype(int)
     return out.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the tidy frame
+
+# Per-run columns of the store's runs frame (fedbench.store.RUN_COLUMNS), in its order.
+RUN_FIELDS = (
+    "run_id", "key", "experiment", "seed", "algorithm", "compressor", "dataset", "model",
+    "status", "error", "started_at", "finished_at", "host", "device", "fedbench_version",
+    "torch_version", "rounds_logged",
+)  # fmt: skip
+
+
+def tidy(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per run × round: the run's columns (run_id, key, experiment, seed, status, ...),
+    ``round``, its config flattened to "section.field" columns, then one column per metric
+    (NaN where a metric was not logged that round). A run without metrics keeps one row with
+    round <NA>, so pending and failed-at-start runs are not lost. ``attrs["metrics"]`` lists
+    the metric columns. :func:`split` is the inverse."""
+    m = metrics[metrics["run_id"].isin(runs["run_id"])]
+    if m.empty:
+        wide = pd.DataFrame(columns=["run_id", "round"])
+    else:
+        wide = m.pivot_table(
+            index=["run_id", "round"], columns="name", values="value", aggfunc="last",
+            dropna=False,
+        ).reset_index()  # fmt: skip
+        wide.columns = [str(c) for c in wide.columns]
+    names = [c for c in wide.columns if c not in ("run_id", "round")]
+    run_cols = [c for c in runs.columns if c not in names and c != "round"]
+    out = runs[run_cols].merge(wide, on="run_id", how="left", validate="one_to_many")
+    out["round"] = out["round"].astype("Int64")
+    first = [c for c in run_cols if "." not in c]
+    config = [c for c in run_cols if "." in c]
+    out = out[[*first, "round", *config, *names]]
+    out = out.sort_values(["run_id", "round"], kind="stable").reset_index(drop=True)
+    out.attrs["metrics"] = names
+    return out
+
+
+def split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A :func:`tidy` frame back into the store's (runs, metrics) frames. Metric columns are
+    ``attrs["metrics"]`` when present, else every column that is neither a run column, a
+    "section.field" config column nor ``round``."""
+    names = frame.attrs.get("metrics")
+    if names is None:
+        names = [c for c in frame.columns if c not in RUN_FIELDS and "." not in c and c != "round"]
+    run_cols = [c for c in frame.columns if c not in names and c != "round"]
+    runs = frame[run_cols].drop_duplicates("run_id").reset_index(drop=True)
+    rows = frame[frame["round"].notna()]
+    long = rows.melt(
+        id_vars=["run_id", "round"], value_vars=list(names), var_name="name", value_name="value"
+    )
+    # a NaN cell is a metric not logged that round, except where the store kept a NaN value:
+    # the tidy frame cannot tell them apart, and neither changes a summary or a curve
+    long = long.dropna(subset=["value"])
+    long = long.astype({"run_id": "int64", "round": "int64", "value": "float64"})
+    metrics = long.sort_values(["run_id", "round", "name"], kind="stable").reset_index(drop=True)
+    return runs, metrics[["run_id", "round", "name", "value"]]
+
+
+def load_frame(experiment: str | None = None, db: str | None = None) -> pd.DataFrame:
+    """The tidy results frame of an experiment (:func:`tidy`), read from the database ``db``
+    (an SQLAlchemy URL or SQLite path; default $FEDBENCH_DB or results/fedbench.db).
+
+    ``experiment`` defaults to the most recent one. Example::
+
+        from fedbench.report import load_frame
+        df = load_frame("quickstart")
+        df[df["round"] == df["experiment.rounds"]].groupby("algorithm.name")["test_accuracy"].mean()
+    """
+    from fedbench.store import Store, StoreError, is_new_sqlite_file
+
+    if is_new_sqlite_file(db):
+        raise StoreError(f"no database file at {db or 'the default location'}")
+    with Store(db) as store:
+        if experiment is None:
+            exps = store.experiments_frame()
+            if exps.empty:
+                raise ReportError(f"{store.url}: no experiments yet")
+            experiment = str(exps.sort_values("id")["name"].iloc[-1])
+        runs, metrics = _read(store, experiment)
+    return tidy(runs, metrics)
+
+
+def _read(store: Store, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = store.runs_frame(experiment=experiment)
+    if runs.empty:
+        known = ", ".join(store.experiments_frame()["name"].astype(str)) or "none"
+        raise ReportError(
+            f"--experiment {experiment}: no runs in {store.url}; experiments: {known}"
+        )
+    metrics = store.metrics_frame([int(r) for r in runs["run_id"]])
+    return runs, metrics
+
+
+def load(store: Store, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, metrics) of an experiment for the report, by way of its tidy frame
+    (:func:`tidy` then :func:`split`): what the report shows is what :func:`load_frame`
+    gives a script."""
+    return split(tidy(*_read(store, experiment)))

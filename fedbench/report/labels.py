@@ -152,6 +152,23 @@ def _algorithm_names(runs: pd.DataFrame) -> list[str]:
     return ["all"] * len(runs)
 
 
+EF = "compressor.error_feedback"
+
+
+def with_ef_names(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs with error feedback spelled one way everywhere, as the compressor's own name and
+    the store's ``compressor`` column spell it: ``compressor.name`` "ef(topk)" where
+    ``compressor.error_feedback`` is true, and that column dropped."""
+    if EF not in runs.columns or "compressor.name" not in runs.columns:
+        return runs
+    out = runs.drop(columns=[EF])
+    on = runs[EF].map(lambda v: not _absent(v) and bool(v)).to_numpy(dtype=bool)
+    names = runs["compressor.name"].tolist()
+    out["compressor.name"] = [f"ef({n})" if e and not _absent(n) else n
+                              for n, e in zip(names, on, strict=True)]  # fmt: skip
+    return out
+
+
 def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> pd.Series:
     """Per run a short configuration label built from the group-by fields.
 
@@ -162,7 +179,18 @@ def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> 
     skipped. Runs differing only by seed get the same label; a run whose label would be empty
     (a single configuration) gets its algorithm name, and default labels always start with it
     ("diloco, local_steps=10" when only local_steps varies).
+
+    An explicit ``group_by`` is strict: a run without a field is labelled "(no ratio)" (its own
+    row, never pooled with another value or named after its algorithm) unless another chosen
+    field already tells it apart (ratio absent exactly for compressor identity); a false switch
+    reads "error_feedback=false"; :func:`pooled_fields` names what such rows pool.
     """
+    if group_by is not None:  # error feedback is part of the compressor's name
+        group_by = list(dict.fromkeys(
+            "compressor.name" if g in (EF, "error_feedback") and EF in runs.columns else g
+            for g in group_by
+        ))  # fmt: skip
+    runs = with_ef_names(runs)
     fields = varying_fields(runs) if group_by is None else _resolve_group_by(runs, group_by)
     named = "algorithm.name" in fields or "algorithm" in fields
     if group_by is None and fields and "algorithm.name" in runs.columns and not named:
@@ -174,18 +202,58 @@ def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> 
     }
     columns = {f: runs[f].tolist() for f in fields}
     fallback = _algorithm_names(runs)
+    strict = group_by is not None
+    # strict: a field absent for some runs is labelled "(no field)" unless another chosen field
+    # tells those runs apart already (ratio absent for identity, present for topk)
+    keys = {f: _keys(runs, f) for f in fields}
+    unexplained = {
+        f
+        for f in fields
+        if strict
+        and not any(
+            _determines(keys[g], [k is not None for k in keys[f]]) for g in fields if g != f
+        )
+    }
     labels: list[str] = []
     for i in range(len(runs)):
-        head = [_show(columns[f][i]) for f in names if not _absent(columns[f][i])]
-        tail = [
-            params[f] if columns[f][i] is True else f"{params[f]}={_show(columns[f][i])}"
-            for f in fields
-            # a switch reads as its name when on and is left out when off ("error_feedback")
-            if f not in names and not _absent(columns[f][i]) and columns[f][i] is not False
+        head = [
+            _show(columns[f][i]) if not _absent(columns[f][i]) else f"(no {f.partition('.')[0]})"
+            for f in names
+            if f in unexplained or not _absent(columns[f][i])
         ]
+        tail = []
+        for f in fields:
+            v = columns[f][i]
+            if f in names:
+                continue
+            if _absent(v):
+                if f in unexplained:  # a run without the field is its own row
+                    tail.append(f"(no {params[f]})")
+            elif v is True:  # a switch reads as its name when on ("error_feedback")
+                tail.append(params[f])
+            elif v is not False or strict:  # ... and is left out when off
+                tail.append(f"{params[f]}={_show(v)}")
         parts = [" + ".join(head)] if head else []
         labels.append(", ".join(parts + tail) or fallback[i])
     return pd.Series(labels, index=runs.index, name="label", dtype=object)
+
+
+def pooled_fields(runs: pd.DataFrame, group_by: Sequence[str] | None) -> dict[str, list[str]]:
+    """The varying config fields an explicit ``group_by`` leaves out, with the values each
+    pools within some row: {"algorithm.name": ["fedavg", "scaffold"]}; {} when nothing is
+    pooled (every row is one configuration over seeds)."""
+    if group_by is None:
+        return {}
+    labels = config_labels(runs, group_by)
+    chosen = set(_resolve_group_by(runs, group_by))
+    out: dict[str, list[str]] = {}
+    for col in varying_fields(runs):
+        if col in chosen:
+            continue
+        values = runs[col].map(lambda v: MISSING if _absent(v) else _show(v))
+        if (values.groupby(labels.to_numpy()).nunique() > 1).any():
+            out[col] = list(dict.fromkeys(values.tolist()))
+    return out
 
 
 def _label_order(runs: pd.DataFrame, labels: pd.Series) -> list[str]:
@@ -199,13 +267,14 @@ SHARED_TASK = ("task.dataset", "task.model", "task.clients", "task.partition", "
 
 
 def shared_settings(runs: pd.DataFrame) -> str:
-    """What every run shares, as one caption line: "fedavg · compressor topk (ratio=0.05,
-    error_feedback) · digits, mlp, clients=20, dirichlet, alpha=0.3"; "" when nothing is.
+    """What every run shares, as one caption line: "fedavg · compressor ef(topk) (ratio=0.05)
+    · digits, mlp, clients=20, dirichlet, alpha=0.3"; "" when nothing is.
 
     Names the algorithm, every compressor / downlink field (but the bit convention, which the
     bits axis names) and the main task fields that hold one value wherever present (a field
     present only for some runs, e.g. ``compressor.ratio`` of the topk runs, counts as shared
     when its present values agree)."""
+    runs = with_ef_names(runs)
     varying = set(varying_fields(runs))
 
     def one(col: str) -> Any | None:
@@ -232,7 +301,7 @@ def shared_settings(runs: pd.DataFrame) -> str:
             if c.startswith(f"{section}.")
             and c not in (f"{section}.name", f"{section}.bits")  # bits: on the bits axis
             and (v := one(c)) is not None
-            and v is not False
+            and _key(v) is not False
         ]
         if name is not None:
             parts.append(f"{section} {_show(name)}" + (f" ({', '.join(rest)})" if rest else ""))

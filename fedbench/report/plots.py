@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
@@ -45,6 +46,8 @@ class _Kind(NamedTuple):
     ys: tuple[str, ...]  # metric to plot, then fallbacks
     log_y: bool
 
+
+MATPLOTLIB_VERSION = str(matplotlib.__version__)
 
 KINDS: dict[str, _Kind] = {
     "bits-vs-accuracy": _Kind("bits", ("test_accuracy",), False),
@@ -239,7 +242,11 @@ def _panel(
         step = max(1, math.ceil(len(d) / 8))
         ax.plot(
             d["x_mean"], d["y_mean"], color=colour, linestyle=style,
-            marker=MARKERS[i % len(MARKERS)], markersize=4, markevery=(i % step, step),
+            marker=MARKERS[i % len(MARKERS)], markevery=(i % step, step),
+            # curves drawn first get bigger markers, every other one hollow: a curve that
+            # coincides with a later one still shows around it
+            markersize=7 - 3 * i / max(len(order) - 1, 1),
+            fillstyle="full" if i % 2 == 0 else "none",
             linewidth=1.6, label=label,
         )  # fmt: skip
         edges = band_limits(d, band)

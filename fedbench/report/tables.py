@@ -19,10 +19,12 @@ from fedbench.report.labels import (
     BITS,
     FORMATS,
     MISSING,
+    ReportError,
     _absent,
     _label_order,
     _show,
     config_labels,
+    pooled_fields,
 )
 
 # --------------------------------------------------------------------------- summary table
@@ -76,6 +78,7 @@ def summary(
     target_accuracy: float | None = None,
     bits: str = "up",
     per_client: bool = True,
+    baseline: str | None = None,
 ) -> pd.DataFrame:
     """One row per configuration label, aggregated over its seeds.
 
@@ -87,8 +90,15 @@ def summary(
     rounds_to_target and bits_to_target mean and std over the seeds that reached it. Std is the
     sample std (NaN for one seed). Sorted by final accuracy (descending), else by final test or
     train loss (ascending), else in grid order.
+
+    An explicit ``group_by`` is strict (:func:`config_labels`); the varying fields it pools
+    are named in ``attrs["notes"]``, and std is then over every run of the row. ``baseline``
+    (a row label, or an algorithm name with one row) adds ``x_fewer_bits`` (baseline bits /
+    row bits: to the target with ``target_accuracy``, else at the last round) and
+    ``delta_final_accuracy`` (row − baseline). ``target_accuracy`` must be in (0, 1].
     """
     _check(bits, BITS, "bits")
+    check_target(target_accuracy)
     labels = config_labels(runs, group_by)
     per_run = _per_run(runs, _wide(runs, metrics), target_accuracy, bits, per_client)
     per_run["label"] = labels.to_numpy()
@@ -102,8 +112,9 @@ def summary(
         row: dict[str, Any] = {"label": label, "seeds": len(g)}
         if show_status:
             row["status"] = _status_counts(g["status"])
-        for c in stats:
-            row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
+        with np.errstate(invalid="ignore"):  # std of a diverged (inf) value: NaN
+            for c in stats:
+                row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
         if "bits" in g.columns:
             row["bits_mean"] = g["bits"].mean()
         row["rounds"] = g["rounds"].max()
@@ -127,7 +138,68 @@ def summary(
     if sort is not None:
         table = table.sort_values(sort[0], ascending=not sort[1], na_position="last", kind="stable")
     table = table.reset_index(drop=True)
+    if baseline is not None:
+        table = _relative(table, runs, labels, baseline, target_accuracy is not None)
+    pooled = pooled_fields(runs, group_by)
+    notes = [
+        "± = sample std over "
+        + ("the runs of a row (seeds and pooled configurations)" if pooled else "seeds")
+    ]
+    if pooled:
+        notes.append(
+            "pooled in rows: " + "; ".join(f"{c} ({', '.join(v)})" for c, v in pooled.items())
+        )
     table.attrs["bits"] = bits_axis_label(bits, per_client)
+    table.attrs["notes"] = notes
+    return table
+
+
+def check_target(target: float | None) -> None:
+    """Test accuracy is a fraction: a target outside (0, 1] is refused with a hint."""
+    if target is None or 0 < target <= 1:
+        return
+    hint = f"; did you mean {target / 100:g}?" if 1 < target <= 100 else ""
+    raise ReportError(f"target accuracy {target:g}: test accuracy is a fraction in (0, 1]{hint}")
+
+
+def baseline_row(table: pd.DataFrame, runs: pd.DataFrame, labels: pd.Series, name: str) -> int:
+    """The row of ``table`` the user names: its exact label, else the one row whose runs all
+    have ``algorithm.name`` == name; refused with the labels to choose from otherwise."""
+    hits = table.index[table["label"] == name].tolist()
+    if not hits and "algorithm.name" in runs.columns:
+        algo = runs["algorithm.name"].astype(str).to_numpy()
+        rows = [
+            i for i, label in zip(table.index, table["label"], strict=True)
+            if set(algo[(labels == label).to_numpy()]) == {name}
+        ]  # fmt: skip
+        hits = rows
+    if len(hits) == 1:
+        return int(hits[0])
+    shown = "; ".join(str(v) for v in table["label"])
+    if hits:
+        which = "; ".join(str(table.at[i, "label"]) for i in hits)
+        raise ReportError(f"baseline {name!r} matches {len(hits)} rows ({which}): give a label")
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(v) for v in table["label"]], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ReportError(f"baseline {name!r} is no row label or algorithm: rows: {shown}{hint}")
+
+
+def _relative(
+    table: pd.DataFrame, runs: pd.DataFrame, labels: pd.Series, name: str, to_target: bool
+) -> pd.DataFrame:
+    """Columns relative to the baseline row: x_fewer_bits and delta_final_accuracy."""
+    base = baseline_row(table, runs, labels, name)
+    col = "bits_to_target_mean" if to_target else "bits_mean"
+    table = table.copy()
+    if col in table.columns:
+        ratio = float(table[col].iloc[base]) / table[col].astype(float)
+        table["x_fewer_bits_to_target" if to_target else "x_fewer_bits"] = ratio
+    if "final_accuracy_mean" in table.columns:
+        acc = table["final_accuracy_mean"].astype(float)
+        table["delta_final_accuracy"] = acc - acc.iloc[base]
+    table.attrs["baseline"] = str(table.at[base, "label"])
     return table
 
 
@@ -144,6 +216,10 @@ def _fmt(col: str, v: Any, std: bool = False) -> str:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         return _show(v)
     f = float(v)
+    if col.startswith("x_fewer"):
+        return f"{f:.3g}×"
+    if col.startswith("delta_"):
+        return f"{f:+.3f}"
     if "bits" in col:
         return f"{f:.1e}"
     if "accuracy" in col:
@@ -153,6 +229,13 @@ def _fmt(col: str, v: Any, std: bool = False) -> str:
     if "round" in col:
         return f"{f:.1f}"
     return f"{f:.2g}" if std else f"{f:.4g}"
+
+
+HEADERS = {
+    "x_fewer_bits_to_target": "× fewer bits to target",
+    "x_fewer_bits": "× fewer bits",
+    "delta_final_accuracy": "Δ final accuracy",
+}
 
 
 class _Cells(NamedTuple):
@@ -171,7 +254,7 @@ def _cells(table: pd.DataFrame, pm: str, escape: Callable[[str], str]) -> _Cells
             continue
         std = f"{base}_std" if c.endswith("_mean") and f"{base}_std" in cols else None
         merged.append((base if c.endswith("_mean") else c, c, std))
-    headers = [escape(h.replace("_", " ")) for h, _, _ in merged]
+    headers = [escape(HEADERS.get(h, h.replace("_", " "))) for h, _, _ in merged]
     right = [
         pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
         for _, c, _ in merged
@@ -189,17 +272,20 @@ def _cells(table: pd.DataFrame, pm: str, escape: Callable[[str], str]) -> _Cells
     return _Cells(headers, right, rows)
 
 
-def _bits_note(table: pd.DataFrame) -> str:
-    """The note naming the bits columns' unit, e.g. "bits: uplink bits per client (cumulative)"."""
+def _notes(table: pd.DataFrame) -> list[str]:
+    """The lines under a table: what ± is, what rows pool, the bits unit, the baseline."""
+    notes = list(table.attrs.get("notes", []))
     what = table.attrs.get("bits")
-    has_bits = any("bits" in str(c) for c in table.columns)
-    return f"bits: {what}" if what and has_bits else ""
+    if what and any("bits" in str(c) for c in table.columns):
+        notes.append(f"bits: {what}")
+    if table.attrs.get("baseline"):
+        notes.append(f"relative to: {table.attrs['baseline']}")
+    return notes
 
 
 def _rich(table: pd.DataFrame, title: str) -> str:
     cells = _cells(table, " ± ", lambda s: s)
-    caption = _bits_note(table)
-    t = Table(title=title or None, caption=caption or None, box=box.SIMPLE_HEAVY)
+    t = Table(title=title or None, box=box.SIMPLE_HEAVY)
     for h, r in zip(cells.headers, cells.right, strict=True):
         t.add_column(Text(h), justify="right" if r else "left", no_wrap=True)
     for row in cells.rows:
@@ -212,7 +298,8 @@ def _rich(table: pd.DataFrame, title: str) -> str:
     Console(file=buf, width=width, color_system=None, force_terminal=False, highlight=False).print(
         t
     )
-    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()).lstrip("\n")
+    lines = [line.rstrip() for line in buf.getvalue().splitlines()]
+    return "\n".join(lines + _notes(table)).strip("\n")
 
 
 def _markdown(table: pd.DataFrame, title: str) -> str:
@@ -221,8 +308,8 @@ def _markdown(table: pd.DataFrame, title: str) -> str:
     lines.append("| " + " | ".join(cells.headers) + " |")
     lines.append("| " + " | ".join("---:" if r else "---" for r in cells.right) + " |")
     lines += ["| " + " | ".join(row) + " |" for row in cells.rows]
-    if _bits_note(table):
-        lines += ["", _bits_note(table)]
+    if _notes(table):
+        lines += ["", *(f"{n}  " for n in _notes(table))]
     return "\n".join(lines)
 
 
@@ -248,7 +335,7 @@ def _latex(table: pd.DataFrame, title: str) -> str:
     ]
     body += [" & ".join(row) + r" \\" for row in cells.rows]
     body += [r"\hline", r"\end{tabular}"]
-    notes = [f"% {_bits_note(table)}"] if _bits_note(table) else []
+    notes = [f"% {n}" for n in _notes(table)]
     if not title:
         return "\n".join(notes + body)
     head = [r"\begin{table}", r"\centering", f"\\caption{{{_latex_escape(title)}}}"]
