@@ -167,6 +167,7 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
         for a in ("diloco", "streaming_diloco", "async_local_sgd", "noloco")
     },
     "local_adam": {"lr": 0.02},  # sign-like first steps: Adam-sized lr
+    "entropy_sgd": {"lr": 1.0, "local_steps": 2, "langevin_steps": 3},  # L gradients a step
 }
 
 
