@@ -64,3 +64,16 @@ def test_entropy_sgd_reduces_the_loss():
         s, _, alg = run_rounds("entropy_sgd", {}, make_env(task, batch_size=8), rounds)
         losses.append(task.train_loss(alg.params(s)))
     assert losses[1] < losses[0] < task.train_loss(x0)
+
+
+@pytest.mark.parametrize("name", ["entropy_sgd", "mime", "fedsmoo"])
+def test_steps_with_their_minibatch_do_not_depend_on_the_block_size(monkeypatch, name):
+    """The loop of `_local_steps` (and Entropy-SGD's noise) gives the same model with one
+    client per block as with one block for all."""
+    task = make_task(model="mlp", n=8, per_client=25)
+    p = {"local_steps": 2} | ({"noise": 1e-2} if name == "entropy_sgd" else {})
+    a, _, alg = run_rounds(name, p, make_env(task, participation=0.5, batch_size=4), 2)
+    monkeypatch.setenv("FEDBENCH_CACHE_MB", "1e-9")
+    assert task.block_size(4) == 1
+    b, _, _ = run_rounds(name, p, make_env(task, participation=0.5, batch_size=4), 2)
+    torch.testing.assert_close(alg.params(a), alg.params(b), rtol=1e-6, atol=1e-7)

@@ -8,7 +8,7 @@ import torch
 from conftest import make_env, make_task, run_rounds
 
 from fedbench.algorithms.local_adaptive import HVP_DELTA, Scaling, Statistic
-from fedbench.seeding import generator
+from fedbench.seeding import RoundRng, generator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,10 +107,10 @@ def test_oasis_statistic_is_the_hutchinson_product_with_the_hessian():
     task = make_task(model="logreg", lam=0.1)
     env = make_env(task)
     ids = torch.arange(task.n)
-    stat = Statistic(Scaling("oasis", 0.9, 1e-5), env, ids, 1, generator(0, 1, "scaling"))
+    stat = Statistic(Scaling("oasis", 0.9, 1e-5), env, ids, RoundRng(0, 1))
+    z = stat.draw(0)[0].float()  # [n, d]
     y = task.init_params(generator(0, 0, "init")).expand(task.n, -1).clone()
     H = stat(y, torch.zeros_like(y), slice(0, task.n))
-    z = stat.z[:, 0].float()
     d = task.data
     for i in range(task.n):
         s, c = int(d.offsets[i]), int(d.counts[i])
@@ -133,3 +133,16 @@ def test_oasis_preconditioner_clips_at_alpha():
     p = {"lr": 0.5, "local_steps": 1, "eps": 100.0, "precond": "local"}
     state, _, alg = run_rounds("local_oasis", p, make_env(task), 1)
     torch.testing.assert_close(alg.params(state), (x0 - 0.5 * g / 100.0).mean(0))
+
+
+@pytest.mark.parametrize("precond", ["synced", "local"])
+def test_oasis_does_not_depend_on_the_client_block_size(monkeypatch, precond):
+    """z and J are drawn per step for the whole cohort: one client per block (a tiny cache
+    budget) gives the same model as one block for all."""
+    task = make_task(model="mlp", n=8, per_client=25)
+    p = {"lr": 0.1, "local_steps": 3, "precond": precond}
+    a, _, alg = run_rounds("local_oasis", p, make_env(task, participation=0.5, batch_size=4), 3)
+    monkeypatch.setenv("FEDBENCH_CACHE_MB", "1e-9")
+    assert task.block_size(4) == 1
+    b, _, _ = run_rounds("local_oasis", p, make_env(task, participation=0.5, batch_size=4), 3)
+    torch.testing.assert_close(alg.params(a), alg.params(b), rtol=1e-6, atol=1e-7)

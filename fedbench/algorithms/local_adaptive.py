@@ -86,26 +86,37 @@ def d_hat(s: Scaling, v: Tensor, k: Tensor) -> Tensor:
 
 class Statistic:
     """H for a block of clients at their local step: g⊙g (adam, rmsprop) or OASIS's
-    z⊙∇²f_J(y)z with z and J drawn up front for the whole cohort (independent of blocks)."""
+    z⊙∇²f_J(y)z. OASIS's z `[m, d]` and J `[m, B]` of step k come from their own generator
+    (seed, round, "scaling/k") for the whole cohort, so blocks see the same draws; they are
+    kept only until the last block has taken step k."""
 
-    def __init__(self, s: Scaling, env: Env, ids: Tensor, steps: int, gen: torch.Generator):
-        self.s, self.env, self.ids = s, env, ids
+    def __init__(self, s: Scaling, env: Env, ids: Tensor, rng: RoundRng):
+        self.s, self.env, self.ids, self.rng = s, env, ids, rng
         self.step: dict[int, int] = {}  # block start -> local steps done
-        if s.kind == "oasis":
-            m, d = ids.numel(), env.d
-            bits = torch.randint(0, 2, (m, steps, d), generator=gen, device=gen.device)
-            self.z = bits.to(env.device, torch.int8).mul_(2).sub_(1)  # [m, K, d] Rademacher
+        self.draws: dict[int, tuple[Tensor, Tensor | None]] = {}
+
+    def draw(self, k: int) -> tuple[Tensor, Tensor | None]:
+        """(z [m, d] int8 Rademacher, J [m, B] sample indices or None for full data) of step k."""
+        if k not in self.draws:
+            env, m = self.env, self.ids.numel()
+            gen = self.rng(f"scaling/{k}")
+            bits = torch.randint(0, 2, (m, env.d), generator=gen, device=gen.device)
+            z = bits.to(env.device, torch.int8).mul_(2).sub_(1)
             full = env.batch_size == "full"
-            B = 1 if full else int(env.batch_size)
-            self.J = None if full else env.task.batch_indices(ids, steps, B, gen)  # [m, K, B]
+            J = None if full else env.task.batch_indices(self.ids, 1, int(env.batch_size), gen)
+            self.draws[k] = (z, None if J is None else J[:, 0])
+        return self.draws[k]
 
     def __call__(self, y: Tensor, g: Tensor, rows: slice) -> Tensor:
         k = self.step.get(rows.start, 0)
         self.step[rows.start] = k + 1
         if self.s.kind != "oasis":
             return g * g
-        z = self.z[rows, k].to(y.dtype)  # [c, d]
-        J = None if self.J is None else self.J[rows, k]
+        z_all, J_all = self.draw(k)
+        if rows.stop == self.ids.numel():  # the last block takes step k now
+            del self.draws[k]
+        z = z_all[rows].to(y.dtype)  # [c, d]
+        J = None if J_all is None else J_all[rows]
         ids = self.ids[rows]
         _, gp = self.env.task.loss_grad(y + HVP_DELTA * z, ids, J)
         _, gm = self.env.task.loss_grad(y - HVP_DELTA * z, ids, J)
@@ -145,7 +156,7 @@ def local_adaptive(
         ids = sample_cohort(env, rng)  # [m]
         m = ids.numel()
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
-        stat = Statistic(sc, env, ids, local_steps, rng("scaling"))
+        stat = Statistic(sc, env, ids, rng)
         D, k = s.D, s.k
         if synced:
             scale = torch.ones_like(s.x) if kind == "adam" and int(k) == 0 else d_hat(sc, D, k)
