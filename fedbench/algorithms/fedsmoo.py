@@ -13,7 +13,8 @@ x ← x + mean_S C(Δ_i) − h/α (= mean_S y_K − h/α), s ← ρ ū/(‖ū‖
 (the code's simplification of the paper's s update, which drops the ŝ_{i,K} term).
 The code's prox coefficient `lamb` = 0.1 is α here and its dual h_i (a sum of updates) is
 −λ_i/α. Bits: up C(Δ_i) + 32·d (μ_i); down x̂ + 32·d (s).
-ρ = 0: e = 0, μ_i = s = 0, and the method is FedDyn(α) (tested), as the paper remarks.
+ρ = 0: e = 0, μ_i = s = 0, and the method is FedDyn(α) (tested; derived from the code, the
+paper's own statement of the reduction was not read).
 """
 
 from __future__ import annotations
