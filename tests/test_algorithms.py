@@ -169,6 +169,8 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
     "dasha": {"lr": 0.1, "b": 0.1},  # minibatches: DASHA-MVR (plain DASHA accumulates noise)
     "single_merge": {"lr": 0.1, "late": 1.0},  # gossip every round (rounds without send 0 bits)
     "dadao": {"L": 5.0, "round_time": 4.0},  # the MLP has no known L; 4 gradients per node a round
+    "local_adam": {"lr": 0.02},  # sign-like first steps: Adam-sized lr
+    "entropy_sgd": {"lr": 1.0, "local_steps": 2, "langevin_steps": 3},  # L gradients a step
 }
 
 

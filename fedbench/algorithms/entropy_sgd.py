@@ -1,0 +1,135 @@
+"""Entropy-SGD as the local method of FedAvg: each local step descends the local entropy.
+
+"Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", Chaudhari, Choromanska, Soatto,
+LeCun, Baldassi, Borgs, Chayes, Sagun, Zecchina, ICLR 2017, arXiv 1611.01838; constants and
+the exact form of the official code (ucla-vision/entropy-sgd, `python/optim.py`).
+
+Local step k of client i (Algorithm 1): from y, x' = μ = y; L Langevin iterations, each on a
+fresh minibatch ξ_l:
+  x' ← x' − η'(∇f_i(x'; ξ_l) − γ(y − x') + (ε/√(η'/2)) N(0, I)),   μ ← βμ + (1−β)x';
+then y ← y − η(y − μ) (the local-entropy gradient γ(y − μ) with γ folded into η, as the code).
+Upload Δ_i = y_K − x̂ (compressed, error feedback as FedAvg), server optimizer as FedAvg.
+Bits as FedAvg. Defaults of the code: η' = 0.1, β = 0.75 (`beta1`), ε = 1e-4, γ = g0 = 0.01
+(scoping g1 = 0: γ constant). The paper writes the noise as √η' ε N and the averaging as
+(1−α)μ + αx'; the code's forms are used. Special case (tested): L = 1, ε = 0, β = 0, η = 1 is
+local SGD with step η' (FedAvg with lr = η').
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fedbench import seeding
+from fedbench.algorithms._local_steps import grad_at, run_local_steps
+from fedbench.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    Broadcast,
+    Env,
+    RoundLog,
+    broadcast,
+    broadcast_init,
+    cohort_log,
+    sample_cohort,
+    update_compressor,
+)
+from fedbench.params import Component, Param
+from fedbench.seeding import RoundRng
+from fedbench.server_opt import SERVER_PARAMS, build_server_opt
+
+
+class EntropySGDState(NamedTuple):
+    t: int
+    x: Tensor  # [d] server model
+    opt: Any  # server optimizer state
+    down: Broadcast
+    up: Any  # uplink compressor state
+
+
+def entropy_sgd(
+    lr: float,
+    local_steps: int,
+    langevin_steps: int,
+    langevin_lr: float,
+    gamma: float,
+    noise: float,
+    beta: float,
+    **server: Any,
+) -> Algorithm:
+    opt = build_server_opt(server)
+    L, eta_p = langevin_steps, langevin_lr
+    noise_scale = noise / (0.5 * eta_p) ** 0.5  # ε/√(η'/2), the code's thermal noise
+
+    def init(x0: Tensor, env: Env, rng: RoundRng) -> EntropySGDState:
+        up = update_compressor(env).init(env.n, env.d, env.device)
+        return EntropySGDState(0, x0, opt.init(x0), broadcast_init(env, x0), up)
+
+    def round(s: EntropySGDState, env: Env, rng: RoundRng) -> tuple[EntropySGDState, RoundLog]:
+        ids = sample_cohort(env, rng)  # [m]
+        m = ids.numel()
+        down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
+        noises: dict[int, Tensor] = {}  # step k -> [m, L, d], drawn once for all blocks
+
+        def langevin_noise(k: int, rows: slice) -> Tensor:
+            if k not in noises:
+                gen = rng(f"langevin/{k}")
+                draw = torch.randn(m, L, env.d, generator=gen, device=gen.device)
+                noises[k] = draw.to(env.device)
+            out = noises[k][rows]
+            if rows.stop == m:  # the last block has used step k
+                del noises[k]
+            return out
+
+        def step(y: Tensor, i: Tensor, zeta: Tensor | None, rows: slice, k: int):
+            xp, mu = y.clone(), y.clone()  # x', μ [c, d]
+            eps = langevin_noise(k, rows) if noise > 0 else None
+            loss_sum = None
+            for j in range(L):
+                loss, g = grad_at(env, xp, i, zeta, j)
+                loss_sum = loss if loss_sum is None else loss_sum + loss
+                g.sub_(y - xp, alpha=gamma)  # ∇f(x') − γ(y − x')
+                if eps is not None:
+                    g.add_(eps[:, j], alpha=noise_scale)
+                xp.sub_(g, alpha=eta_p)
+                mu.mul_(beta).add_(xp, alpha=1.0 - beta)
+            assert loss_sum is not None
+            return loss_sum / L, y - mu  # y ← y − η(y − μ)
+
+        gen = rng(seeding.BATCHES)
+        y, loss = run_local_steps(env, down.x_hat, ids, local_steps, lr, gen, step, draws=L)
+        compress = update_compressor(env).compress
+        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
+        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        log = cohort_log(env, msg.bits, m, bits_down, loss)
+        return EntropySGDState(s.t + 1, x, opt_state, down, up), log
+
+    return Algorithm(init, round, lambda s: s.x)
+
+
+ALGORITHMS.add(
+    Component(
+        "entropy_sgd",
+        entropy_sgd,
+        {
+            "lr": Param(1.0, "outer step η on y − μ (code: lr = 1)", low=0.0, low_open=True),
+            "local_steps": Param(5, "local Entropy-SGD steps K per round", "int", low=1),
+            "langevin_steps": Param(5, "Langevin iterations L per local step", "int", low=1),
+            "langevin_lr": Param(0.1, "Langevin step η' (code 0.1)", low=0.0, low_open=True),
+            "gamma": Param(0.01, "scope γ of the local entropy (code g0 = 0.01)", low=0.0),
+            "noise": Param(1e-4, "thermal noise ε (code 1e-4)", low=0.0),
+            "beta": Param(
+                0.75,
+                "averaging μ ← βμ + (1−β)x' (code beta1 = 0.75)",
+                low=0.0,
+                high=1.0,
+                high_open=True,
+            ),
+            **SERVER_PARAMS,
+        },
+        "local steps on the local entropy: L Langevin iterations around y, step towards their mean",
+        paper="Chaudhari et al., ICLR 2017 (arXiv 1611.01838)",
+    )
+)
