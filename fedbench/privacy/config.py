@@ -125,7 +125,10 @@ def check(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
     p = PrivacyConfig.from_section(sec)
     out: list[str] = []
     if importlib.util.find_spec("dp_accounting") is None:
-        out.append("privacy: ε needs Google's dp-accounting; pip install 'fedbench[privacy]'")
+        out.append(
+            f'privacy.accountant = "{p.accountant}": ε needs Google\'s dp-accounting; '
+            "pip install 'fedbench[privacy]'"
+        )
     a, up, task = cfg["algorithm"], cfg["compressor"], cfg["task"]
     name = a["name"]
     if name not in PRIVATE_METHODS:
@@ -165,6 +168,11 @@ def check(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 f'compressor.name = "{up["name"]}": with secure_aggregation the sum must be '
                 "formed in the field without revealing each message (per-client indices or "
                 f"scales); allowed: {', '.join(SECAGG_COMPRESSORS)}"
+            )
+        elif up["name"] == "sketch" and not up.get("shared", True):
+            out.append(
+                "compressor.shared = false: with secure_aggregation every client must use the "
+                "round's shared sketch (sketches add up only then); allowed: true"
             )
         if math.isinf(p.clip):
             out.append(
