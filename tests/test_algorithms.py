@@ -166,6 +166,7 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
         a: {"lr": 0.01, "local_steps": 5, "warmup_steps": 0}
         for a in ("diloco", "streaming_diloco", "async_local_sgd", "noloco")
     },
+    "diff2": {"lr": 0.3, "restart": 2},  # compressed differences add up between restarts
 }
 
 

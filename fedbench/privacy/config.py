@@ -67,7 +67,14 @@ PRIVACY_PARAMS: dict[str, Param] = {
 
 # methods whose uplink is model updates / gradients sent through env.uplink (or
 # update_compressor): messages each client sends per round (SCAFFOLD: Δy and Δc)
-PRIVATE_METHODS: dict[str, int] = {"fedavg": 1, "fedprox": 1, "scaffold": 2, "diana": 1, "dcgd": 1}
+PRIVATE_METHODS: dict[str, int] = {
+    "fedavg": 1,
+    "fedprox": 1,
+    "scaffold": 2,
+    "diana": 1,
+    "dcgd": 1,
+    "diff2": 1,
+}
 WHY_NOT = {
     "ef21": "its g_i⁰ = ∇f_i(x⁰) is sent dense and un-noised at initialisation",
 }
