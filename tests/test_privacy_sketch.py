@@ -43,7 +43,7 @@ def test_sketch_is_unbiased_with_the_stated_variance():
 
 def test_sketches_of_a_round_add_up():
     d, m = 300, 7
-    comp = build_compressor("sketch", {"rows": 3, "ratio": 0.1}, d)
+    comp = build_compressor("sketch", {"rows": 3, "ratio": 0.1, "shared": True}, d)
     x = torch.randn(m, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ids = torch.arange(m)
     rows, _ = comp.compress(x, ids, None, torch.Generator().manual_seed(5))

@@ -7,11 +7,12 @@ Rᵀ; E[RᵀR] = I makes RᵀR·g an unbiased estimate of g.
 
 Variant: R = (1/√r)[S_1; …; S_r] stacks r count-sketch matrices of width w (s = r·w):
 S_j[h_j(i), i] = σ_j(i) with hash h_j: [d] → [w] and signs σ_j(i) = ±1, drawn fresh each
-round from the shared generator (the same R for every client of the round, so sketches add:
-Σ_i R g_i = R Σ_i g_i, which secure aggregation needs). With `shared = false` each client
-draws its own R_i (still regenerable by the server from the seed): the cohort's errors are
-independent and average out in the mean, as RandK's do, but the sketches no longer add
-up. De-sketch:
+round from the shared generator. `shared = true` is the paper's setting: the same R for every
+client of the round, so sketches add, Σ_i R g_i = R Σ_i g_i, which secure aggregation needs.
+Default `shared = false`: each client draws its own R_i (still regenerable by the server from
+the seed), so the cohort's errors are independent and average out in the mean, as RandK's
+do. A shared sketch's error does not average out: methods with momentum on the aggregate
+(diloco's outer Nesterov, mofedsam) diverge with it in the registry sweep. De-sketch:
 ĝ_i = (1/r) Σ_j σ_j(i)·(S_j g)[h_j(i)]. With independent uniform hashes and signs,
 E ĝ = g and E‖ĝ − g‖² = (d − 1)/(r·w)·‖g‖², so `kind` = "unbiased" with ω = (d − 1)/(r·w).
 The DP variant (the paper's remedy to gradient leakage: Gaussian noise on the gradient
@@ -67,10 +68,10 @@ def desketch_rows(table: Tensor, h: Tensor, s: Tensor) -> Tensor:
 
 def sketch(
     d: int,
-    rows: int = 2,
+    rows: int = 4,
     ratio: float = 0.05,
     width: int = 0,
-    shared: bool = True,
+    shared: bool = False,
     values_only: bool = False,
 ) -> Compressor:
     w = sketch_width(d, ratio, width)
@@ -92,7 +93,7 @@ COMPRESSORS.add(
         "sketch",
         sketch,
         {
-            "rows": Param(2, "count-sketch rows r (independent hashes, averaged)", "int", low=1),
+            "rows": Param(4, "count-sketch rows r (independent hashes, averaged)", "int", low=1),
             "ratio": Param(
                 0.05,
                 "buckets per row w as a fraction of d (used when width = 0): r·w values sent",
@@ -102,7 +103,7 @@ COMPRESSORS.add(
             ),
             "width": Param(0, "buckets w per row; 0 means use ratio", "int", low=0),
             "shared": Param(
-                True,
+                False,
                 "one sketch R for the whole cohort (the paper; sketches add up, secure "
                 "aggregation works) or one per client (errors average out over the cohort)",
                 "bool",
