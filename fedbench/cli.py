@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fedbench.commands import catalog, export, ls, report, run, show, validate
+from fedbench.commands import catalog, export, ls, probe, report, run, show, validate
 
 app = typer.Typer(
     name="fedbench",
@@ -24,6 +24,7 @@ app.command("algorithms")(catalog.algorithms)
 app.command("compressors")(catalog.compressors)
 app.command("datasets")(catalog.datasets)
 app.command("export")(export.export)
+app.add_typer(probe.app, name="probe")
 
 
 def main() -> None:
