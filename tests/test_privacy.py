@@ -281,3 +281,25 @@ def test_secagg_bits_are_field_bits_plus_key_agreement():
     )
     # fixed-point rounding: at most half a step per coordinate (the range is m·C: PermK's ×m)
     assert float((msg.value - ref.value).abs().max()) <= step(m, m * 1.0, b) / 2 + 1e-6
+
+
+def test_runner_logs_epsilon_at_every_evaluation(tmp_path):
+    from fedbench.runner import execute, run_spec
+    from fedbench.store import Store
+
+    text = BASE.format(alg="fedavg", comp="topk", sampling="poisson", privacy="clip = 0.5")
+    text = text.replace("rounds = 3", "rounds = 4\neval_every = 2")
+    g = grid.parse(text, Path("p.toml"))
+    job = g.jobs[0]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    exp = store.upsert_experiment("p", "p.toml", text)
+    store.ensure_runs(exp, [run_spec(job)])
+    out = execute(job, store, torch.device("cpu"))
+    assert out.status == "done", out.error
+    run_id = int(store.get_run(job.key)["id"])
+    frame = store.metrics_frame([run_id])
+    eps = frame[frame["name"] == "epsilon"].sort_values("round")
+    assert eps["round"].tolist() == [0, 2, 4]
+    p = PrivacyConfig.from_section(job.config["privacy"])
+    want = [0.0, epsilon(p, 20, 10, 2, "poisson"), epsilon(p, 20, 10, 4, "poisson")]
+    assert eps["value"].tolist() == pytest.approx(want)
