@@ -303,3 +303,13 @@ def test_runner_logs_epsilon_at_every_evaluation(tmp_path):
     p = PrivacyConfig.from_section(job.config["privacy"])
     want = [0.0, epsilon(p, 20, 10, 2, "poisson"), epsilon(p, 20, 10, 4, "poisson")]
     assert eps["value"].tolist() == pytest.approx(want)
+
+
+def test_adaptive_clipping_moves_the_clip_inside_a_run():
+    task = make_task()
+    section = {**DEFAULTS, "clip": 10.0, "noise_multiplier": 0.0, "adaptive_clip": True}
+    env = attach(make_env(task, participation=1.0), section)
+    state, _, alg = run_rounds("fedavg", {"lr": 0.1, "local_steps": 2}, env, 5)
+    # every update is far below 10, so b̄ = 1 each round: log C drops by η_C(1 − γ) = 0.1
+    assert state.up.clip == pytest.approx(10.0 * math.exp(-0.1 * 5))
+    assert torch.isfinite(alg.params(state)).all()

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fedbench.compressors.base import Compressed, Compressor
-from fedbench.privacy.config import PrivacyConfig, count_stddev
+from fedbench.privacy.config import PrivacyConfig, cohort, count_stddev
 
 
 class DPState(NamedTuple):
@@ -62,9 +62,12 @@ def update_noise_multiplier(z: float, m: int, adaptive: bool) -> float:
     return float((z**-2 - (2 * count_stddev(m)) ** -2) ** -0.5)
 
 
-def adapt_clip(c: float, norms: Tensor, p: PrivacyConfig, gen: torch.Generator) -> float:
-    """Andrew et al.'s geometric step on log C from the noisy unclipped fraction b̄."""
-    m = norms.numel()
+def adapt_clip(
+    c: float, norms: Tensor, p: PrivacyConfig, gen: torch.Generator, cohort_m: int = 0
+) -> float:
+    """Andrew et al.'s geometric step on log C from the noisy unclipped fraction b̄ (σ_b from
+    the expected cohort `cohort_m`, or the realised one when 0)."""
+    m = cohort_m or norms.numel()
     unclipped = float((norms <= c).sum())
     if p.noise_multiplier > 0:
         unclipped += count_stddev(m) * float(torch.randn((), generator=gen, device=gen.device))
@@ -73,10 +76,16 @@ def adapt_clip(c: float, norms: Tensor, p: PrivacyConfig, gen: torch.Generator) 
 
 
 def private(
-    inner: Compressor, p: PrivacyConfig, error_feedback: bool = False, secagg: Any = None
+    inner: Compressor,
+    p: PrivacyConfig,
+    error_feedback: bool = False,
+    secagg: Any = None,
+    cohort_m: int = 0,
 ) -> Compressor:
     """`inner` with clipping and noise (and EF14 inside, before the noise), per the module
-    docstring; `secagg` (fedbench.privacy.secagg.SecAgg) re-encodes the message in the field."""
+    docstring; `secagg` (fedbench.privacy.secagg.SecAgg) re-encodes the message in the field.
+    `cohort_m`: the expected cohort size, which sets adaptive clipping's σ_b = m/20 (the
+    grid checks z < 2σ_b for it; 0 = the realised cohort)."""
 
     def init(rows: int, d: int, device: torch.device) -> DPState:
         e = torch.zeros(rows, d, device=device) if error_feedback else None
@@ -89,7 +98,7 @@ def private(
         x: Tensor, ids: Tensor, s: DPState, gen: torch.Generator
     ) -> tuple[Compressed, DPState]:
         m, c = x.shape[0], s.clip
-        sigma = update_noise_multiplier(p.noise_multiplier, m, p.adaptive_clip)
+        sigma = update_noise_multiplier(p.noise_multiplier, cohort_m or m, p.adaptive_clip)
         if p.noise == "central":
             q = x + s.e[ids] if s.e is not None else x  # p_i [m, d]
             msg, inner_state = inner.compress(q, ids, s.inner, gen)
@@ -110,7 +119,7 @@ def private(
             value, bits = msg.value, msg.bits
         if secagg is not None:
             value, bits = secagg.encode_round(value, c, msg)
-        new_c = adapt_clip(c, norms, p, gen) if p.adaptive_clip else c
+        new_c = adapt_clip(c, norms, p, gen, cohort_m) if p.adaptive_clip else c
         return Compressed(value, bits), DPState(inner_state, s.e, new_c)
 
     return Compressor(f"dp({inner.name})", init, compress, inner.kind, inner.param)
@@ -125,7 +134,8 @@ def attach(env: Any, section: Any) -> Any:
     p = PrivacyConfig.from_section(section)
     gain = field_gain(env.uplink.name)
     sa = SecAgg(p.field_bits, p.noise_multiplier, gain) if p.secure_aggregation else None
+    m = cohort(env.n, env.participation)
     return env._replace(
-        uplink=private(env.uplink, p, False, sa),
-        update_uplink=private(env.uplink, p, env.error_feedback, sa),
+        uplink=private(env.uplink, p, False, sa, m),
+        update_uplink=private(env.uplink, p, env.error_feedback, sa, m),
     )
