@@ -243,6 +243,7 @@ def test_grid_refusals_are_one_line_naming_file_and_key(kw, needle):
 
 def test_pld_with_poisson_and_sampling_checks():
     assert parse(sampling="poisson", privacy='accountant = "pld"').jobs
+    assert parse(privacy='accountant = "pld"\nnoise = "local"').jobs  # no sampling to account
     assert "allowed: uniform, poisson" in refused(sampling="importance")[0]
 
 

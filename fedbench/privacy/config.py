@@ -150,7 +150,7 @@ def check(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
             "the accountant models; allowed: uniform, poisson"
         )
     m, n = cohort(task["clients"], a["participation"]), task["clients"]
-    if p.accountant == "pld" and a["sampling"] == "uniform" and m < n:
+    if p.accountant == "pld" and p.noise == "central" and a["sampling"] == "uniform" and m < n:
         out.append(
             'privacy.accountant = "pld": PLD accounts Poisson sampling only; use '
             'accountant = "rdp" or algorithm.sampling = "poisson"'
