@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from fedbench.commands import catalog, data, export, ls, prune, report, run, show, validate
+from fedbench.commands import (
+    catalog,
+    data,
+    export,
+    ls,
+    probe,
+    prune,
+    report,
+    run,
+    show,
+    validate,
+)
 
 app = typer.Typer(
     name="fedbench",
@@ -26,6 +37,7 @@ app.command("datasets")(catalog.datasets)
 app.command("export")(export.export)
 app.command("prune")(prune.prune)
 app.add_typer(data.app, name="data")
+app.add_typer(probe.app, name="probe")
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ from fedbench.data import DATASETS, PARTITIONS
 from fedbench.models import MODELS
 from fedbench.network import NETWORK_PARAMS
 from fedbench.params import Param, Registry
+from fedbench.privacy import PRIVACY_PARAMS
+from fedbench.privacy import check as privacy_check
 from fedbench.sampling import COHORT_SAMPLINGS, SAMPLINGS
 
 if sys.version_info >= (3, 11):
@@ -41,7 +43,7 @@ else:  # pragma: no cover
 SECTIONS = ("experiment", "task", "algorithm", "compressor", "downlink")
 # sections a job has only when its grid names them (absent, a job's key is what it was before
 # the section existed): [network], the simulated-time model of fedbench.network
-OPTIONAL_SECTIONS = ("network",)
+OPTIONAL_SECTIONS = ("network", "privacy")
 TOP_LEVEL = (*SECTIONS, *OPTIONAL_SECTIONS, "grid", "variant")
 
 # Fields every job has, whatever components it uses.
@@ -151,6 +153,7 @@ COMMON: dict[str, dict[str, Param]] = {
         ),
     },
     "network": NETWORK_PARAMS,  # optional section: simulated time (fedbench.network)
+    "privacy": PRIVACY_PARAMS,  # optional section: DP and secure aggregation (fedbench.privacy)
 }
 
 
@@ -650,6 +653,8 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
             problems.append(f"task.model = {_show(task['model'])}: dataset {ds.name} {why}")
     if alg is not None:
         _system_checks(alg, cfg, problems)
+    if "privacy" in cfg and not any(b.startswith("privacy.") for b in bad):
+        problems.extend(privacy_check(cfg))  # refusals that would void the DP guarantee
     if not bad & {"algorithm.participation", "task.clients"}:
         p, n = cfg["algorithm"]["participation"], task["clients"]
         if p * n < 0.5:

@@ -95,6 +95,10 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
         sampling=a.get("sampling", "uniform"),
         sampling_candidates=a.get("sampling_candidates", 0),
     )
+    if "privacy" in cfg:  # clipping, noise, secure aggregation around the uplink
+        from fedbench.privacy.dp import attach
+
+        env = attach(env, cfg["privacy"])
     return task, env, build_algorithm(a["name"], a)
 
 
@@ -150,6 +154,7 @@ def _loop(
     task, env, alg = build(job, device)
     grad_norm = bool(exp["grad_norm"])
     coherence = bool(exp.get("coherence", False))
+    eps = privacy_tracker(job, task.n)  # ε at each evaluation when the job has [privacy]
     if ckpt is None:
         if job.config["task"]["init"] == "zeros":
             x0 = torch.zeros(task.d, device=device)
@@ -164,6 +169,8 @@ def _loop(
         metrics.update(evaluate(task, x0, grad_norm, coherence))
         if alg.metrics is not None:
             metrics.update(alg.metrics(state, env))
+        if eps is not None:
+            metrics["epsilon"] = eps.epsilon(0)
         store.log_round(run_id, 0, metrics)
         first = 1
     else:  # resume after the checkpoint's round
@@ -193,6 +200,8 @@ def _loop(
             metrics.update(evaluate(task, x, grad_norm, coherence))
             if alg.metrics is not None:
                 metrics.update(alg.metrics(state, env))
+            if eps is not None:
+                metrics["epsilon"] = eps.epsilon(t)
             finite = math.isfinite(metrics["train_loss"])
         metrics["wall_s"] = wall0 + time.perf_counter() - start
         store.log_round(run_id, t, metrics)
@@ -205,6 +214,21 @@ def _loop(
             ckpt_t = checkpoint.Checkpoint(t, state, bits_up, bits_down, metrics["wall_s"], extra)
             checkpoint.save(folder, job.key, ckpt_t)
     return "done", None, rounds, metrics
+
+
+def privacy_tracker(job: Job, n: int) -> Any:
+    """The ε accountant of a job with a [privacy] section (fedbench.privacy.accountant)."""
+    if "privacy" not in job.config:
+        return None
+    from fedbench.privacy import PrivacyConfig, messages_per_round
+    from fedbench.privacy.accountant import Tracker
+    from fedbench.privacy.config import cohort
+
+    a = job.config["algorithm"]
+    p = PrivacyConfig.from_section(job.config["privacy"])
+    m = cohort(n, a["participation"])
+    sampling = a.get("sampling", "uniform")
+    return Tracker(p, n, m, sampling, messages_per_round(a["name"]))
 
 
 def evaluate(

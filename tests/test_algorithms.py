@@ -171,6 +171,7 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
     "dadao": {"L": 5.0, "round_time": 4.0},  # the MLP has no known L; 4 gradients per node a round
     "local_adam": {"lr": 0.02},  # sign-like first steps: Adam-sized lr
     "entropy_sgd": {"lr": 1.0, "local_steps": 2, "langevin_steps": 3},  # L gradients a step
+    "diff2": {"lr": 0.3, "restart": 2},  # compressed differences add up between restarts
 }
 
 

@@ -40,6 +40,7 @@ def test_every_registered_compressor_is_covered():
     assert set(COMPRESSORS) == {
         "identity", "topk", "randk", "qsgd", "sign", "natural",
         "permk", "terngrad", "natural_dithering", "powersgd", "fedzip", "lgreco", "onebit",
+        "sketch",
     }  # fmt: skip
 
 

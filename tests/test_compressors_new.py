@@ -76,6 +76,7 @@ TABLE = [
     ("powersgd", {"rank": 2}, SHAPES, 32 * (2 * 11 + 5 + 2 * 6), 32 * (2 * 11 + 5 + 2 * 6)),
     ("lgreco", {"ratio": 0.1, "spread": 0}, None, 4 * 32 + 4 * 6, 4 * 32),
     ("lgreco", {"ratio": 0.2, "spread": 0}, SHAPES, 32 * 9 + 30 + 3 + 8, 32 * 9),
+    ("sketch", {"rows": 3, "width": 7}, None, 32 * 21, 32 * 21),
 ]
 
 

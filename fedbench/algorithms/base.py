@@ -53,6 +53,9 @@ class Env(NamedTuple):
     # (the last two only in the methods that implement them); candidates of power-of-choice
     sampling: str = "uniform"
     sampling_candidates: int = 0
+    # the uplink of model updates when it is not error_feedback(uplink): the [privacy] wrapper
+    # (fedbench.privacy.dp.attach) with error feedback inside, before the noise
+    update_uplink: Compressor | None = None
 
     @property
     def n(self) -> int:
@@ -96,6 +99,8 @@ def update_compressor(env: Env) -> Compressor:
     variates) use `env.uplink` itself: their difference already carries what was not sent, so
     error feedback on top would count it twice.
     """
+    if env.update_uplink is not None:
+        return env.update_uplink
     return error_feedback(env.uplink) if env.error_feedback else env.uplink
 
 
