@@ -205,6 +205,8 @@ class Task:
             return {}
         loss, correct = self._sample_losses(w, self.data.x_test, self.data.y_test)
         out = {"test_loss": float(loss.mean()), "test_accuracy": float(correct.mean())}
+        if not getattr(self.model, "reports_accuracy", True):  # regression, games
+            del out["test_accuracy"]
         if self.model.reports_perplexity:
             out["perplexity"] = math.exp(min(out["test_loss"], 700.0))
         return out
@@ -222,7 +224,13 @@ class Task:
     def smoothness(self) -> Smoothness:
         """L and L_i for theory step sizes (cached; linear models only)."""
         if self._smoothness is None:
-            self._smoothness = smoothness(self)
+            own = getattr(self.model, "smoothness_constants", None)  # models with their own bound
+            if own is not None:
+                d = self.data
+                L, L_i = own(d.x, d.offsets, d.counts)
+                self._smoothness = Smoothness(L, L_i)
+            else:
+                self._smoothness = smoothness(self)
         return self._smoothness
 
     def full_gradient(self, w: Tensor) -> Tensor:
