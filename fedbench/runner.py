@@ -212,6 +212,7 @@ def evaluate(task: Task, x: torch.Tensor, grad_norm: bool = False) -> dict[str, 
     out = {"train_loss": task.train_loss(x), **task.evaluate(x)}
     if grad_norm:
         out["grad_norm_sq"] = float(task.full_gradient(x).square().sum())
+    out.update(task.game_metrics(x))  # gap, dist_sq on min-max tasks
     return out
 
 

@@ -245,6 +245,41 @@ class Task:
             total += g.sum(0)
         return total / self.n
 
+    # -- min-max games (models with `game_dim`: the operator F(z) takes the gradient's place) --
+
+    @torch.no_grad()
+    def game_metrics(self, w: Tensor) -> dict[str, float]:
+        """`gap` (the duality gap max_y' f(x, y') − min_x' f(x', y)) and `dist_sq` (‖z − z*‖²)
+        of `w = z = (x, y)` for a quadratic game (empty for other models). F(z) = Mz + c is
+        affine: M and c come once from 2k + 1 evaluations of the full operator, then
+        f = ½xᵀAx + xᵀBy − ½yᵀCy + aᵀx − bᵀy + const with M = [[A, B], [−Bᵀ, C]], c = (a, b)."""
+        k = getattr(self.model, "game_dim", None)
+        if k is None:
+            return {}
+        if not hasattr(self, "_game"):
+            self._game = _game_constants(self, int(k))
+        A_inv, C_inv, A, B, C, a, b, z_star = self._game
+        z = w.double().to(A.device)
+        x, y = z[:k], z[k:]
+        r = B.T @ x - b  # max over y'
+        up = 0.5 * x @ A @ x + a @ x + 0.5 * r @ C_inv @ r
+        s = B @ y + a  # min over x'
+        low = -0.5 * s @ A_inv @ s - 0.5 * y @ C @ y - b @ y
+        return {"gap": float(up - low), "dist_sq": float((z - z_star).square().sum())}
+
+
+def _game_constants(task: Task, k: int) -> tuple[Tensor, ...]:
+    """(A⁻¹, C⁻¹, A, B, C, a, b, z*) of a quadratic game task, float64."""
+    d = 2 * k
+    zero = torch.zeros(d, device=task.device)
+    c = task.full_gradient(zero).double()  # [d] F(0)
+    eye = torch.eye(d, device=task.device)
+    M = torch.stack([task.full_gradient(eye[j]).double() - c for j in range(d)], 1)  # [d, d]
+    A, B, C = M[:k, :k], M[:k, k:], M[k:, k:]
+    A, C = (A + A.T) / 2, (C + C.T) / 2
+    z_star = torch.linalg.solve(M, -c)
+    return torch.linalg.inv(A), torch.linalg.inv(C), A, B, C, c[:k], c[k:], z_star
+
 
 class Smoothness(NamedTuple):
     """Smoothness constants of f = (1/n) Σ f_i for step sizes from theory (lr = "theory")."""

@@ -166,6 +166,8 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
         a: {"lr": 0.01, "local_steps": 5, "warmup_steps": 0}
         for a in ("diloco", "streaming_diloco", "async_local_sgd", "noloco")
     },
+    "masha1": {"lr": 0.3},  # extragradient: two operator calls per step, 30 rounds
+    "masha2": {"lr": 0.3},
 }
 
 

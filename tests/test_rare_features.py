@@ -163,7 +163,9 @@ def test_grid_defaults_the_model_and_refuses_a_classifier() -> None:
     assert job.config["task"]["model"] == "linreg"
     assert job.config["task"]["partition"] == "natural"
     with pytest.raises(GridError, match="needs one of linreg, robust_linreg"):
-        parse(GRID.replace('clients = 5', 'clients = 5\nmodel = "mlp"'), Path("t.toml"))
+        parse(GRID.replace("clients = 5", 'clients = 5\nmodel = "mlp"'), Path("t.toml"))
     with pytest.raises(GridError, match="classification model"):
-        parse(GRID.replace('"quadratic"', '"digits"').replace("dim = 10", 'model = "linreg"'),
-              Path("t.toml"))
+        parse(
+            GRID.replace('"quadratic"', '"digits"').replace("dim = 10", 'model = "linreg"'),
+            Path("t.toml"),
+        )

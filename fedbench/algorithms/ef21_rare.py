@@ -16,6 +16,7 @@ gradient descent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from torch import Tensor
@@ -60,7 +61,7 @@ ALGORITHMS.add(
     Component(
         "ef21_rare",
         ef21_rare,
-        {"lr": theory_lr("theory", "step size γ")},
+        {"lr": dataclasses.replace(theory_lr(0.1, "step size γ"), default="theory")},
         "EF21 at the rare-features theory step 1/(L + L_+√(c/n)√(β/θ))",
         paper="Richtárik, Gasanov, Burlachenko, arXiv 2305.15264",
         requires="contractive",

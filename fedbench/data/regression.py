@@ -151,12 +151,17 @@ DATASETS.add(
         {
             **_params(500, 20.0, 2.0),
             "c_div_n": Param(
-                0.05, "share c/n of the clients holding each feature", low=0.0, high=1.0,
+                0.05,
+                "share c/n of the clients holding each feature",
+                low=0.0,
+                high=1.0,
                 low_open=True,
             ),
             "selector": Param(
-                0.1, "weight of client 0's larger spectrum (the code's l_plus_min_selector)",
-                low=0.0, high=1.0,
+                0.1,
+                "weight of client 0's larger spectrum (the code's l_plus_min_selector)",
+                low=0.0,
+                high=1.0,
             ),
         },
         summary="least squares whose features are rare (each on c of n clients), packed rows",

@@ -112,7 +112,6 @@ class LinReg(Model):
             L += 2 * self.robust_alpha * s
         return L, L_i.cpu()
 
-
     def rare_constants(self, x: Tensor, offsets: Tensor, counts: Tensor) -> tuple[float, int]:
         """(L_+, c) of the rare-features paper: L_+ = √λ_max((1/n) Σ_i (∇²g_i)²) of the
         least-squares parts g_i (∇²g_i = 2A_iᵀA_i/m_i, as the reference code's `L_plus`,
