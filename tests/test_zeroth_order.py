@@ -10,6 +10,7 @@ from conftest import make_env, make_task, run_rounds
 
 from fedbench.algorithms.cbo import combine, consensus
 from fedbench.algorithms.fedzo import sphere, zo_estimate
+from fedbench.algorithms.fzoos import RFF, features, fit, surrogate_grad
 from fedbench.models import build_model
 from fedbench.seeding import RoundRng, generator
 from fedbench.task import ClientData, Task
@@ -108,3 +109,45 @@ def test_deterministic_per_seed(name: str) -> None:
         return alg.params(s)
 
     assert torch.equal(final(0), final(0)) and not torch.equal(final(0), final(1))
+
+
+# -- FZooS ---------------------------------------------------------------------------------
+
+
+def test_fzoos_surrogate_gradient_is_the_gradient_of_the_rff_model() -> None:
+    g = torch.Generator().manual_seed(0)
+    rff = RFF(torch.randn(64, 5, generator=g), 6.28 * torch.rand(64, generator=g))
+    w = torch.randn(3, 64, generator=g)
+    x = torch.randn(3, 5, generator=g).requires_grad_(True)
+    (auto,) = torch.autograd.grad((features(rff, x) * w).sum(), x)
+    torch.testing.assert_close(surrogate_grad(rff, w, x.detach()), auto, rtol=1e-5, atol=1e-6)
+
+
+def test_fzoos_trajectory_surrogate_recovers_the_gradient_of_a_quadratic() -> None:
+    """Ridge on 200 queries around x (RBF features, ℓ = 3, M = 1024): the surrogate gradient at x
+    points along ∇f (cosine > 0.95), with no query spent on x's gradient itself."""
+    g = torch.Generator().manual_seed(0)
+    d = 5
+    Q = torch.randn(d, d, generator=g)
+    Q = Q @ Q.T / d + torch.eye(d)
+    x = torch.randn(d, generator=g)
+    pts = x + 0.3 * torch.randn(200, d, generator=g)  # [200, d]
+    f = 0.5 * ((pts @ Q) * pts).sum(1)
+    rff = RFF(torch.randn(1024, d, generator=g) / 3.0, 6.28 * torch.rand(1024, generator=g))
+    w = fit(rff, pts.unsqueeze(0), f.unsqueeze(0), torch.ones(1, 200), 1e-4)
+    est = surrogate_grad(rff, w, x.unsqueeze(0))[0]
+    cos = float(est @ (Q @ x) / (est.norm() * (Q @ x).norm()))
+    assert cos > 0.95
+
+
+def test_fzoos_converges_on_a_quadratic_with_exact_queries_and_bits() -> None:
+    task = quadratic_task()
+    env = make_env(task, batch_size=3, participation=0.5)
+    params = {"local_steps": 3, "queries_per_step": 4, "features_m": 32}
+    state, logs, alg = run_rounds("fzoos", params, env, 40)
+    assert task.train_loss(alg.params(state)) < 0.05 * task.train_loss(torch.zeros(task.d))
+    for t, log in enumerate(logs, 1):
+        assert log.extra["queries"] == t * 2 * 3 * 4 * 3  # m · steps · Q · b
+        assert log.bits_up.tolist() == [32 * task.d + 32 * 32] * 2
+        assert log.bits_down.tolist() == [32 * task.d + 32 * 32] * 2
+    assert int(state.filled.max()) == 64 and int(state.filled.min()) >= 0
