@@ -516,6 +516,10 @@ def resolve(
                 params["partition"] = _with_default(
                     params["partition"], ds.extra["default_partition"]
                 )
+        if s == "task" and "model" not in given:  # generated regression / game datasets
+            ds = DATASETS.get(dataset_name(str(given.get("dataset", "digits"))))
+            if ds is not None and "default_model" in ds.extra:
+                params["model"] = _with_default(params["model"], ds.extra["default_model"])
         for k, p in params.items():
             sec[k] = _check(s, k, given.get(k, p.default), p, problems)
         if s == "experiment":
@@ -651,6 +655,14 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
             lms = ", ".join(k for k in MODELS if MODELS[k].extra.get("sequences"))
             why = f"holds token sequences; allowed: {lms}" if seq else "has no token sequences"
             problems.append(f"task.model = {_show(task['model'])}: dataset {ds.name} {why}")
+    if ds is not None and model is not None:  # packed regression / game rows need their model
+        want, has = ds.extra.get("target"), model.extra.get("target")
+        if want != has:
+            fits = ", ".join(k for k in MODELS if MODELS[k].extra.get("target") == want)
+            problems.append(
+                f"task.model = {_show(task['model'])}: dataset {ds.name} needs "
+                + (f"one of {fits}" if want else "a classification model")
+            )
     if alg is not None:
         _system_checks(alg, cfg, problems)
     if "privacy" in cfg and not any(b.startswith("privacy.") for b in bad):

@@ -241,6 +241,7 @@ def evaluate(
         out["grad_norm_sq"] = float(task.full_gradient(x).square().sum())
     if coherence:
         out["coherence"] = task.gradient_coherence(x)
+    out.update(task.game_metrics(x))  # gap, dist_sq on min-max tasks
     return out
 
 

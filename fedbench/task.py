@@ -205,6 +205,8 @@ class Task:
             return {}
         loss, correct = self._sample_losses(w, self.data.x_test, self.data.y_test)
         out = {"test_loss": float(loss.mean()), "test_accuracy": float(correct.mean())}
+        if not getattr(self.model, "reports_accuracy", True):  # regression, games
+            del out["test_accuracy"]
         if self.model.reports_perplexity:
             out["perplexity"] = math.exp(min(out["test_loss"], 700.0))
         return out
@@ -222,7 +224,13 @@ class Task:
     def smoothness(self) -> Smoothness:
         """L and L_i for theory step sizes (cached; linear models only)."""
         if self._smoothness is None:
-            self._smoothness = smoothness(self)
+            own = getattr(self.model, "smoothness_constants", None)  # models with their own bound
+            if own is not None:
+                d = self.data
+                L, L_i = own(d.x, d.offsets, d.counts)
+                self._smoothness = Smoothness(L, L_i)
+            else:
+                self._smoothness = smoothness(self)
         return self._smoothness
 
     def full_gradient(self, w: Tensor) -> Tensor:
@@ -254,6 +262,41 @@ class Task:
             sq += float(g.double().square().sum())
         mean_sq = sq / self.n
         return float((total.double() / self.n).square().sum()) / mean_sq if mean_sq > 0 else 1.0
+
+    # -- min-max games (models with `game_dim`: the operator F(z) takes the gradient's place) --
+
+    @torch.no_grad()
+    def game_metrics(self, w: Tensor) -> dict[str, float]:
+        """`gap` (the duality gap max_y' f(x, y') − min_x' f(x', y)) and `dist_sq` (‖z − z*‖²)
+        of `w = z = (x, y)` for a quadratic game (empty for other models). F(z) = Mz + c is
+        affine: M and c come once from 2k + 1 evaluations of the full operator, then
+        f = ½xᵀAx + xᵀBy − ½yᵀCy + aᵀx − bᵀy + const with M = [[A, B], [−Bᵀ, C]], c = (a, b)."""
+        k = getattr(self.model, "game_dim", None)
+        if k is None:
+            return {}
+        if not hasattr(self, "_game"):
+            self._game = _game_constants(self, int(k))
+        A_inv, C_inv, A, B, C, a, b, z_star = self._game
+        z = w.double().to(A.device)
+        x, y = z[:k], z[k:]
+        r = B.T @ x - b  # max over y'
+        up = 0.5 * x @ A @ x + a @ x + 0.5 * r @ C_inv @ r
+        s = B @ y + a  # min over x'
+        low = -0.5 * s @ A_inv @ s - 0.5 * y @ C @ y - b @ y
+        return {"gap": float(up - low), "dist_sq": float((z - z_star).square().sum())}
+
+
+def _game_constants(task: Task, k: int) -> tuple[Tensor, ...]:
+    """(A⁻¹, C⁻¹, A, B, C, a, b, z*) of a quadratic game task, float64."""
+    d = 2 * k
+    zero = torch.zeros(d, device=task.device)
+    c = task.full_gradient(zero).double()  # [d] F(0)
+    eye = torch.eye(d, device=task.device)
+    M = torch.stack([task.full_gradient(eye[j]).double() - c for j in range(d)], 1)  # [d, d]
+    A, B, C = M[:k, :k], M[:k, k:], M[k:, k:]
+    A, C = (A + A.T) / 2, (C + C.T) / 2
+    z_star = torch.linalg.solve(M, -c)
+    return torch.linalg.inv(A), torch.linalg.inv(C), A, B, C, c[:k], c[k:], z_star
 
 
 class Smoothness(NamedTuple):

@@ -172,6 +172,13 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
     "local_adam": {"lr": 0.02},  # sign-like first steps: Adam-sized lr
     "entropy_sgd": {"lr": 1.0, "local_steps": 2, "langevin_steps": 3},  # L gradients a step
     "diff2": {"lr": 0.3, "restart": 2},  # compressed differences add up between restarts
+    "masha1": {"lr": 0.3},  # extragradient: two operator calls per step, 30 rounds
+    "masha2": {"lr": 0.3},
+}
+# methods whose progress 30 minibatch rounds on the sweep's MLP cannot show (determinism and
+# bits are still checked here); each reason names the test of its loss decrease
+SWEEP_NO_PROGRESS = {
+    "cbo": "gradient-free swarm on a 100+-parameter MLP: test_zeroth_order.py (logreg, 60 rounds)",
 }
 
 
@@ -191,7 +198,8 @@ def test_registry_sweep_reduces_loss_and_is_deterministic(alg_name, comp):
     a, b, c = final(0), final(0), final(1)
     assert torch.equal(a, b), "same seed must give the same model"
     assert not torch.equal(a, c), "another seed must give another trajectory"
-    assert task.train_loss(a) < 0.8 * task.train_loss(x0)
+    if alg_name not in SWEEP_NO_PROGRESS:
+        assert task.train_loss(a) < 0.8 * task.train_loss(x0)
 
 
 def test_sweep_covers_every_registered_algorithm_and_compressor():
