@@ -166,6 +166,8 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
         a: {"lr": 0.01, "local_steps": 5, "warmup_steps": 0}
         for a in ("diloco", "streaming_diloco", "async_local_sgd", "noloco")
     },
+    # inner AdamW as diloco; μ = 0.5: each module averages half the cohort (unbiased compressors)
+    "dipaco": {"lr": 0.01, "local_steps": 5, "warmup_steps": 0, "outer_momentum": 0.5},
 }
 
 
