@@ -94,6 +94,9 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
         network=build_network(cfg["network"], task.n, job.seed) if "network" in cfg else None,
         sampling=a.get("sampling", "uniform"),
         sampling_candidates=a.get("sampling_candidates", 0),
+        ordering=a.get("ordering", "random"),
+        pacing=(a.get("pacing", "linear"), a.get("pacing_a", 0.8), a.get("pacing_b", 0.2)),
+        rounds=cfg["experiment"]["rounds"],
     )
     return task, env, build_algorithm(a["name"], a)
 
