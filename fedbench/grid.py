@@ -586,6 +586,12 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
             problems.append(f"task.model = {_show(task['model'])}: dataset {ds.name} {why}")
     if alg is not None:
         _system_checks(alg, cfg, problems)
+    continuous = alg is not None and alg.extra.get("continuous_inputs")  # issue 16: wafl
+    if continuous and ds is not None and ds.extra.get("sequences"):
+        problems.append(
+            f"algorithm.name = {_show(cfg['algorithm']['name'])}: perturbs continuous inputs; "
+            f"dataset {ds.name} holds token sequences"
+        )
     a = cfg["algorithm"]
     if a["ordering"] != "random" and a["batch_size"] == "full":  # issue 16: curricula
         problems.append(
