@@ -169,7 +169,7 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
     # inner AdamW as diloco; μ = 0.5: each module averages half the cohort (unbiased compressors)
     "dipaco": {"lr": 0.01, "local_steps": 5, "warmup_steps": 0, "outer_momentum": 0.5},
     "wafl": {"lr": 0.1, "adv_lr": 0.1, "adv_steps": 2},  # α sized to the 5-feature sweep task
-    "fedbr": {"lr": 0.1, "pseudo": 8},  # a smaller pseudo-data pool: a faster sweep
+    "fedbr": {"lr": 0.1, "local_steps": 2, "pseudo": 8},  # fewer steps, smaller pool: faster
 }
 
 

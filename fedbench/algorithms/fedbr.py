@@ -220,7 +220,8 @@ def fedbr(
             # clients are independent: the gradient of a sum over clients is each one's own
             with torch.enable_grad():
                 wg = w.detach().requires_grad_()
-                zx, zp = phis(wg, x), phis(wg, xp)  # [m, B, f], [m, P, f]
+                z = phis(wg, torch.cat([x, xp], 1))  # one pass over [m, B + P, ...]
+                zx, zp = z[:, :B], z[:, B:]  # [m, B, f], [m, P, f]
                 th = theta.detach().requires_grad_()
                 lp = log_p(th, zp.detach(), zg, zx.detach()[:, pair], tau1, tau2)  # [m, P]
                 (g_theta,) = torch.autograd.grad(gamma * lp.mean(1).sum(), th)
