@@ -592,6 +592,12 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
             f"algorithm.name = {_show(cfg['algorithm']['name'])}: perturbs continuous inputs; "
             f"dataset {ds.name} holds token sequences"
         )
+    models = alg.extra.get("models") if alg is not None else None  # issue 16: fedbr
+    if models and model is not None and model.name not in models:
+        problems.append(
+            f"algorithm.name = {_show(cfg['algorithm']['name'])}: needs a feature layer before "
+            f"a linear classifier; model {model.name}; allowed: {', '.join(models)}"
+        )
     a = cfg["algorithm"]
     if a["ordering"] != "random" and a["batch_size"] == "full":  # issue 16: curricula
         problems.append(

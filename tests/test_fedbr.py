@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_env, make_task, run_rounds
 
+from fedbench import grid
 from fedbench.algorithms.fedbr import (
     classify,
     features,
@@ -106,3 +109,21 @@ def test_topk_uplink_compresses_the_model_update_and_sends_the_projection_dense(
     _, flogs, _ = run_rounds("fedavg", {"lr": 0.1, "local_steps": 2}, fenv, 2)
     for lg, fl in zip(logs, flogs, strict=True):
         assert torch.equal(lg.bits_up, fl.bits_up + 32 * proj_dim(8))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model", "match"),
+    [
+        ("digits", "logreg", "needs a feature layer before a linear classifier; model logreg"),
+        ("grammar_text", "transformer", "perturbs continuous inputs; dataset grammar_text"),
+    ],
+)
+def test_grid_refuses_models_without_features_and_token_sequences(
+    tmp_path: Path, dataset, model, match
+):
+    p = tmp_path / "g.toml"
+    p.write_text(f'[task]\ndataset = "{dataset}"\nmodel = "{model}"\n[algorithm]\nname = "fedbr"\n')
+    with pytest.raises(grid.GridError, match=match):
+        grid.load(p)
+    p.write_text('[task]\ndataset = "digits"\nmodel = "mlp"\n[algorithm]\nname = "fedbr"\n')
+    assert grid.load(p).jobs[0].config["algorithm"]["name"] == "fedbr"

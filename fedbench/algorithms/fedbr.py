@@ -297,6 +297,7 @@ ALGORITHMS.add(
         "local SGD on CE + μ·(min-max feature contrast via a shared projection head) + "
         "λ·CE on pseudo-data with soft labels; model and projection averaged",
         paper="Guo, Tang, Lin, ICML 2023 (arXiv 2205.13462); code lins-lab/fedbr",
-        extra={"continuous_inputs": True},
+        # the grid refuses token sequences (inputs are averaged) and models without features
+        extra={"continuous_inputs": True, "models": ("mlp", "cnn")},
     )
 )
