@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from fedbench.algorithms import ALGORITHMS
 from fedbench.compressors import COMPRESSORS, compressor_kind
+from fedbench.curriculum import ORDERINGS, PACINGS
 from fedbench.data import DATASETS, PARTITIONS
 from fedbench.models import MODELS
 from fedbench.network import NETWORK_PARAMS
@@ -125,6 +126,37 @@ COMMON: dict[str, dict[str, Param]] = {
             "power_of_choice: candidates d that report their loss (0 = min(n, 2m))",
             "int",
             low=0,
+            since="0.2",
+        ),
+        # issue 16: curricula (fedbench.curriculum)
+        "ordering": Param(
+            "random",
+            "local data order: random (uniform minibatches), curriculum (lowest loss under the "
+            "received model first), anti (highest first), paced over the local steps",
+            "str",
+            choices=ORDERINGS,
+            since="0.2",
+        ),
+        "pacing": Param(
+            "linear",
+            "pacing function g of ordered data (over local steps) and of the client curriculum "
+            "(over rounds)",
+            "str",
+            choices=PACINGS,
+            since="0.2",
+        ),
+        "pacing_a": Param(
+            0.8,
+            "pacing: share of the horizon at which g reaches all the data",
+            low=0.0,
+            low_open=True,
+            since="0.2",
+        ),
+        "pacing_b": Param(
+            0.2,
+            "pacing: share of the data available at the start",
+            low=0.0,
+            high=1.0,
             since="0.2",
         ),
     },
@@ -667,6 +699,24 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
         _system_checks(alg, cfg, problems)
     if "privacy" in cfg and not any(b.startswith("privacy.") for b in bad):
         problems.extend(privacy_check(cfg))  # refusals that would void the DP guarantee
+    continuous = alg is not None and alg.extra.get("continuous_inputs")  # issue 16: wafl
+    if continuous and ds is not None and ds.extra.get("sequences"):
+        problems.append(
+            f"algorithm.name = {_show(cfg['algorithm']['name'])}: perturbs continuous inputs; "
+            f"dataset {ds.name} holds token sequences"
+        )
+    models = alg.extra.get("models") if alg is not None else None  # issue 16: fedbr
+    if models and model is not None and model.name not in models:
+        problems.append(
+            f"algorithm.name = {_show(cfg['algorithm']['name'])}: needs a feature layer before "
+            f"a linear classifier; model {model.name}; allowed: {', '.join(models)}"
+        )
+    a = cfg["algorithm"]
+    if a["ordering"] != "random" and a["batch_size"] == "full":  # issue 16: curricula
+        problems.append(
+            f"algorithm.ordering = {_show(a['ordering'])}: orders minibatches; with "
+            'batch_size = "full" every step uses all the data; allowed: "random"'
+        )
     if not bad & {"algorithm.participation", "task.clients"}:
         p, n = cfg["algorithm"]["participation"], task["clients"]
         if p * n < 0.5:

@@ -80,7 +80,7 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
     t, a = cfg["task"], cfg["algorithm"]
     fd = load_dataset(t)
     data = ClientData.from_numpy(fd.x, fd.y, fd.counts, fd.x_test, fd.y_test, device)
-    model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+    model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary, job.seed)
     task = Task(model, data, reg=t.get("reg", "none"), lam=t.get("lam", 0.0))
     up, down = cfg["compressor"], cfg["downlink"]
     env = Env(
@@ -94,6 +94,9 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
         network=build_network(cfg["network"], task.n, job.seed) if "network" in cfg else None,
         sampling=a.get("sampling", "uniform"),
         sampling_candidates=a.get("sampling_candidates", 0),
+        ordering=a.get("ordering", "random"),
+        pacing=(a.get("pacing", "linear"), a.get("pacing_a", 0.8), a.get("pacing_b", 0.2)),
+        rounds=cfg["experiment"]["rounds"],
     )
     if "privacy" in cfg:  # clipping, noise, secure aggregation around the uplink
         from fedbench.privacy.dp import attach

@@ -13,6 +13,10 @@
   of d clients is drawn uniformly without replacement (the paper draws ∝ data size; here
   clients weigh equally, as in fedavg), each candidate receives the model and sends its local
   loss F_k(x) (32 bits), and the m candidates with the largest losses train.
+- `curriculum` / `anti_curriculum`: the client curriculum of "When Do Curricula Work in
+  Federated Learning?" (Vahidian et al., ICCV 2023, arXiv 2212.12712), see fedbench.curriculum:
+  every client reports its loss under x (32 bits), clients are sorted (lowest first, or
+  highest first), and the cohort is drawn uniformly from the first g(t) of them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from fedbench.seeding import RoundRng
 
 FLOAT_BITS = 32  # one reported float (a norm or a loss)
 
-SAMPLINGS = ("uniform", "poisson", "importance", "power_of_choice")
+SAMPLINGS = ("uniform", "poisson", "importance", "power_of_choice", "curriculum", "anti_curriculum")
+# the client curricula of fedbench.curriculum (issue 16): cohorts from a paced pool of clients
+CLIENT_CURRICULA = ("curriculum", "anti_curriculum")
 # strategies every method gets through sample_cohort; the others need the method's support
 COHORT_SAMPLINGS = ("uniform", "poisson")
 MAX_REDRAW = 10_000
@@ -142,3 +148,29 @@ def with_queries(
         steps=ran,
         extra=extra,
     )
+
+
+def curriculum_cohort(env: Any, rng: RoundRng, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Client curriculum for `Env` env at the server model `x [d]` (fedbench.curriculum):
+    the cohort `[k]` (sorted, k = min(m, g(t))) drawn uniformly from the g(t) clients with the
+    lowest (`curriculum`) or highest (`anti_curriculum`) loss, with g the pacing function over
+    the run's rounds at step t − 1; every client's 32-bit loss report `[n]`; and the clients
+    queried `[n]` (all of them receive the model to score it; as power-of-choice's candidates)."""
+    from fedbench.algorithms.base import cohort_size  # base imports this module
+    from fedbench.curriculum import client_scores, pacing
+    from fedbench.network import has_availability, present
+
+    if env.rounds < 1:
+        raise ValueError(f"[algorithm] sampling = {env.sampling!r} paces over the run's rounds")
+    m, n = cohort_size(env.n, env.participation), env.n
+    score = client_scores(env.task, x).cpu().to(torch.float64)  # [n] mean loss under x
+    order = (score if env.sampling == "curriculum" else -score).argsort(stable=True)  # [n]
+    kind, a, b = env.pacing
+    step = torch.tensor([rng.round - 1])
+    pool = int(pacing(kind, a, b, env.rounds, torch.tensor([n]), step)[0, 0])
+    pick = torch.randperm(pool, generator=rng(seeding.COHORT), device=rng.device)[: min(m, pool)]
+    ids = order[pick.cpu()].sort().values.to(env.device)
+    if env.network is not None and has_availability(env.network):
+        ids = present(env.network, ids, rng.seed, rng.round)
+    reports = torch.full((n,), FLOAT_BITS, dtype=torch.int64, device=env.device)
+    return ids, reports, torch.arange(n, device=env.device)

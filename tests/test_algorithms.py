@@ -174,6 +174,10 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
     "diff2": {"lr": 0.3, "restart": 2},  # compressed differences add up between restarts
     "masha1": {"lr": 0.3},  # extragradient: two operator calls per step, 30 rounds
     "masha2": {"lr": 0.3},
+    # inner AdamW as diloco; μ = 0.5: each module averages half the cohort (unbiased compressors)
+    "dipaco": {"lr": 0.01, "local_steps": 5, "warmup_steps": 0, "outer_momentum": 0.5},
+    "wafl": {"lr": 0.1, "adv_lr": 0.1, "adv_steps": 2},  # α sized to the 5-feature sweep task
+    "fedbr": {"lr": 0.1, "local_steps": 2, "pseudo": 8},  # fewer steps, smaller pool: faster
 }
 # methods whose progress 30 minibatch rounds on the sweep's MLP cannot show (determinism and
 # bits are still checked here); each reason names the test of its loss decrease

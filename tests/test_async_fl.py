@@ -268,8 +268,8 @@ def test_fedprox_takes_the_sampling_strategies_of_fedavg():
     """FedProx with μ = 0 is FedAvg bit for bit under importance and power-of-choice sampling;
     the grid accepts both strategies (and a deadline) for fedprox."""
     task = make_task(model="mlp", n=8, per_client=20)
-    for how in ("importance", "power_of_choice"):
-        env = env_with(task, participation=0.25)._replace(sampling=how)
+    for how in ("importance", "power_of_choice", "curriculum"):
+        env = env_with(task, participation=0.25)._replace(sampling=how, rounds=3)
         a, la, _ = final("fedavg", LOCAL, env, rounds=3)
         b, lb, _ = final("fedprox", {**LOCAL, "mu": 0.0}, env, rounds=3)
         assert torch.equal(a, b), how

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from fedbench import network, sampling, seeding
+from fedbench import curriculum, network, sampling, seeding
 from fedbench.compressors import Compressor, error_feedback
 from fedbench.params import Param, Registry
 from fedbench.seeding import RoundRng
@@ -56,6 +56,13 @@ class Env(NamedTuple):
     # the uplink of model updates when it is not error_feedback(uplink): the [privacy] wrapper
     # (fedbench.privacy.dp.attach) with error feedback inside, before the noise
     update_uplink: Compressor | None = None
+    # local data ordering (fedbench.curriculum, issue 16): "random" = uniform minibatches;
+    # "curriculum" / "anti": each client's samples sorted by loss under its start model and
+    # paced over the K local steps by (pacing function, a, b); rounds T of the run (the client
+    # curriculum paces over rounds)
+    ordering: str = "random"
+    pacing: tuple[str, float, float] = ("linear", 0.8, 0.2)
+    rounds: int = 0
 
     @property
     def n(self) -> int:
@@ -160,7 +167,7 @@ def local_sgd(
     m = ids.numel()
     y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
     full = env.batch_size == "full"
-    idx = None if full else env.task.batch_indices(ids, steps, int(env.batch_size), gen)
+    idx = None if full else local_batches(env, y0, ids, steps, gen)
     width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2]
     block = env.task.block_size(width)
     loss_sum = torch.zeros(m, device=y.device)
@@ -178,6 +185,18 @@ def local_sgd(
                 g = correction(yb, g, rows)
             yb.add_(g, alpha=-lr)
     return y, loss_sum / steps
+
+
+def local_batches(env: Env, y0: Tensor, ids: Tensor, steps: int, gen: torch.Generator) -> Tensor:
+    """Minibatch indices `[m, steps, B]` of local training: uniform (`ordering = "random"`), or
+    ordered by loss under the start model `y0` and paced (fedbench.curriculum)."""
+    if env.ordering == "random":
+        return env.task.batch_indices(ids, steps, int(env.batch_size), gen)
+    kind, a, b = env.pacing
+    B = int(env.batch_size)
+    return curriculum.ordered_batch_indices(
+        env.task, y0, ids, steps, B, gen, env.ordering, kind, a, b
+    )
 
 
 def sam_point(y: Tensor, g: Tensor, rho: float) -> Tensor:

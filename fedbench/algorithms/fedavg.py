@@ -39,9 +39,17 @@ from fedbench.algorithms.base import (
 )
 from fedbench.compressors.base import FLOAT_BITS
 from fedbench.params import Component
-from fedbench.sampling import importance_select, power_of_choice, with_queries
+from fedbench.sampling import (
+    CLIENT_CURRICULA,
+    curriculum_cohort,
+    importance_select,
+    power_of_choice,
+    with_queries,
+)
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import SERVER_PARAMS, build_server_opt
+
+QUERIED = ("power_of_choice", *CLIENT_CURRICULA)  # samplings whose selection sends messages
 
 
 class FedAvgState(NamedTuple):
@@ -74,6 +82,8 @@ def fedavg(
             return importance_round(s, env, rng)
         if env.sampling == "power_of_choice":
             ids, q_up, cand = power_of_choice(env, rng, s.x)  # m of d candidates
+        elif env.sampling in CLIENT_CURRICULA:  # issue 16: a paced pool of clients by loss
+            ids, q_up, cand = curriculum_cohort(env, rng, s.x)
         else:
             ids = sample_cohort(env, rng)  # [m]
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
@@ -81,7 +91,7 @@ def fedavg(
         deadline = env.network is not None and env.network.deadline_s > 0
         if deadline:  # issue 13: late clients dropped or cut to the steps done by then
             s, log = deadline_round(s, env, rng, ids, down, bits_down, corr)
-            if env.sampling == "power_of_choice":
+            if env.sampling in QUERIED:
                 log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
             return s, log
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
@@ -89,7 +99,7 @@ def fedavg(
         msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
         x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
         log = cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
-        if env.sampling == "power_of_choice":  # + the candidates' loss reports and models
+        if env.sampling in QUERIED:  # + the candidates' loss reports and models
             log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
         return FedAvgState(s.t + 1, x, opt_state, down, up), log
 
@@ -154,6 +164,6 @@ ALGORITHMS.add(
         {**LOCAL_PARAMS, **SERVER_PARAMS},
         "K local SGD steps, average the updates; FedAvgM / FedAdam via server_opt",
         paper="McMahan et al., AISTATS 2017 (arXiv 1602.05629); Reddi et al., ICLR 2021",
-        extra={"sampling": ("importance", "power_of_choice"), "deadline": True},
+        extra={"sampling": ("importance", "power_of_choice", *CLIENT_CURRICULA), "deadline": True},
     )
 )

@@ -16,6 +16,7 @@ from torch import Tensor
 from fedbench.algorithms.base import ALGORITHMS, LOCAL_PARAMS, Algorithm, Correction
 from fedbench.algorithms.fedavg import fedavg
 from fedbench.params import Component, Param
+from fedbench.sampling import CLIENT_CURRICULA
 from fedbench.server_opt import SERVER_PARAMS
 
 
@@ -45,6 +46,6 @@ ALGORITHMS.add(
         {**LOCAL_PARAMS, "mu": Param(0.01, "proximal coefficient μ", low=0.0), **SERVER_PARAMS},
         "FedAvg with a proximal term (μ/2)‖y − x‖² in the local objective",
         paper="Li et al., MLSys 2020 (arXiv 1812.06127)",
-        extra={"sampling": ("importance", "power_of_choice"), "deadline": True},
+        extra={"sampling": ("importance", "power_of_choice", *CLIENT_CURRICULA), "deadline": True},
     )
 )

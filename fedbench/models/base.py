@@ -158,11 +158,15 @@ def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     binary: bool = False,
+    seed: int = 0,
 ) -> Model:
     """The model `name` for this input shape; `binary` tasks (labels ±1) may take another form
-    (`logreg` becomes the theory papers' one-vector logistic regression)."""
+    (`logreg` becomes the theory papers' one-vector logistic regression). Models registered
+    with `extra["seeded"]` also get the job's `seed` (a LoRA base is drawn from it)."""
     comp = MODELS[name]
-    flags = {"binary": True} if binary else {}
+    flags: dict[str, Any] = {"binary": True} if binary else {}
+    if comp.extra.get("seeded"):
+        flags["seed"] = seed
     model: Model = comp.build(
         input_shape=input_shape, num_classes=num_classes, **flags, **comp.resolve(params)
     )

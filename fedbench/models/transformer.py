@@ -31,6 +31,22 @@ tests compare against.
 
 `Transformer.block_slices()` gives the `[start, end)` range of every block inside the flat
 vector (fragments for Streaming DiLoCo); blocks are contiguous and in order.
+
+LoRA (`lora_rank = r > 0`): "LoRA: Low-Rank Adaptation of Large Language Models", Hu, Shen,
+Wallis, Allen-Zhu, Li, Wang, Wang, Chen, ICLR 2022, arXiv 2106.09685. Every linear weight of
+every block (attention qkv and output projection, MLP fc and out) becomes
+W = W₀ + (α/r)·B A with A [r, in], B [out, r]; W₀ and every other parameter (embeddings,
+positions, LayerNorms, biases) is a frozen base. The task's flat vector x ∈ R^d is then the
+adapters alone (d = Σ r·(in + out)), so every algorithm trains and communicates only them.
+`lora_norms = true` also trains the LayerNorm scales and shifts (2W per norm): a random base
+with frozen tied embeddings and frozen norms cannot scale its logits, so strict LoRA on a
+random base plateaus near ln V on the toy task.
+Initialisation as the official loralib (`Linear.reset_parameters`): A ~ kaiming_uniform(a=√5)
+= U(±1/√in), B = 0, so the initial model is the base model; scaling α/r (loralib's default
+α = 1). The base is the GPT-2 initialisation drawn from the job's seed (the generator the
+full model's x0 is drawn from), so a LoRA run starts from the same network as a full-model run
+with the same seed; server and clients both know it (nothing sent). Deviation: the paper adapts
+a pretrained model (and, for GPT-2, only W_q and W_v); there is no pretrained model here.
 """
 
 from __future__ import annotations
@@ -42,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedbench.models.base import MODELS, REG_PARAMS, Model
+from fedbench import seeding
+from fedbench.models.base import MODELS, REG_PARAMS, Model, ParamSpec
 from fedbench.params import Component, Param
 
 CONTEXT = Param(
@@ -220,6 +237,116 @@ class Transformer(Model):
         return loss.detach(), g
 
 
+LORA_TARGETS = ("attn.qkv", "attn.proj", "fc", "out")  # the adapted linear layers of a block
+
+
+def _param_tree(shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """A module holding a parameter of each shape at its dotted name (a template for
+    `ParamSpec.from_module`)."""
+    root = nn.Module()
+    for name, shape in shapes.items():
+        *path, leaf = name.split(".")
+        mod = root
+        for part in path:
+            if not hasattr(mod, part):
+                mod.add_module(part, nn.Module())
+            mod = getattr(mod, part)
+        mod.register_parameter(leaf, nn.Parameter(torch.zeros(shape)))
+    return root
+
+
+class LoRATransformer(Model):
+    """The transformer with a frozen base W₀ and trainable adapters x = (A, B) of every block's
+    linear layers: the flat vector `[d]` holds only the adapters (module docstring)."""
+
+    reports_perplexity = True
+
+    def __init__(
+        self, full: Transformer, rank: int, alpha: float, seed: int, norms: bool = False
+    ) -> None:
+        shape = dict(zip(full.spec.names, full.spec.shapes, strict=True))
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(full.layers):
+            for t in LORA_TARGETS:
+                out_f, in_f = shape[f"blocks.{i}.{t}.weight"]
+                shapes[f"blocks.{i}.{t}.lora_A"] = (rank, in_f)  # A [r, in]
+                shapes[f"blocks.{i}.{t}.lora_B"] = (out_f, rank)  # B [out, r]
+            if norms:
+                for ln in ("ln1", "ln2"):
+                    for k in ("weight", "bias"):
+                        shapes[f"blocks.{i}.{ln}.{k}"] = tuple(shape[f"blocks.{i}.{ln}.{k}"])
+        if norms:
+            shapes |= {f"ln_f.{k}": tuple(shape[f"ln_f.{k}"]) for k in ("weight", "bias")}
+        super().__init__(_param_tree(shapes), full.num_classes)
+        self.full, self.rank, self.scale = full, rank, alpha / rank
+        self.base = full.init(seeding.generator(seed, 0, seeding.INIT))  # W₀ [d_full], frozen
+        self.norms = [n for n in self.spec.names if not n.endswith(("lora_A", "lora_B"))]
+        self._base_on: dict[torch.device, dict[str, Tensor]] = {}
+
+    def init(self, gen: torch.Generator) -> Tensor:
+        """Adapters `[d]`: the base is drawn from `gen` first (the full model's draw, discarded
+        here: it is `self.base` when `gen` is the job's init generator), then A ~ U(±1/√in),
+        B = 0 (loralib)."""
+        base = self.full.spec.unflatten(self.full.init(gen))
+        out = torch.zeros(self.spec.d)
+        for name, v in self.spec.unflatten(out).items():
+            if name.endswith("lora_A"):
+                bound = 1.0 / math.sqrt(v.shape[1])
+                v.uniform_(-bound, bound, generator=gen)
+            elif name in self.norms:  # trained LayerNorms start at the base's values
+                v.copy_(base[name])
+        return out
+
+    def base_params(self, device: torch.device) -> dict[str, Tensor]:
+        """W₀ as `{name: [*shape]}` on `device` (copied there once)."""
+        if device not in self._base_on:
+            self._base_on[device] = self.full.spec.unflatten(self.base.to(device))
+        return self._base_on[device]
+
+    def merged(self, w: Tensor) -> dict[str, Tensor]:
+        """Per-client full parameters `{name: [m, *shape]}` for adapters `w [m, d]`:
+        W = W₀ + (α/r)·B A on adapted weights, W₀ broadcast elsewhere."""
+        m = w.shape[0]
+        ad = self.spec.unflatten(w)
+        p = {k: v.expand(m, *v.shape) for k, v in self.base_params(w.device).items()}
+        for i in range(self.full.layers):
+            for t in LORA_TARGETS:
+                pre = f"blocks.{i}.{t}."
+                ba = torch.bmm(ad[pre + "lora_B"], ad[pre + "lora_A"])  # [m, out, in]
+                p[pre + "weight"] = p[pre + "weight"] + self.scale * ba
+        for name in self.norms:  # LayerNorms trained with the adapters (lora_norms = true)
+            p[name] = ad[name]
+        return p
+
+    def logits(self, w: Tensor, x: Tensor) -> Tensor:
+        """`w [m, d]` adapters, `x [m, B, T]` -> `[m, B, T, V]`."""
+        f = self.full
+        return forward(self.merged(w), x, f.layers, f.heads, f.tied)
+
+    sample_loss = Transformer.sample_loss
+    correct = Transformer.correct
+    loss_grad = Transformer.loss_grad
+
+    def activation_floats(self, input_shape: tuple[int, ...]) -> int:
+        """The full model's activations per sequence (Task's memory budget); the merged
+        weights `[m, d_full]` are not counted."""
+        return self.full.activation_floats(input_shape)
+
+    def block_slices(self) -> list[slice]:
+        """Flat range of each block's adapters, in order."""
+        return _block_slices(self.spec, self.full.layers)
+
+
+def _block_slices(spec: ParamSpec, layers: int) -> list[slice]:
+    out = []
+    for i in range(layers):
+        idx = [k for k, n in enumerate(spec.names) if n.startswith(f"blocks.{i}.")]
+        out.append(
+            slice(spec.offsets[idx[0]], spec.offsets[idx[-1]] + spec.shapes[idx[-1]].numel())
+        )
+    return out
+
+
 def _build(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -228,6 +355,10 @@ def _build(
     heads: int,
     context: int,
     tied: bool,
+    lora_rank: int = 0,
+    lora_alpha: float = 1.0,
+    lora_norms: bool = False,
+    seed: int = 0,
     **_: Any,
 ) -> Model:
     if len(input_shape) != 1 or input_shape[0] > context:
@@ -235,7 +366,10 @@ def _build(
             f"model 'transformer' needs token sequences [T] with T <= context = {context}; "
             f"this dataset has samples of shape {list(input_shape)}"
         )
-    return Transformer(num_classes, context, layers, width, heads, tied)
+    full = Transformer(num_classes, context, layers, width, heads, tied)
+    return (
+        full if lora_rank == 0 else LoRATransformer(full, lora_rank, lora_alpha, seed, lora_norms)
+    )
 
 
 MODELS.add(
@@ -248,11 +382,34 @@ MODELS.add(
             "heads": Param(4, "attention heads (must divide width)", "int", low=1),
             "context": CONTEXT,
             "tied": Param(True, "output layer shares the token embedding matrix", "bool"),
+            "lora_rank": Param(
+                0,
+                "LoRA rank r: train and send only rank-r adapters of every block's linear "
+                "layers over a frozen base drawn from the seed (0 = the full model)",
+                "int",
+                low=0,
+                since="0.2",
+            ),
+            "lora_alpha": Param(
+                1.0,
+                "LoRA α: the adapter update BA is scaled by α/r",
+                low=0.0,
+                low_open=True,
+                since="0.2",
+            ),
+            "lora_norms": Param(
+                False,
+                "with lora_rank > 0: also train (and send) the LayerNorm scales and shifts",
+                "bool",
+                since="0.2",
+            ),
             **REG_PARAMS,
         },
         "decoder-only pre-LayerNorm transformer LM (tokens in, next-token logits out)",
         paper="Radford et al., Language Models are Unsupervised Multitask Learners, 2019 "
         "(GPT-2 block and init), at toy scale",
-        extra={"sequences": True},  # a language model: token sequences in (grid check)
+        # a language model: token sequences in (grid check); seeded: build_model passes the
+        # job's seed (the LoRA base is drawn from it)
+        extra={"sequences": True, "seeded": True},
     )
 )
