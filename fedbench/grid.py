@@ -588,6 +588,10 @@ def job_key(config: Mapping[str, Any], seed: int) -> str:
             if not (section == "experiment" and k in NOT_KEYED)
             and not (k in schema and schema[k].since and v == schema[k].default)
         }
+        for k, v in fields.items():  # values whose computation was fixed later: a new key
+            fixed = [rel for val, rel in (schema[k].changed if k in schema else ()) if val == v]
+            if fixed:
+                keyed[section][f"{k}@"] = fixed[-1]
     blob = json.dumps(
         {"config": keyed, "seed": seed},
         sort_keys=True,

@@ -37,6 +37,9 @@ class Param:
     # the release that added this field to an existing section or component: while it holds
     # its default it is left out of job keys, so runs recorded before it existed keep their key
     since: str = ""
+    # (value, release) pairs: values whose numbers changed in that release (a fix), so jobs
+    # holding them get a new key and rerun instead of reusing runs of the old computation
+    changed: tuple[tuple[Any, str], ...] = ()
 
     def allowed(self) -> str:
         """Human description of the allowed values, used in error messages."""
