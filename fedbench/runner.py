@@ -13,6 +13,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -313,7 +314,15 @@ def _loop(
         if save_every and t % save_every == 0 and t < rounds:
             extra = {"sim_time_s": sim_time}
             ckpt_t = checkpoint.Checkpoint(t, state, bits_up, bits_down, metrics["wall_s"], extra)
-            checkpoint.save(folder, job.key, ckpt_t)
+            try:
+                checkpoint.save(folder, job.key, ckpt_t)
+            except (checkpoint.CheckpointError, TypeError) as e:  # full disk, odd state
+                save_every = 0  # this run goes on without checkpoints
+                print(
+                    f"warning: job {job.key}: {e}; continuing without checkpoints",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return "done", None, rounds, metrics
 
 
