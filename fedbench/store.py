@@ -605,6 +605,21 @@ class Store:
             q = sa.select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)
             return int(conn.execute(q).scalar_one())
 
+    def experiment_grid(self, name: str) -> tuple[str, str] | None:
+        """(grid path, grid text) stored for experiment `name`, None if there is none."""
+        q = sa.select(EXPERIMENTS.c.grid_path, EXPERIMENTS.c.grid_toml)
+        with self._read() as conn:
+            row = conn.execute(q.where(EXPERIMENTS.c.name == name)).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database: each connection and process sees its own, empty."""
+        db = self._url.database
+        return self._url.get_backend_name() == "sqlite" and (
+            not db or db == ":memory:" or "mode=memory" in str(self._url)
+        )
+
     def ensure_runs(self, experiment_id: int, specs: Sequence[RunSpec]) -> dict[str, RunInfo]:
         """Insert a `pending` run for every key not yet in the database (one transaction);
         returns the current state of every given key (existing runs are left untouched)."""

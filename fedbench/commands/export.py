@@ -42,8 +42,15 @@ def export(
             raise CommandError(
                 "--format parquet needs pyarrow: pip install pyarrow (or 'fedbench[parquet]')"
             ) from None
+    if out.exists() and not out.is_dir():
+        raise CommandError(
+            f"{out}: exists and is not a directory; allowed: a directory to write into"
+        )
     store = Store(db)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CommandError(f"{out}: cannot create the directory ({e.strerror or e})") from None
     for t in table or TABLES:
         path = out / f"{t}.{fmt}"
         frame = store.export(t)

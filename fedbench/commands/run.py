@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,15 @@ from rich.progress import (
 
 from fedbench import executors, runner
 from fedbench import grid as gridlib
-from fedbench.commands.common import CommandError, DbOption, console, emit_rows, one_line_errors
+from fedbench.commands.common import (
+    CommandError,
+    DbOption,
+    console,
+    emit_rows,
+    err_console,
+    one_line_errors,
+    plain,
+)
 from fedbench.store import Store, is_new_sqlite_file
 
 TODO = ("pending", "running")
@@ -72,6 +81,9 @@ def run(
             "a static split for array jobs",
         ),
     ] = None,
+    max_jobs: Annotated[
+        int, typer.Option(help="refuse a grid that expands to more jobs than this")
+    ] = gridlib.MAX_JOBS,
     lease_timeout: Annotated[
         float | None,
         typer.Option(
@@ -96,7 +108,7 @@ def run(
         raise CommandError(str(e)) from None
     timeout = _lease_timeout(lease_timeout)
     shard_of = _parse_shard(shard)
-    g = gridlib.load(grid)
+    g = gridlib.load(grid, max_jobs)
     jobs = gridlib.filter_jobs(g.jobs, only or [])
     if not jobs:
         raise CommandError(f"{grid}: no job matches --only {' '.join(only or [])}")
@@ -108,7 +120,7 @@ def run(
     if problems:
         raise CommandError(*problems)
     wanted = (*TODO, "failed") if rerun_failed else TODO
-    labels = gridlib.job_labels(g.jobs)
+    labels = {k: plain(v) for k, v in gridlib.job_labels(g.jobs).items()}
     if dry_run:  # reads the database, writes nothing
         known = {} if is_new_sqlite_file(db) else Store(db).statuses([j.key for j in jobs])
         status = {j.key: known.get(j.key, "new") for j in jobs}
@@ -121,6 +133,12 @@ def run(
         emit_rows(rows, "table", title=f"{g.name}: {len(would)} of {len(jobs)} jobs would run")
         return
     store = Store(db)
+    if store.in_memory:
+        raise CommandError(
+            f"--db {store.url}: an in-memory database keeps nothing and each job's process "
+            "would see its own empty one; give a file (e.g. --db results/fedbench.db)"
+        )
+    _check_experiment_owner(store, g, grid)
     exp_id = store.upsert_experiment(g.name, str(grid), g.text)
     info = store.ensure_runs(exp_id, [runner.run_spec(j) for j in jobs])
     todo = [j for j in jobs if info[j.key].status in wanted]
@@ -129,7 +147,7 @@ def run(
     if finished.get("failed"):
         others += ": --rerun-failed runs them again"
     console.print(
-        f"{g.name}: {len(jobs)} jobs, {len(todo)} to run"
+        f"{plain(g.name)}: {len(jobs)} jobs, {len(todo)} to run"
         + (f" ({others})" if others else "")
         + f" on {dev} → {store.url}",
         highlight=False,
@@ -173,6 +191,16 @@ def run(
             highlight=False,
         )
         raise typer.Exit(128 + signum) from None
+    except BrokenPipeError:  # `fedbench run ... | head -1`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        released = store.release(launch.prefix)
+        err_console.print(
+            f"stdout was closed: stopped, {released} running job(s) marked pending; "
+            "run the same command to resume",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(128 + signal.SIGPIPE) from None
     _summary(g.name, display.outcomes, store)
 
 
@@ -238,6 +266,23 @@ def _until_finished(
                 )
                 said = True
             time.sleep(min(5.0, launch.timeout / 4))
+
+
+def _check_experiment_owner(store: Store, g: gridlib.Grid, grid: Path) -> None:
+    """Refuse a grid whose experiment name is already another grid file's (its stored grid
+    text would be overwritten); the same file (edited) or the same text elsewhere is fine."""
+    prev = store.experiment_grid(g.name)
+    if prev is None or prev[1] == g.text:
+        return
+    try:
+        same = Path(prev[0]).resolve() == grid.resolve()
+    except OSError:
+        same = False
+    if not same:
+        raise CommandError(
+            f"{grid}: experiment {plain(g.name)!r} in {store.url} belongs to grid file "
+            f"{plain(prev[0])} (other content); give this grid another [experiment] name"
+        )
 
 
 def _lease_timeout(option: float | None) -> float:
@@ -357,7 +402,7 @@ def _summary(name: str, outcomes: list[runner.Outcome], store: Store) -> None:
     by = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed", "diverged")}
     secs = sum(o.seconds for o in outcomes)
     console.print(
-        f"{name}: ran {len(outcomes)} jobs in {secs:.1f}s — "
+        f"{plain(name)}: ran {len(outcomes)} jobs in {secs:.1f}s — "
         f"{by['done']} done, {by['failed']} failed, {by['diverged']} diverged. "
         f"Next: fedbench report --experiment {name} --plot bits-vs-accuracy"
         + ("" if store.url.endswith("results/fedbench.db") else f" --db {store.url}"),
