@@ -350,7 +350,28 @@ def preflight(jobs: list[Job], path: str) -> list[str]:
         seen.add(key)
         try:
             fd = load_dataset(t)
-            build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+            model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
         except (DataError, ValueError) as e:
             problems[f"{path}: [task] {e}"] = None
+            continue
+        copies = SERVER_COPIES + min(int(t.get("clients", 1)), CLIENT_ROWS)
+        need, have = copies * 4 * model.d, _physical_memory()
+        if have and need > have:
+            problems[
+                f"{path}: [task] model = {t['model']!r} has {model.d} parameters: at least "
+                f"{need / 2**30:.1f} GiB ({copies} float32 vectors) but this machine has "
+                f"{have / 2**30:.1f} GiB; allowed: a smaller model"
+            ] = None
     return list(problems)
+
+
+# a lower bound of the [d] vectors a job holds: the server's (x, its state, the broadcast,
+# the aggregate) and the client rows local training is vectorised over (up to 8 at once)
+SERVER_COPIES, CLIENT_ROWS = 4, 8
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -65,6 +65,8 @@ def ls(
                 "model": r["model"],
                 "seed": r["seed"],
                 "status": r["status"],
+                # who runs it (lease holder "host:pid"), for running runs only
+                "holder": r.get("lease_owner") if r["status"] == "running" else None,
                 "rounds": _int(r.get("rounds_logged")),
                 # numbers for scripts, rounded strings for people
                 "test_accuracy": f.get("test_accuracy") if raw else _fmt(f.get("test_accuracy")),
