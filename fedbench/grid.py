@@ -258,7 +258,11 @@ def load(path: str | Path, max_jobs: int = MAX_JOBS) -> Grid:
         raise GridError(
             [f"{p}: not a UTF-8 text file (byte {e.start}); a grid file is TOML text"]
         ) from None
-    if not text.strip():
+    try:
+        empty = not tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        empty = False  # parse reports it
+    if empty:
         raise GridError([f"{p}: empty grid file; see experiments/quickstart.toml for one"])
     return parse(text, p, max_jobs)
 

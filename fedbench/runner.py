@@ -354,6 +354,10 @@ def preflight(jobs: list[Job], path: str) -> list[str]:
         except (DataError, ValueError) as e:
             problems[f"{path}: [task] {e}"] = None
             continue
+        except (RuntimeError, MemoryError) as e:  # e.g. the allocator refusing a huge model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            problems[f"{path}: [task] model = {t['model']!r} cannot be built here: {first}"] = None
+            continue
         copies = SERVER_COPIES + min(int(t.get("clients", 1)), CLIENT_ROWS)
         need, have = copies * 4 * model.d, _physical_memory()
         if have and need > have:

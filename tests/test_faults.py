@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,212 @@ def test_a_full_disk_stops_checkpoints_not_the_run(
     assert all(r == list(range(9)) for r in rows_per_run(db).values())
     assert len(written) == 2 and not list(folder.iterdir())  # tmp files removed
     assert str(os.getpid()) in written[0].name and written[0].name != written[1].name
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+BASE = '[experiment]\nrounds = 2\n[task]\ndataset = "digits"\nmodel = "logreg"\nclients = 4\n'
+
+
+def _run_error(tmp_path: Path, text: str | bytes, *args: object) -> str:
+    from test_cli import assert_clean_error, invoke
+
+    grid = tmp_path / "g.toml"
+    if isinstance(text, bytes):
+        grid.write_bytes(text)
+    else:
+        grid.write_text(text)
+    (line,) = assert_clean_error(invoke("run", grid, "--db", tmp_path / "e.db", *args))
+    return line
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("../../../../elsewhere/ESCAPED", "'/'"),
+        ("/abs/path", "'/'"),
+        ("..", "'..'"),
+        ("x" * 5000, "5000 characters"),
+        ("bell\x07name", "control characters"),
+        ("nul\x00name", "control characters"),
+        ("\x1b[2J\x1b]0;pwned\x07", "control characters"),
+    ],
+)
+def test_experiment_names_that_escape_or_break_are_refused(
+    tmp_path: Path, name: str, why: str
+) -> None:
+    """Fault 5 (and NUL of fault 10): refused at validation with one line; the printed line
+    holds no escape sequence or control character."""
+    toml_name = name.replace("\\", "\\\\").replace('"', '\\"')
+    toml_name = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in toml_name)
+    line = _run_error(tmp_path, BASE.replace("[task]", f'name = "{toml_name}"\n[task]'))
+    assert "[experiment] name" in line and why in line, line
+    assert not any(ord(c) < 32 for c in line)
+    assert not (tmp_path / "e.db").exists()  # refused before the database is touched
+
+
+def test_printed_names_and_cells_lose_terminal_escapes() -> None:
+    from fedbench.commands.common import plain
+
+    assert plain("a\x1b[31mred\x1b[0m\x1b]0;title\x07b\x00c") == "aredb?c"
+
+
+def test_a_huge_grid_is_refused_before_expanding_and_the_cap_can_be_raised(
+    tmp_path: Path,
+) -> None:
+    """Fault 8: a grid of 10⁶ jobs and `seeds = 100000000` are refused in well under a second
+    (nothing expanded, no row written); --max-jobs raises the cap."""
+    axis = ", ".join(str(0.001 * (i + 1)) for i in range(1000))
+    text = (
+        BASE
+        + f'[grid]\n"algorithm.lr" = [{axis}]\n"algorithm.local_steps" = {list(range(1, 1001))}\n'
+    )
+    start = time.perf_counter()
+    line = _run_error(tmp_path, text)
+    assert time.perf_counter() - start < 20  # loaded machine: the CLI itself, not the grid
+    assert "1000000 jobs" in line and "--max-jobs" in line
+    line = _run_error(tmp_path, BASE.replace("rounds = 2", "rounds = 2\nseeds = 100000000"))
+    assert "[experiment] seeds" in line and "--max-jobs" in line
+    few = BASE.replace("rounds = 2", "rounds = 2\nseeds = 3")
+    line = _run_error(tmp_path, few, "--max-jobs", "2")
+    assert "3 jobs" in line or "seeds" in line
+    g = gridlib.parse(few, Path("g.toml"), max_jobs=3)
+    assert len(g.jobs) == 3
+    assert not (tmp_path / "e.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "must"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a UTF-8 text file"),
+        (BASE.replace("rounds = 2", "rounds = 2\nseeds = [18446744073709551615]"), "seeds"),
+        ("", "empty grid file"),
+        ("# only a comment\n", "empty grid file"),
+        (
+            BASE.replace('"digits"', '"text:/dev/zero"').replace("logreg", "transformer"),
+            "not a regular",
+        ),
+    ],
+    ids=["binary", "seed-overflow", "empty", "comment-only", "dev-zero"],
+)
+def test_inputs_that_gave_tracebacks_are_one_line_errors(
+    tmp_path: Path, text: str | bytes, must: str
+) -> None:
+    """Fault 9 (and the empty grid of fault 10)."""
+    assert must in _run_error(tmp_path, text)
+
+
+def test_schema_version_that_is_not_a_number_is_one_line(tmp_path: Path) -> None:
+    from fedbench.store import Store, StoreError
+
+    db = tmp_path / "v.db"
+    Store(str(db)).close()
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema_version = 'abc' is not a number"):
+        Store(str(db))
+
+
+def test_export_onto_an_existing_file_is_one_line(tmp_path: Path) -> None:
+    from test_cli import assert_clean_error, invoke
+
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    (line,) = assert_clean_error(invoke("export", target, "--db", tmp_path / "x.db"))
+    assert "not a directory" in line and target.read_text() == "keep me"
+
+
+def test_a_model_too_big_for_the_machine_is_refused_with_the_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 10: hidden = [10**7] used to try to allocate 57 GB mid-run (a machine of 16 GiB
+    here, whatever this one has); a model the allocator refuses is one line too."""
+    from fedbench import runner
+
+    monkeypatch.setattr(runner, "_physical_memory", lambda: 16 * 2**30)
+    text = BASE.replace('"logreg"', '"mlp"\nhidden = [10000000]')
+    line = _run_error(tmp_path, text)
+    assert "750000010 parameters: at least 22.4 GiB (8 float32" in line and "16.0 GiB" in line
+    text = BASE.replace('"logreg"', '"mlp"\nhidden = [10000000000]')
+    line = _run_error(tmp_path, text)
+    assert "cannot be built here" in line or "parameters: at least" in line
+
+
+def test_non_finite_libsvm_data_is_refused_at_load(tmp_path: Path) -> None:
+    """Fault 10: NaN labels used to become an extra class, NaN features a `diverged` run."""
+    from fedbench.data import DataError
+    from fedbench.data.theory import read_libsvm
+
+    good = "1 1:0.5 2:1.0\n-1 1:0.25\n1 2:2.0\n-1 1:1.0\n"
+    (tmp_path / "ok.svm").write_text(good)
+    x, _ = read_libsvm(tmp_path / "ok.svm", 0)
+    assert x.shape == (4, 2)
+    (tmp_path / "nan_y.svm").write_text(good + "nan 1:1.0\n")
+    with pytest.raises(DataError, match="non-finite label of sample 5"):
+        read_libsvm(tmp_path / "nan_y.svm", 0)
+    (tmp_path / "nan_x.svm").write_text(good + "1 1:nan 2:inf\n")
+    with pytest.raises(DataError, match="non-finite 2 feature"):
+        read_libsvm(tmp_path / "nan_x.svm", 0)
+
+
+def test_foreign_databases_are_refused_untouched(tmp_path: Path) -> None:
+    """Fault 10: a database with our table names but no `meta`, or a `metrics` table without
+    its primary key, is refused with one line and gets no table added."""
+    from fedbench.store import Store, StoreError
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as c:
+        c.execute("CREATE TABLE runs (id INTEGER, name TEXT)")
+    with pytest.raises(StoreError, match="not a fedbench database"):
+        Store(str(foreign))
+    with sqlite3.connect(foreign) as c:
+        assert [r[0] for r in c.execute("SELECT name FROM sqlite_master")] == ["runs"]
+    nopk = tmp_path / "nopk.db"
+    Store(str(nopk)).close()
+    with sqlite3.connect(nopk) as c:
+        c.execute("DROP TABLE metrics")
+        c.execute("CREATE TABLE metrics (run_id INTEGER, round INTEGER, name TEXT, value REAL)")
+    with pytest.raises(StoreError, match="metrics has primary key \\(none\\)"):
+        Store(str(nopk))
+
+
+def test_in_memory_database_and_a_second_grid_with_the_same_name(tmp_path: Path) -> None:
+    """Fault 10: `--db sqlite:///:memory:` used to say "unknown run key"; a second grid file
+    with the same experiment name used to overwrite the stored grid text."""
+    from test_cli import invoke
+
+    line = _run_error(tmp_path, BASE, "--db", "sqlite:///:memory:")
+    assert "in-memory database" in line
+    db = tmp_path / "two.db"
+    first = tmp_path / "first.toml"
+    first.write_text(BASE.replace("rounds = 2", 'rounds = 2\nname = "same"'))
+    assert invoke("run", first, "--db", db).exit_code == 0
+    second = tmp_path / "second.toml"
+    second.write_text(BASE.replace("rounds = 2", 'rounds = 1\nname = "same"'))
+    from test_cli import assert_clean_error
+
+    (line,) = assert_clean_error(invoke("run", second, "--db", db))
+    assert "belongs to grid file" in line and "first.toml" in line
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT grid_toml FROM experiments").fetchone()[0] == first.read_text()
+
+
+def test_shard_splits_the_jobs_by_key(tmp_path: Path) -> None:
+    """--shard i/N: the shards are disjoint, cover the grid, and depend only on the keys."""
+    from test_cli import assert_clean_error, invoke
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(BASE.replace("rounds = 2", "rounds = 2\nseeds = 6"))
+    keys = {j.key for j in gridlib.load(grid).jobs}
+    seen: list[str] = []
+    for i in range(3):
+        result = invoke("run", grid, "--db", tmp_path / "s.db", "--shard", f"{i}/3", "--dry-run")
+        assert result.exit_code in (0, 2), result.output
+        mine = {k for k in keys if int(k, 16) % 3 == i}
+        assert all(k in result.output for k in mine)
+        assert not any(k in result.output for k in keys - mine)
+        seen += sorted(mine)
+    assert sorted(seen) == sorted(keys)
+    for bad in ("3/3", "1", "-1/2", "a/b"):
+        (line,) = assert_clean_error(invoke("run", grid, "--shard", bad, "--dry-run"))
+        assert "--shard" in line and "0 <= i < N" in line
