@@ -231,7 +231,7 @@ def _claimed(
             status, error, rounds_done, final = _loop(
                 job, store, run_id, device, start, progress, folder, ckpt, token
             )
-        except LeaseLostError:
+        except (LeaseLostError, BrokenPipeError):  # not the job's failure
             raise
         except Exception as e:
             status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"

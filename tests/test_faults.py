@@ -421,3 +421,63 @@ def test_shard_splits_the_jobs_by_key(tmp_path: Path) -> None:
     for bad in ("3/3", "1", "-1/2", "a/b"):
         (line,) = assert_clean_error(invoke("run", grid, "--shard", bad, "--dry-run"))
         assert "--shard" in line and "0 <= i < N" in line
+
+
+def test_run_piped_into_head_stops_cleanly(tmp_path: Path) -> None:
+    """Fault 10: `fedbench run | head -1` used to exit 1 silently; now: exit 141 (SIGPIPE),
+    one line on stderr, no run left running."""
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID.format(seeds=1, rounds=3, ckpt=0))
+    db = tmp_path / "pipe.db"
+    cmd = " ".join(fedbench("run", str(grid), "--db", str(db)))
+    shell = f"{cmd} 2>{tmp_path / 'err'} | head -1; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(
+        ["bash", "-c", shell], env=child_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 141, result
+    assert result.stdout.count("\n") == 1
+    err = (tmp_path / "err").read_text()
+    assert "stdout was closed" in err and "Traceback" not in err
+    assert "running" not in {s for s, _ in status_and_rounds(db).values()}
+
+
+def test_a_killed_pool_worker_requeues_its_job_and_the_grid_goes_on(tmp_path: Path) -> None:
+    """Fault 6: kill -9 of one pool worker mid-job used to abort the grid with a raw
+    BrokenProcessPool traceback and leave runs `running`. Now the jobs in flight go back to
+    the queue, a new pool finishes the grid, every round exactly once."""
+    rounds = 150
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID.format(seeds=2, rounds=rounds, ckpt=10))
+    db = tmp_path / "pool.db"
+    cmd = fedbench("run", str(grid), "--db", str(db), "--workers", "2")
+    proc = subprocess.Popen(
+        cmd, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+    def worker_mid_way() -> int | None:
+        try:
+            with sqlite3.connect(db, timeout=30) as c:
+                rows = c.execute(
+                    "SELECT lease_owner, (SELECT MAX(round) FROM metrics WHERE run_id = runs.id)"
+                    " FROM runs WHERE status = 'running'"
+                ).fetchall()
+        except sqlite3.OperationalError:
+            return None
+        for owner, r in rows:
+            pid = int(str(owner).rsplit(":", 1)[1])
+            if r is not None and 10 <= r < rounds - 30 and pid != proc.pid:
+                return pid
+        return None
+
+    try:
+        victim = _wait_for(worker_mid_way, 600, "a pool worker mid-job")
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "a worker process died" in " ".join(out.split())
+    assert "Traceback" not in out and "BrokenProcessPool" not in out
+    assert {s for s, _ in status_and_rounds(db).values()} == {"done"}
+    assert all(r == list(range(rounds + 1)) for r in rows_per_run(db).values())

@@ -163,8 +163,8 @@ def run(
         where = f"{len(slots)} worker{'s' * (len(slots) > 1)}" + (
             f" on {', '.join(sorted({s.device for s in slots}))}"
         )
-    console.print(f"running on {where}", highlight=False, markup=False)
     display = _Display(todo, labels)
+    console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
 
     def go(todo: list[gridlib.Job], on_event: executors.OnEvent) -> None:
         if executor == "ray":
@@ -179,8 +179,10 @@ def run(
     launch = runner.Launch.new(timeout, ("pending", "failed") if rerun_failed else ("pending",))
     os.environ[runner.LAUNCH_ENV] = launch.to_env()  # inherited by pool workers
     try:
+        console.print(f"running on {where}", highlight=False, markup=False)
         with display, _signals_as_interrupts():
             _until_finished(store, todo, launch, go, display)
+        _summary(g.name, display.outcomes, store)
     except KeyboardInterrupt as e:
         running = len(display.running)
         store.release(launch.prefix)
@@ -201,7 +203,6 @@ def run(
             markup=False,
         )
         raise typer.Exit(128 + signal.SIGPIPE) from None
-    _summary(g.name, display.outcomes, store)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -266,6 +267,13 @@ def _until_finished(
                 )
                 said = True
             time.sleep(min(5.0, launch.timeout / 4))
+
+
+def _broken_pipe() -> None:
+    """stdout's reader went away (`fedbench run ... | head -1`): stop printing and let `run`
+    release its jobs (rich's default would exit with status 1 at once, jobs left running)."""
+    console.quiet = True
+    raise BrokenPipeError
 
 
 def _check_experiment_owner(store: Store, g: gridlib.Grid, grid: Path) -> None:
