@@ -311,3 +311,18 @@ def _pids_in_group(pgid: int) -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True).stdout
     rows = (line.split() for line in out.splitlines())
     return [int(p) for p, g, stat in rows if int(g) == pgid and not stat.startswith("Z")]
+
+
+def test_ls_shows_who_holds_each_running_job(tmp_path: Path) -> None:
+    import json
+
+    from test_cli import invoke
+
+    db = tmp_path / "ls.db"
+    with new_store(str(db), ["aaaa0001", "bbbb0002"]) as s:
+        assert s.claim("aaaa0001", "L/1", "node-7:4242", timeout=60) is not None
+    result = invoke("ls", "--db", db, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {r["key"]: r for r in json.loads(result.stdout)}
+    assert rows["aaaa0001"]["holder"] == "node-7:4242" and rows["aaaa0001"]["status"] == "running"
+    assert rows["bbbb0002"]["holder"] is None
