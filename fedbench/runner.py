@@ -341,13 +341,16 @@ def preflight(jobs: list[Job], path: str) -> list[str]:
     from fedbench.data import DataError
 
     problems: dict[str, None] = {}
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # task -> bytes of one sample's features (float32)
     for job in jobs:
         t = job.config["task"]
         key = json.dumps(t, sort_keys=True)
+        batch = job.config["algorithm"].get("batch_size")
         if key in seen:
+            if isinstance(batch, int) and seen[key] and _batch_problem(path, batch, seen[key]):
+                problems[_batch_problem(path, batch, seen[key])] = None
             continue
-        seen.add(key)
+        seen[key] = 0
         try:
             fd = load_dataset(t)
             model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
@@ -358,6 +361,9 @@ def preflight(jobs: list[Job], path: str) -> list[str]:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             problems[f"{path}: [task] model = {t['model']!r} cannot be built here: {first}"] = None
             continue
+        seen[key] = 4 * max(1, math.prod(fd.input_shape))
+        if isinstance(batch, int) and _batch_problem(path, batch, seen[key]):
+            problems[_batch_problem(path, batch, seen[key])] = None
         copies = SERVER_COPIES + min(int(t.get("clients", 1)), CLIENT_ROWS)
         need, have = copies * 4 * model.d, _physical_memory()
         if have and need > have:
@@ -367,6 +373,17 @@ def preflight(jobs: list[Job], path: str) -> list[str]:
                 f"{have / 2**30:.1f} GiB; allowed: a smaller model"
             ] = None
     return list(problems)
+
+
+def _batch_problem(path: str, batch: int, sample_bytes: int) -> str:
+    """Why a minibatch of `batch` samples (drawn with replacement) cannot fit, or ""."""
+    need, have = batch * sample_bytes, _physical_memory()
+    if not have or need <= have:
+        return ""
+    return (
+        f"{path}: [algorithm] batch_size = {batch}: one minibatch needs {need / 2**30:.1f} GiB, "
+        f'this machine has {have / 2**30:.1f} GiB; allowed: a smaller batch_size, or "full"'
+    )
 
 
 # a lower bound of the [d] vectors a job holds: the server's (x, its state, the broadcast,

@@ -481,3 +481,18 @@ def test_a_killed_pool_worker_requeues_its_job_and_the_grid_goes_on(tmp_path: Pa
     assert "Traceback" not in out and "BrokenProcessPool" not in out
     assert {s for s, _ in status_and_rounds(db).values()} == {"done"}
     assert all(r == list(range(rounds + 1)) for r in rows_per_run(db).values())
+
+
+def test_values_that_passed_validation_then_failed_at_run_time_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 10: lr = 1.7e308 (overflows float32 tensors) and batch_size = 10**9 (a 238 GiB
+    minibatch; on a machine of 16 GiB here) are one-line errors before anything runs."""
+    from fedbench import runner
+
+    monkeypatch.setattr(runner, "_physical_memory", lambda: 16 * 2**30)
+    line = _run_error(tmp_path, BASE + "[algorithm]\nlr = 1.7e308\n")
+    assert "algorithm.lr = 1.7e+308" in line and "3.4e38" in line
+    line = _run_error(tmp_path, BASE + "[algorithm]\nbatch_size = 1000000000\n")
+    assert "batch_size = 1000000000: one minibatch needs 238.4 GiB" in line
+    assert "16.0 GiB" in line
