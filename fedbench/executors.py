@@ -110,7 +110,11 @@ class WorkerDiedError(RuntimeError):
 
 
 def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """In a child process: Ctrl-C, SIGTERM and SIGHUP (sent to the whole process group by a
+    terminal or by SLURM) are the parent's to handle: it stops the children itself, and they
+    exit by themselves if it dies."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     _exit_with_parent()
 
 

@@ -203,6 +203,8 @@ def run(
             markup=False,
         )
         raise typer.Exit(128 + signal.SIGPIPE) from None
+    finally:
+        os.environ.pop(runner.LAUNCH_ENV, None)  # this launch is over (matters in-process)
 
 
 class Interrupted(KeyboardInterrupt):
