@@ -64,7 +64,10 @@ def child_env(tmp_path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- signals
 
 
-@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGTERM, "1"), (signal.SIGHUP, "2")])
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [(signal.SIGTERM, "1"), pytest.param(signal.SIGHUP, "2", marks=pytest.mark.slow)],
+)
 def test_sigterm_and_sighup_behave_like_ctrl_c(tmp_path: Path, sig: int, workers: str) -> None:
     """A real `fedbench run` gets SIGTERM (what timeout, SLURM, Kubernetes send) or SIGHUP
     mid-job: it exits with 128 + the signal, says so, leaves no run `running` (the job in

@@ -247,7 +247,7 @@ def _wait_for(pred: Any, limit: float, what: str) -> Any:
     pytest.fail(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("how", ["kill", "stop"])
+@pytest.mark.parametrize("how", ["kill", pytest.param("stop", marks=pytest.mark.slow)])
 def test_a_launcher_dying_or_hanging_mid_grid_has_its_job_taken_over(
     tmp_path: Path, how: str
 ) -> None:
