@@ -20,8 +20,11 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.managers import SyncManager
 from typing import Any, NamedTuple
 
@@ -75,13 +78,15 @@ def plan_slots(device: torch.device, workers: int, jobs_per_gpu: int = 1) -> lis
 def run_job(job: Job, url: str, slot: Slot, emit: Callable[[Event], None]) -> runner.Outcome:
     """Run one job on `slot`, writing to the database at `url`; events go to `emit`."""
     torch.set_num_threads(slot.threads)
-    emit(Event("start", job.key, 0, {}))
 
     def progress(j: Job, t: int, m: dict[str, float]) -> None:
         emit(Event("round", j.key, t, dict(m)))
 
+    def started() -> None:  # once the job's lease is ours
+        emit(Event("start", job.key, 0, {}))
+
     with Store(url) as store:
-        out = runner.execute(job, store, torch.device(slot.device), progress)
+        out = runner.execute(job, store, torch.device(slot.device), progress, started)
     emit(Event("end", job.key, out.rounds, out.final, out))
     return out
 
@@ -96,8 +101,35 @@ def run_in_process(jobs: Sequence[Job], url: str, slot: Slot, on_event: OnEvent)
 _worker: dict[str, Any] = {}  # per worker process: its slot and the event queue
 
 
+class WorkerDiedError(RuntimeError):
+    """A pool worker died (killed, out of memory); `keys` are the jobs that were in flight."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"a worker process died with {len(keys)} job(s) in flight")
+        self.keys = keys
+
+
 def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """In a child process: Ctrl-C, SIGTERM and SIGHUP (sent to the whole process group by a
+    terminal or by SLURM) are the parent's to handle: it stops the children itself, and they
+    exit by themselves if it dies."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _exit_with_parent()
+
+
+def _exit_with_parent(every: float = 0.5) -> None:
+    """Exit this child process as soon as its parent is gone (killed with -9 or a signal):
+    a daemon thread watches for the parent process id to change (re-parented to init)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _init_worker(slots: Any, events: Any) -> None:
@@ -116,7 +148,9 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
 
     Ctrl-C (or any error here): the workers are killed at once and the exception propagates;
     the caller puts the runs they had started back to pending. A kill loses at most the round
-    in flight: every round is its own transaction."""
+    in flight: every round is its own transaction. A worker that dies (killed, out of memory)
+    breaks the pool: the others are stopped and `WorkerDiedError` names the jobs in flight, for
+    the caller to requeue. Workers exit by themselves when this process dies."""
     ctx = mp.get_context("spawn")  # no forked CUDA or OpenMP state
     manager = SyncManager(ctx=ctx)
     manager.start(_ignore_sigint)
@@ -131,14 +165,27 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
             pending: set[Future[runner.Outcome]] = {
                 pool.submit(_pool_job, job, url) for job in jobs
             }
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, on_event)
-                for f in done:
-                    f.result()  # a worker that died raises here (BrokenProcessPool)
-            _drain(events, on_event)
+            in_flight: set[str] = set()
+
+            def relay(e: Event) -> None:
+                if e.kind == "start":
+                    in_flight.add(e.key)
+                elif e.kind == "end":
+                    in_flight.discard(e.key)
+                on_event(e)
+
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    _drain(events, relay)
+                    for f in done:
+                        f.result()  # a worker that died raises here (BrokenProcessPool)
+                _drain(events, relay)
+            except BrokenProcessPool:
+                _drain(events, relay)
+                raise WorkerDiedError(sorted(in_flight)) from None
         except BaseException:
-            for proc in list(getattr(pool, "_processes", {}).values()):
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
             pool.shutdown(wait=False, cancel_futures=True)
             raise

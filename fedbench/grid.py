@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import sys
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,14 +315,47 @@ def _fields_taken(section: str, cfg: Mapping[str, Any]) -> str:
 # -- parsing and expansion -------------------------------------------------------------------
 
 
-def load(path: str | Path) -> Grid:
-    """Read, expand and validate a grid file; GridError lists every problem, one per line."""
+MAX_JOBS = 100_000  # a grid expanding to more jobs is refused unless the caller allows more
+MAX_NAME = 100  # characters of an experiment name (it names files and directories)
+MAX_SEED = 2**63 - 1  # seeds are stored as 64-bit signed integers
+
+
+def load(path: str | Path, max_jobs: int = MAX_JOBS) -> Grid:
+    """Read, expand and validate a grid file; GridError lists every problem, one per line.
+    More than `max_jobs` jobs is a problem (checked before anything is expanded)."""
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > 10_000_000:
+            raise GridError([f"{p}: a grid file of {p.stat().st_size} bytes; allowed: < 10 MB"])
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise GridError([f"{p}: cannot read grid file ({e.strerror or e})"]) from None
-    return parse(text, p)
+    except UnicodeDecodeError as e:
+        raise GridError(
+            [f"{p}: not a UTF-8 text file (byte {e.start}); a grid file is TOML text"]
+        ) from None
+    try:
+        empty = not tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        empty = False  # parse reports it
+    if empty:
+        raise GridError([f"{p}: empty grid file; see experiments/quickstart.toml for one"])
+    return parse(text, p, max_jobs)
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be an experiment name (it names plot directories and files), or
+    None: a non-empty string of at most MAX_NAME characters without `/`, `\\`, `..` or
+    control characters."""
+    if not isinstance(name, str) or not name.strip():
+        return "allowed: a non-empty string"
+    if len(name) > MAX_NAME:
+        return f"{len(name)} characters; allowed: at most {MAX_NAME}"
+    if "/" in name or "\\" in name or ".." in name:
+        return "allowed: no '/', '\\' or '..' (the name becomes a file name)"
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        return "allowed: no control characters (NUL, escape sequences, newlines)"
+    return None
 
 
 class Family(NamedTuple):
@@ -332,7 +367,7 @@ class Family(NamedTuple):
     inherited: frozenset[str] = frozenset()  # axes a variant takes from [grid] unchanged
 
 
-def parse(text: str, path: Path) -> Grid:
+def parse(text: str, path: Path, max_jobs: int = MAX_JOBS) -> Grid:
     """Expand and validate grid text; every problem of the file is reported at once."""
     try:
         raw = tomllib.loads(text)
@@ -342,10 +377,23 @@ def parse(text: str, path: Path) -> Grid:
     say = problems.append
     base = _base_sections(raw, path, say)
     given_seeds = base["experiment"].pop("seeds", [0])
-    seeds = _seeds(given_seeds, path, say)
+    seeds = _seeds(given_seeds, path, say, max_jobs)
     if not base["experiment"].get("name"):
         base["experiment"]["name"] = path.stem
+    bad_name = name_problem(base["experiment"]["name"])
+    if bad_name:
+        shown = _show(base["experiment"]["name"])
+        say(f"{path}: [experiment] name = {_strip_controls(shown)[:60]}: {bad_name}")
     families = _families(raw, path, say)
+    total = len(seeds) * sum(math.prod(len(v) for v in f.axes.values()) for f in families)
+    if total > max_jobs:  # refused before expanding anything
+        say(
+            f"{path}: the grid expands to {total} jobs; allowed: at most {max_jobs} "
+            "(fedbench run --max-jobs N allows more)"
+        )
+        raise GridError(list(dict.fromkeys(problems)))
+    if total >= 20_000:
+        print(f"expanding {total} jobs of {path}…", file=sys.stderr, flush=True)
     jobs, ignored = _expand(base, families, seeds, path, say)
     if problems:
         raise GridError(list(dict.fromkeys(problems)))
@@ -511,20 +559,27 @@ def _check_keys(table: Mapping[str, Any], where: str, path: Path, say: Any) -> d
     return good
 
 
-def _seeds(value: Any, path: Path, say: Any) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+def _seeds(value: Any, path: Path, say: Any, max_jobs: int = MAX_JOBS) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= max_jobs:
         return list(range(value))
     if (
         isinstance(value, list)
-        and value
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+        and 0 < len(value) <= max_jobs
+        and all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in value
+        )
     ):
         return list(dict.fromkeys(value))
     say(
-        f"{path}: [experiment] seeds = {_show(value)}: allowed: "
-        "a non-empty list of integers >= 0, or a count >= 1"
+        f"{path}: [experiment] seeds = {_show(value)[:60]}: allowed: "
+        f"a non-empty list of integers >= 0 (at most {max_jobs} of them, each <= 2**63 - 1), "
+        f"or a count >= 1 (at most {max_jobs}; fedbench run --max-jobs N allows more)"
     )
     return [0]
+
+
+def _strip_controls(text: str) -> str:
+    return "".join(c if not unicodedata.category(c).startswith("C") else "?" for c in text)
 
 
 # -- resolution of one job -------------------------------------------------------------------
@@ -751,6 +806,10 @@ def job_key(config: Mapping[str, Any], seed: int) -> str:
             if not (section == "experiment" and k in NOT_KEYED)
             and not (k in schema and schema[k].since and v == schema[k].default)
         }
+        for k, v in fields.items():  # values whose computation was fixed later: a new key
+            fixed = [rel for val, rel in (schema[k].changed if k in schema else ()) if val == v]
+            if fixed:
+                keyed[section][f"{k}@"] = fixed[-1]
     blob = json.dumps(
         {"config": keyed, "seed": seed},
         sort_keys=True,

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+FLOAT32_MAX = 3.4028234663852886e38
+
 Kind = Literal["int", "float", "bool", "str", "int_list", "int_or_full", "float_or_str"]
 
 
@@ -37,6 +39,9 @@ class Param:
     # the release that added this field to an existing section or component: while it holds
     # its default it is left out of job keys, so runs recorded before it existed keep their key
     since: str = ""
+    # (value, release) pairs: values whose numbers changed in that release (a fix), so jobs
+    # holding them get a new key and rerun instead of reusing runs of the old computation
+    changed: tuple[tuple[Any, str], ...] = ()
 
     def allowed(self) -> str:
         """Human description of the allowed values, used in error messages."""
@@ -65,6 +70,14 @@ class Param:
 
     def check(self, value: Any) -> Any:
         """Return the normalised value or raise ValueError naming what is allowed."""
+        if (
+            self.kind in ("float", "float_or_str")
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(float(value))
+            and abs(float(value)) > FLOAT32_MAX
+        ):  # it would overflow the float32 tensors at run time
+            raise ValueError(f"got {value!r}; allowed: {self.allowed()} of magnitude <= 3.4e38")
         v = _coerce(self.kind, value)
         if v is None:
             raise ValueError(f"got {value!r}; allowed: {self.allowed()}")

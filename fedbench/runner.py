@@ -11,9 +11,13 @@ import ctypes
 import functools
 import json
 import math
+import os
 import socket
+import sys
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ from fedbench.grid import Job, run_config
 from fedbench.models import build_model
 from fedbench.network import build_network, charged_seconds
 from fedbench.seeding import RoundRng
-from fedbench.store import RunSpec, Store
+from fedbench.store import Claim, LeaseLostError, RunSpec, Store, StoreError
 from fedbench.task import ClientData, Task
 
 Progress = Callable[[Job, int, dict[str, float]], None]  # (job, round, metrics) after each round
@@ -38,11 +42,12 @@ Progress = Callable[[Job, int, dict[str, float]], None]  # (job, round, metrics)
 @dataclass(frozen=True)
 class Outcome:
     key: str
-    status: str  # done | failed | diverged
+    status: str  # done | failed | diverged; skipped (another launcher holds it) | lost
     error: str | None
     rounds: int
     seconds: float
     final: dict[str, float]
+    note: str | None = None  # e.g. "took over from HOST:PID"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -111,35 +116,141 @@ def run_spec(job: Job) -> RunSpec:
     )
 
 
+LAUNCH_ENV = "FEDBENCH_LAUNCH"  # set by `fedbench run` for its workers: the launch's lease
+TIMEOUT_ENV = "FEDBENCH_LEASE_TIMEOUT"  # seconds without a heartbeat before a takeover
+DEFAULT_LEASE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one `fedbench run` process tells every job it runs about leases: the prefix of
+    its lease tokens (so it can release its runs at once), the stale timeout and the statuses
+    a job may be claimed from."""
+
+    prefix: str
+    timeout: float = DEFAULT_LEASE_TIMEOUT
+    statuses: tuple[str, ...] = ("pending",)
+
+    def to_env(self) -> str:
+        return json.dumps([self.prefix, self.timeout, list(self.statuses)])
+
+    @staticmethod
+    def new(timeout: float, statuses: tuple[str, ...]) -> Launch:
+        return Launch(
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", timeout, statuses
+        )
+
+    @staticmethod
+    def current() -> Launch:
+        """The launch of this process: from $FEDBENCH_LAUNCH (set by `fedbench run`, inherited
+        by its workers), else a new one with $FEDBENCH_LEASE_TIMEOUT or the default."""
+        raw = os.environ.get(LAUNCH_ENV)
+        if raw:
+            prefix, timeout, statuses = json.loads(raw)
+            return Launch(str(prefix), float(timeout), tuple(statuses))
+        return Launch.new(lease_timeout(), ("pending",))
+
+
+def lease_timeout() -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_LEASE_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"${TIMEOUT_ENV} = {raw!r}: allowed: a number of seconds > 0")
+    return value
+
+
+class _Heartbeat:
+    """Renews a run's lease every timeout/4 seconds from a daemon thread until stopped."""
+
+    def __init__(self, store: Store, run_id: int, token: str, timeout: float) -> None:
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        args = (store, run_id, token, max(0.05, timeout / 4))
+        self._thread = threading.Thread(target=self._beat, args=args, daemon=True)
+        self._thread.start()
+
+    def _beat(self, store: Store, run_id: int, token: str, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                if not store.heartbeat(run_id, token):
+                    self.lost.set()
+                    return
+            except StoreError:
+                continue  # a busy or unreachable database: try again next beat
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def execute(
-    job: Job, store: Store, device: torch.device, progress: Progress | None = None
+    job: Job,
+    store: Store,
+    device: torch.device,
+    progress: Progress | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run `job`, writing to `store`: from its last checkpoint when it has one (and the
-    database holds that round), else from round 0. Never raises for a failure of the job."""
+    """Claim `job`'s run (a lease: see `Store.claim`) and run it, writing to `store`: from its
+    last checkpoint when it has one (and the database holds that round), else from round 0.
+    A run held by another live launcher is `skipped`; a run taken over from us midway is
+    `lost` (we stop writing). Never raises for a failure of the job."""
+    launch = Launch.current()
+    token = f"{launch.prefix}/{uuid.uuid4().hex[:12]}"
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    claim = store.claim(job.key, token, owner, launch.timeout, launch.statuses)
+    if claim is None:
+        return Outcome(job.key, "skipped", "held by another launcher", 0, 0.0, {})
+    if on_start is not None:
+        on_start()
+    beat = _Heartbeat(store, claim.run_id, token, launch.timeout)
+    try:
+        return _claimed(job, store, device, progress, claim)
+    except KeyboardInterrupt:
+        store.mark_interrupted([claim.run_id], token)
+        raise
+    finally:
+        beat.stop()
+
+
+def _claimed(
+    job: Job, store: Store, device: torch.device, progress: Progress | None, claim: Claim
+) -> Outcome:
     start = time.perf_counter()
+    token = claim.token
     folder = checkpoint.directory(store.url)
     ckpt = None
     if job.config["experiment"]["checkpoint_every"] > 0:
         ckpt = checkpoint.load(folder, job.key, device)
-        logged = store.last_round(int(store.get_run(job.key)["id"]))
+        logged = store.last_round(claim.run_id)
         if ckpt is not None and (logged is None or logged < ckpt.round):
             ckpt = None  # this database does not have the checkpoint's rounds
     resume = None if ckpt is None else ckpt.round
-    run_id = store.start_run(job.key, socket.gethostname(), str(device), resume_round=resume)
+    rounds = int(job.config["experiment"]["rounds"])
     final: dict[str, float] = {}
     try:
-        status, error, rounds_done, final = _loop(
-            job, store, run_id, device, start, progress, folder, ckpt
+        run_id = store.start_run(
+            job.key, socket.gethostname(), str(device), resume_round=resume, token=token
         )
-    except KeyboardInterrupt:
-        store.mark_interrupted([run_id])
-        raise
-    except Exception as e:
-        status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
-        rounds_done = store.last_round(run_id) or 0
-    store.finish_run(run_id, status, error)
+        try:
+            status, error, rounds_done, final = _loop(
+                job, store, run_id, device, start, progress, folder, ckpt, token
+            )
+        except (LeaseLostError, BrokenPipeError):  # not the job's failure
+            raise
+        except Exception as e:
+            status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+            rounds_done = store.last_round(run_id) or 0
+        status = store.finish_run(
+            run_id, status, error, token=token, rounds=rounds if status == "done" else None
+        )
+    except LeaseLostError as e:  # another launcher took the run over: it is theirs now
+        return Outcome(job.key, "lost", str(e), 0, time.perf_counter() - start, final)
     checkpoint.remove(folder, job.key)
-    return Outcome(job.key, status, error, rounds_done, time.perf_counter() - start, final)
+    note = f"took over from {claim.taken_over}" if claim.taken_over else None
+    return Outcome(job.key, status, error, rounds_done, time.perf_counter() - start, final, note)
 
 
 def _loop(
@@ -151,6 +262,7 @@ def _loop(
     progress: Progress | None,
     folder: Path,
     ckpt: checkpoint.Checkpoint | None,
+    token: str | None = None,
 ) -> tuple[str, str | None, int, dict[str, float]]:
     exp = job.config["experiment"]
     rounds, every, save_every = exp["rounds"], exp["eval_every"], exp["checkpoint_every"]
@@ -174,7 +286,7 @@ def _loop(
             metrics.update(alg.metrics(state, env))
         if eps is not None:
             metrics["epsilon"] = eps.epsilon(0)
-        store.log_round(run_id, 0, metrics)
+        store.log_round(run_id, 0, metrics, token)
         first = 1
     else:  # resume after the checkpoint's round
         state, bits_up, bits_down, wall0 = ckpt.state, ckpt.bits_up, ckpt.bits_down, ckpt.wall_s
@@ -207,7 +319,7 @@ def _loop(
                 metrics["epsilon"] = eps.epsilon(t)
             finite = math.isfinite(metrics["train_loss"])
         metrics["wall_s"] = wall0 + time.perf_counter() - start
-        store.log_round(run_id, t, metrics)
+        store.log_round(run_id, t, metrics, token)
         if progress is not None:
             progress(job, t, metrics)
         if not finite:
@@ -215,7 +327,15 @@ def _loop(
         if save_every and t % save_every == 0 and t < rounds:
             extra = {"sim_time_s": sim_time}
             ckpt_t = checkpoint.Checkpoint(t, state, bits_up, bits_down, metrics["wall_s"], extra)
-            checkpoint.save(folder, job.key, ckpt_t)
+            try:
+                checkpoint.save(folder, job.key, ckpt_t)
+            except (checkpoint.CheckpointError, TypeError) as e:  # full disk, odd state
+                save_every = 0  # this run goes on without checkpoints
+                print(
+                    f"warning: job {job.key}: {e}; continuing without checkpoints",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return "done", None, rounds, metrics
 
 
@@ -254,16 +374,58 @@ def preflight(jobs: list[Job], path: str) -> list[str]:
     from fedbench.data import DataError
 
     problems: dict[str, None] = {}
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # task -> bytes of one sample's features (float32)
     for job in jobs:
         t = job.config["task"]
         key = json.dumps(t, sort_keys=True)
+        batch = job.config["algorithm"].get("batch_size")
         if key in seen:
+            if isinstance(batch, int) and seen[key] and _batch_problem(path, batch, seen[key]):
+                problems[_batch_problem(path, batch, seen[key])] = None
             continue
-        seen.add(key)
+        seen[key] = 0
         try:
             fd = load_dataset(t)
-            build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+            model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
         except (DataError, ValueError) as e:
             problems[f"{path}: [task] {e}"] = None
+            continue
+        except (RuntimeError, MemoryError) as e:  # e.g. the allocator refusing a huge model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            problems[f"{path}: [task] model = {t['model']!r} cannot be built here: {first}"] = None
+            continue
+        seen[key] = 4 * max(1, math.prod(fd.input_shape))
+        if isinstance(batch, int) and _batch_problem(path, batch, seen[key]):
+            problems[_batch_problem(path, batch, seen[key])] = None
+        copies = SERVER_COPIES + min(int(t.get("clients", 1)), CLIENT_ROWS)
+        need, have = copies * 4 * model.d, _physical_memory()
+        if have and need > have:
+            problems[
+                f"{path}: [task] model = {t['model']!r} has {model.d} parameters: at least "
+                f"{need / 2**30:.1f} GiB ({copies} float32 vectors) but this machine has "
+                f"{have / 2**30:.1f} GiB; allowed: a smaller model"
+            ] = None
     return list(problems)
+
+
+def _batch_problem(path: str, batch: int, sample_bytes: int) -> str:
+    """Why a minibatch of `batch` samples (drawn with replacement) cannot fit, or ""."""
+    need, have = batch * sample_bytes, _physical_memory()
+    if not have or need <= have:
+        return ""
+    return (
+        f"{path}: [algorithm] batch_size = {batch}: one minibatch needs {need / 2**30:.1f} GiB, "
+        f'this machine has {have / 2**30:.1f} GiB; allowed: a smaller batch_size, or "full"'
+    )
+
+
+# a lower bound of the [d] vectors a job holds: the server's (x, its state, the broadcast,
+# the aggregate) and the client rows local training is vectorised over (up to 8 at once)
+SERVER_COPIES, CLIENT_ROWS = 4, 8
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0

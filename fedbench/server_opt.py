@@ -5,8 +5,10 @@ plain averaging is SGD with server lr 1. FedAvgM and FedAdam follow "Adaptive Fe
 Optimization" (Reddi et al., ICLR 2021, arXiv 2003.00295): momentum v ← βv + g, x ← x − ηv;
 Adam m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², x ← x − η m/(√v + τ) without bias correction,
 τ the adaptivity (default 1e-3). FedAdagrad and FedYogi (same paper, Algorithm 2) share Adam's
-m and step and change v: Adagrad v ← v + g², Yogi v ← v − (1−β₂) g² sign(v − g²); both start
-from v₋₁ = τ² (the algorithm asks v₋₁ ≥ τ²).
+m and step and change v: Adagrad v ← v + g², Yogi v ← v − (1−β₂) g² sign(v − g²). All three
+start from m₋₁ = 0, v₋₁ = τ² (Algorithm 2 initialises v₋₁ ≥ τ²). Before release 0.2 FedAdam
+started from v₋₁ = 0; its `server_opt = "adam"` jobs carry a changed key (`Param.changed`),
+so runs of the old computation are rerun, never reused.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ SERVER_PARAMS = {
         "server optimizer on the pseudo-gradient",
         "str",
         choices=("sgd", "momentum", "adam", "adagrad", "yogi"),
+        changed=(("adam", "0.2"),),  # v₋₁ = τ² (was 0): old FedAdam runs get new keys
     ),
     "server_lr": Param(1.0, "server (global) learning rate η_g", low=0.0, low_open=True),
     "server_momentum": Param(
@@ -72,7 +75,7 @@ def adam(lr: float, beta1: float, beta2: float, eps: float) -> ServerOpt:
         v = beta2 * s.v + (1 - beta2) * g * g
         return x - lr * m / (v.sqrt() + eps), AdamState(m, v)
 
-    return ServerOpt(lambda x: AdamState(torch.zeros_like(x), torch.zeros_like(x)), update)
+    return ServerOpt(lambda x: _adaptive_init(x, eps), update)
 
 
 def adagrad(lr: float, beta1: float, eps: float) -> ServerOpt:

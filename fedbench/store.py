@@ -8,9 +8,20 @@ Tables:
 
 - ``experiments(id, name unique, grid_path, grid_toml, created_at)``
 - ``runs(id, key unique, experiment_id, seed, algorithm, compressor, dataset, model, config,
-  status, error, started_at, finished_at, host, device, fedbench_version, torch_version)``
+  status, error, started_at, finished_at, host, device, fedbench_version, torch_version,
+  lease_token, lease_owner, heartbeat_at, attempts)``
 - ``metrics(run_id, round, name, value)``, primary key ``(run_id, round, name)``
 - ``meta(key, value)``: ``schema_version``, so later migrations can be idempotent.
+
+Leases (schema version 2): a launcher claims a run in one transaction (`claim`): the run
+gets a fresh `lease_token`, `lease_owner` = "host:pid" of the process running it, a
+`heartbeat_at` the holder renews (`heartbeat`) and `attempts` + 1. A run can be claimed when
+it is pending (or failed, when asked), or running with a stale lease: its heartbeat older than
+the caller's timeout, or its holder a process of this host that no longer exists. Every write
+of a run (`start_run`, `log_round`, `finish_run`, `release`) given a token checks it in the
+same transaction and raises `LeaseLostError` when another launcher took the run over; `finish_run`
+never records `done` unless rounds 0..R all have rows. Heartbeats compare against the
+database's clock on PostgreSQL (many hosts), the local clock on SQLite (one host).
 
 Conventions:
 
@@ -28,6 +39,7 @@ import functools
 import json
 import math
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,7 +62,8 @@ ENV_VAR = "FEDBENCH_DB"
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 FINAL_STATUSES = ("done", "failed", "diverged")
 TABLES = ("experiments", "runs", "metrics")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lease columns on runs
+LEASE_COLUMNS = ("lease_token", "lease_owner", "heartbeat_at", "attempts")
 MIN_PREFIX = 4  # shortest key prefix get_run accepts
 _CHUNK = 500  # values per IN (...) clause: well below every backend's parameter limit
 _WRITE = "fedbench_write"  # execution option: this transaction writes
@@ -60,6 +73,19 @@ _BUSY_TIMEOUT_MS = 30_000
 
 class StoreError(RuntimeError):
     """A database problem the user can act on; the message is one line."""
+
+
+class LeaseLostError(StoreError):
+    """Another launcher holds this run now (our lease went stale and was taken over)."""
+
+
+class Claim(NamedTuple):
+    """A run this process holds: write with `token`."""
+
+    run_id: int
+    token: str
+    attempts: int
+    taken_over: str | None  # the stale holder we took the run from, if any
 
 
 class RunSpec(NamedTuple):
@@ -173,6 +199,10 @@ RUNS = sa.Table(
     sa.Column("device", sa.String(64)),
     sa.Column("fedbench_version", sa.String(64)),
     sa.Column("torch_version", sa.String(64)),
+    sa.Column("lease_token", sa.String(64)),
+    sa.Column("lease_owner", _NAME),  # "host:pid" of the process running the run
+    sa.Column("heartbeat_at", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
 )
 
 METRICS = sa.Table(
@@ -216,6 +246,9 @@ RUN_COLUMNS = (
     "device",
     "fedbench_version",
     "torch_version",
+    "lease_owner",
+    "heartbeat_at",
+    "attempts",
     "rounds_logged",
 )
 METRIC_COLUMNS = ("run_id", "round", "name", "value")
@@ -456,32 +489,78 @@ class Store:
         return engine
 
     def _ensure_schema(self) -> None:
-        """Create missing tables and the schema version (idempotent, safe to race)."""
+        """Create missing tables and the schema version, add the lease columns of version 2
+        to a version-1 database (idempotent, safe to race). A database that is not
+        fedbench's (our table names without `meta`, or a `metrics` table without its primary
+        key) is refused before anything is written to it."""
         with self._read("cannot open database") as conn:
-            present = set(sa.inspect(conn).get_table_names())
+            insp = sa.inspect(conn)
+            present = set(insp.get_table_names())
             version = self._schema_version(conn) if "meta" in present else None
-        if version is None or not present.issuperset(_metadata.tables):
-            with self._write("cannot create the tables of") as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK)))
-                _metadata.create_all(conn)
-                version = self._schema_version(conn)
-                if version is None:
-                    conn.execute(
-                        sa.insert(META).values(key="schema_version", value=str(SCHEMA_VERSION))
-                    )
-                    version = SCHEMA_VERSION
-        if version > SCHEMA_VERSION:
+            self._refuse_foreign(conn, present, version)
+            columns = {c["name"] for c in insp.get_columns("runs")} if "runs" in present else set()
+        if version is not None and version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.url}: database schema version {version} is newer than this "
                 f"fedbench supports ({SCHEMA_VERSION}); upgrade fedbench"
             )
+        stale = version is None or version < SCHEMA_VERSION
+        stale = stale or not present.issuperset(_metadata.tables)
+        if stale or ("runs" in present and not columns.issuperset(LEASE_COLUMNS)):
+            self._create_or_migrate()
 
-    @staticmethod
-    def _schema_version(conn: Connection) -> int | None:
+    def _refuse_foreign(self, conn: Connection, present: set[str], version: int | None) -> None:
+        ours = present & set(TABLES)
+        if ours and "meta" not in present:
+            raise StoreError(
+                f"{self.url}: not a fedbench database (it has table(s) {', '.join(sorted(ours))}"
+                " but no meta table); use another --db"
+            )
+        if "meta" in present and version is None and ours:
+            raise StoreError(f"{self.url}: not a fedbench database (no schema_version in meta)")
+        if "metrics" in present:
+            pk = sa.inspect(conn).get_pk_constraint("metrics").get("constrained_columns") or []
+            if sorted(pk) != ["name", "round", "run_id"]:
+                raise StoreError(
+                    f"{self.url}: table metrics has primary key ({', '.join(pk) or 'none'}); "
+                    "fedbench needs (run_id, round, name): not a fedbench database"
+                )
+
+    def _create_or_migrate(self) -> None:
+        with self._write("cannot create the tables of") as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK)))
+            _metadata.create_all(conn)
+            have = {c["name"] for c in sa.inspect(conn).get_columns("runs")}
+            for col in RUNS.columns:
+                if col.name in LEASE_COLUMNS and col.name not in have:
+                    ddl = col.type.compile(dialect=conn.dialect)
+                    extra = " NOT NULL DEFAULT 0" if col.name == "attempts" else ""
+                    conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {col.name} {ddl}{extra}")
+            version = self._schema_version(conn)
+            if version is None:
+                conn.execute(
+                    sa.insert(META).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+            elif version < SCHEMA_VERSION:
+                conn.execute(
+                    sa.update(META)
+                    .where(META.c.key == "schema_version")
+                    .values(value=str(SCHEMA_VERSION))
+                )
+
+    def _schema_version(self, conn: Connection) -> int | None:
         q = sa.select(META.c.value).where(META.c.key == "schema_version")
         value = conn.execute(q).scalar_one_or_none()
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise StoreError(
+                f"{self.url}: meta.schema_version = {value!r} is not a number: "
+                "not a fedbench database or a damaged one"
+            ) from None
 
     @contextmanager
     def _transaction(self, write: bool, what: str) -> Iterator[Connection]:
@@ -526,6 +605,21 @@ class Store:
             q = sa.select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)
             return int(conn.execute(q).scalar_one())
 
+    def experiment_grid(self, name: str) -> tuple[str, str] | None:
+        """(grid path, grid text) stored for experiment `name`, None if there is none."""
+        q = sa.select(EXPERIMENTS.c.grid_path, EXPERIMENTS.c.grid_toml)
+        with self._read() as conn:
+            row = conn.execute(q.where(EXPERIMENTS.c.name == name)).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database: each connection and process sees its own, empty."""
+        db = self._url.database
+        return self._url.get_backend_name() == "sqlite" and (
+            not db or db == ":memory:" or "mode=memory" in str(self._url)
+        )
+
     def ensure_runs(self, experiment_id: int, specs: Sequence[RunSpec]) -> dict[str, RunInfo]:
         """Insert a `pending` run for every key not yet in the database (one transaction);
         returns the current state of every given key (existing runs are left untouched)."""
@@ -547,18 +641,147 @@ class Store:
         with self._read() as conn:
             return {k: info.status for k, info in _runs_by_key(conn, keys).items()}
 
-    def start_run(self, key: str, host: str, device: str, resume_round: int | None = None) -> int:
+    # ----------------------------------------------------------------- leases
+
+    def _db_now(self, conn: Connection) -> datetime:
+        """The clock leases are compared on: the server's on PostgreSQL, ours elsewhere."""
+        if conn.dialect.name == "postgresql":
+            value = conn.execute(sa.select(sa.func.now())).scalar_one()
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return _now()
+
+    def claim(
+        self,
+        key: str,
+        token: str,
+        owner: str,
+        timeout: float,
+        statuses: Sequence[str] = ("pending",),
+    ) -> Claim | None:
+        """Take run `key` for the caller (one transaction) when its status is one of
+        `statuses` or it is running under a stale lease (see the module docstring); None when
+        another live launcher holds it or it has ended. The run becomes `running` under
+        `token`, with `owner` ("host:pid") and a fresh heartbeat."""
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(
+                    RUNS.c.id, RUNS.c.status, RUNS.c.lease_owner, RUNS.c.heartbeat_at,
+                    RUNS.c.attempts,
+                )
+                .where(RUNS.c.key == key)
+                .with_for_update()
+            ).first()  # fmt: skip
+            if row is None:
+                raise StoreError(f"unknown run key {key!r} in {self.url}")
+            now = self._db_now(conn)
+            taken_over = None
+            if row.status == "running":
+                if not lease_is_stale(row.lease_owner, row.heartbeat_at, now, timeout):
+                    return None
+                taken_over = row.lease_owner or "unknown holder"
+            elif row.status not in statuses:
+                return None
+            attempts = int(row.attempts or 0) + 1
+            conn.execute(
+                sa.update(RUNS)
+                .where(RUNS.c.id == row.id)
+                .values(
+                    status="running",
+                    lease_token=token,
+                    lease_owner=owner,
+                    heartbeat_at=now,
+                    attempts=attempts,
+                )
+            )
+        return Claim(int(row.id), token, attempts, taken_over)
+
+    def heartbeat(self, run_id: int, token: str) -> bool:
+        """Renew our lease; False when the run is no longer ours."""
+        with self._write() as conn:
+            q = sa.update(RUNS).where(
+                RUNS.c.id == run_id, RUNS.c.lease_token == token, RUNS.c.status == "running"
+            )
+            return bool(conn.execute(q.values(heartbeat_at=self._db_now(conn))).rowcount)
+
+    def claimable(self, keys: Sequence[str], timeout: float, statuses: Sequence[str]) -> list[str]:
+        """The keys among `keys` a `claim` would take now (read only)."""
+        q = sa.select(RUNS.c.key, RUNS.c.status, RUNS.c.lease_owner, RUNS.c.heartbeat_at)
+        out: set[str] = set()
+        with self._read() as conn:
+            now = self._db_now(conn)
+            for part in _chunks(list(keys)):
+                for r in conn.execute(q.where(RUNS.c.key.in_(part))):
+                    if r.status in statuses or (
+                        r.status == "running"
+                        and lease_is_stale(r.lease_owner, r.heartbeat_at, now, timeout)
+                    ):
+                        out.add(r.key)
+        return [k for k in keys if k in out]
+
+    def release(self, token_prefix: str, status: str = "pending", error: str | None = None) -> int:
+        """Every running run whose lease token starts with `token_prefix` (a launcher's runs)
+        goes to `status` (pending: back in the queue, metrics kept; or failed with `error`),
+        its lease cleared. Returns how many."""
+        if status not in ("pending", "failed"):
+            raise StoreError(f"release status {status!r}: allowed: pending, failed")
+        with self._write() as conn:
+            q = sa.update(RUNS).where(
+                RUNS.c.status == "running",
+                RUNS.c.lease_token.startswith(token_prefix, autoescape=True),
+            )
+            finished = _now() if status == "failed" else None
+            values = dict(status=status, error=error, finished_at=finished, lease_token=None)
+            return int(conn.execute(q.values(**values)).rowcount)
+
+    def fail_runs(self, keys: Sequence[str], error: str) -> None:
+        """Mark the given runs failed with `error` unless they have ended or are running."""
+        with self._write() as conn:
+            for part in _chunks(list(keys)):
+                q = sa.update(RUNS).where(RUNS.c.key.in_(part), RUNS.c.status == "pending")
+                conn.execute(q.values(status="failed", error=error, finished_at=_now()))
+
+    def _check_lease(self, conn: Connection, run_id: int, token: str | None) -> None:
+        """Raise LeaseLostError unless run `run_id` is running under `token` (None: no check).
+        Locks the row on PostgreSQL; SQLite writers already hold the write lock."""
+        if token is None:
+            return
+        q = sa.select(RUNS.c.lease_token, RUNS.c.status, RUNS.c.lease_owner)
+        row = conn.execute(q.where(RUNS.c.id == run_id).with_for_update()).first()
+        if row is None:
+            raise StoreError(f"unknown run id {run_id} in {self.url}")
+        if row.lease_token != token or row.status != "running":
+            raise LeaseLostError(
+                f"run {run_id}: lease lost (now {row.status}"
+                + (f", held by {row.lease_owner})" if row.lease_owner else ")")
+            )
+
+    # ----------------------------------------------------------------- runs
+
+    def start_run(
+        self,
+        key: str,
+        host: str,
+        device: str,
+        resume_round: int | None = None,
+        token: str | None = None,
+    ) -> int:
         """Mark run `key` running and return its id. Its metrics after `resume_round` (all of
-        them when None) are deleted, so a restarted run never duplicates rows."""
+        them when None) are deleted, so a restarted run never duplicates rows. With `token`
+        (a `claim`'s) nothing is written unless the run is still ours (else LeaseLostError); without
+        one the run has no lease (anyone may take it over)."""
         versions = {"fedbench_version": _fedbench_version(), "torch_version": _torch_version()}
         with self._write() as conn:
             run_id = conn.execute(sa.select(RUNS.c.id).where(RUNS.c.key == key)).scalar()
             if run_id is None:
                 raise StoreError(f"unknown run key {key!r} in {self.url}")
+            self._check_lease(conn, run_id, token)
             stale = METRICS.c.run_id == run_id
             if resume_round is not None:
                 stale = sa.and_(stale, METRICS.c.round > resume_round)
             conn.execute(sa.delete(METRICS).where(stale))
+            lease: dict[str, Any] = {}
+            if token is None:
+                lease = {"lease_token": None, "lease_owner": None, "heartbeat_at": None}
             conn.execute(
                 sa.update(RUNS)
                 .where(RUNS.c.id == run_id)
@@ -570,13 +793,17 @@ class Store:
                     host=host,
                     device=device,
                     **versions,
+                    **lease,
                 )
             )
         return int(run_id)
 
-    def log_round(self, run_id: int, round: int, metrics: Mapping[str, float]) -> None:
+    def log_round(
+        self, run_id: int, round: int, metrics: Mapping[str, float], token: str | None = None
+    ) -> None:
         """Write one round's metrics in one transaction; a (run, round, name) written before
-        gets the new value. NaN is stored as NULL, ±inf as is."""
+        gets the new value. NaN is stored as NULL, ±inf as is. With `token`: only while the
+        run is ours (else LeaseLostError, nothing written)."""
         rows = []
         for name, value in metrics.items():
             try:
@@ -590,25 +817,50 @@ class Store:
         if not rows:
             return
         with self._write() as conn:
+            self._check_lease(conn, run_id, token)
             _upsert(conn, METRICS, rows, ["run_id", "round", "name"], ["value"])
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
-        """Record the end of a run: `status` is one of done, failed, diverged."""
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        error: str | None = None,
+        token: str | None = None,
+        rounds: int | None = None,
+    ) -> str:
+        """Record the end of a run: `status` is one of done, failed, diverged; returns the
+        status recorded. With `token`: only while the run is ours (else LeaseLostError). With
+        `rounds` = R: `done` is recorded only when rounds 0..R all have rows, else the run is
+        `failed` naming the missing rounds. The lease is cleared."""
         if status not in FINAL_STATUSES:
             raise StoreError(f"finish_run status {status!r}: allowed: {', '.join(FINAL_STATUSES)}")
         with self._write() as conn:
+            self._check_lease(conn, run_id, token)
+            if status == "done" and rounds is not None:
+                missing = _missing_rounds(conn, run_id, rounds)
+                if missing:
+                    status = "failed"
+                    error = (
+                        f"incomplete: {len(missing)} of rounds 0..{rounds} have no rows "
+                        f"(first {missing[0]}); fedbench run --rerun-failed runs it again"
+                    )
             q = sa.update(RUNS).where(RUNS.c.id == run_id)
-            done = conn.execute(q.values(status=status, error=error, finished_at=_now()))
+            values = dict(status=status, error=error, finished_at=_now(), lease_token=None)
+            done = conn.execute(q.values(**values))
             if done.rowcount == 0:
                 raise StoreError(f"unknown run id {run_id} in {self.url}")
+        return status
 
-    def mark_interrupted(self, run_ids: Sequence[int]) -> None:
-        """Put running runs back to pending (after Ctrl-C); their metrics are kept."""
+    def mark_interrupted(self, run_ids: Sequence[int], token: str | None = None) -> None:
+        """Put running runs back to pending (after Ctrl-C); their metrics are kept. With
+        `token`: only runs still held under it."""
         ids = [int(i) for i in run_ids]
         with self._write() as conn:
             for part in _chunks(ids):
                 q = sa.update(RUNS).where(RUNS.c.id.in_(part), RUNS.c.status == "running")
-                conn.execute(q.values(status="pending", finished_at=None))
+                if token is not None:
+                    q = q.where(RUNS.c.lease_token == token)
+                conn.execute(q.values(status="pending", finished_at=None, lease_token=None))
 
     def delete_runs(self, run_ids: Sequence[int]) -> int:
         """Delete runs and their metrics (one transaction); returns how many runs went."""
@@ -762,6 +1014,34 @@ class Store:
             frame = frame.astype({"value": "float64"})
         stamps = [c.name for c in t.columns if isinstance(c.type, UTCDateTime)]
         return _utc_columns(frame, stamps)
+
+
+def lease_is_stale(
+    owner: str | None, heartbeat: datetime | None, now: datetime, timeout: float
+) -> bool:
+    """A running run's lease can be taken over: no heartbeat (a run started without a lease),
+    a heartbeat older than `timeout` seconds, or a holder process on this host that is gone."""
+    if heartbeat is None or (now - heartbeat).total_seconds() > timeout:
+        return True
+    host, _, pid = (owner or "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _missing_rounds(conn: Connection, run_id: int, rounds: int) -> list[int]:
+    """The rounds of 0..`rounds` without any metric row for the run."""
+    q = sa.select(METRICS.c.round).where(METRICS.c.run_id == run_id).distinct()
+    have = {int(r) for r in conn.execute(q).scalars()}
+    return [t for t in range(rounds + 1) if t not in have]
 
 
 def _runs_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, RunInfo]:

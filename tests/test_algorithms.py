@@ -137,7 +137,8 @@ def test_server_optimizers():
     assert torch.equal(plain.update(x, g, None)[0], heavy.update(x, g, heavy.init(x))[0])
     fedadam = adam(0.1, 0.9, 0.99, 1e-3)
     x1, _s = fedadam.update(x, g, fedadam.init(x))
-    m, v = 0.1 * g, 0.01 * g * g  # no bias correction (Reddi et al. 2021)
+    # no bias correction, v₋₁ = τ² (Reddi et al. 2021, Algorithm 2)
+    m, v = 0.1 * g, 0.99 * 1e-3**2 + 0.01 * g * g
     torch.testing.assert_close(x1, x - 0.1 * m / (v.sqrt() + 1e-3))
     fedavgm = momentum(1.0, 0.9)
     x1, v1 = fedavgm.update(x, g, fedavgm.init(x))

@@ -12,7 +12,7 @@ from conftest import make_env, make_task, run_rounds
 from fedbench import grid
 from fedbench.algorithms import ALGORITHMS
 from fedbench.seeding import generator
-from fedbench.server_opt import SERVER_PARAMS, adagrad, yogi
+from fedbench.server_opt import SERVER_PARAMS, adagrad, adam, yogi
 
 X = torch.tensor([1.0, -2.0, 0.5])
 G1 = torch.tensor([0.5, 0.25, -1.0])  # pseudo-gradient of round 1
@@ -71,3 +71,44 @@ def test_server_optimizer_runs_inside_fedavg(name):
     x0 = task.init_params(generator(0, 0, "init"))
     assert task.train_loss(alg.params(state)) < 0.8 * task.train_loss(x0)
     assert not torch.equal(alg.params(state), alg.params(plain))
+
+
+@pytest.mark.parametrize("name", ["adam", "adagrad", "yogi"])
+def test_first_server_step_is_the_papers(name):
+    """Reddi et al. 2021, Algorithm 2, from m₋₁ = 0 and v₋₁ = τ² for all three: m₀ = (1−β₁)Δ,
+    v₀ = τ² + Δ² (Adagrad), β₂τ² + (1−β₂)Δ² (Adam), τ² − (1−β₂)Δ² sign(τ² − Δ²) (Yogi);
+    x₁ = x₀ − η m₀ / (√v₀ + τ) with Δ = −g (our g is minus the average update)."""
+    lr, b1, b2 = 0.1, 0.9, 0.99
+    opt = {
+        "adam": adam(lr, b1, b2, TAU),
+        "adagrad": adagrad(lr, b1, TAU),
+        "yogi": yogi(lr, b1, b2, TAU),
+    }[name]
+    s0 = opt.init(X)
+    assert torch.equal(s0.m, torch.zeros(3)) and torch.equal(s0.v, torch.full((3,), TAU**2))
+    x1, s1 = opt.update(X, G1, s0)
+    delta = -G1
+    v0 = {
+        "adam": b2 * TAU**2 + (1 - b2) * delta**2,
+        "adagrad": TAU**2 + delta**2,
+        "yogi": TAU**2 - (1 - b2) * delta**2 * torch.sign(TAU**2 - delta**2),
+    }[name]
+    m0 = (1 - b1) * delta
+    torch.testing.assert_close(s1.v, v0)
+    torch.testing.assert_close(x1, X + lr * m0 / (v0.sqrt() + TAU))
+
+
+def test_fedadam_jobs_get_new_keys_other_server_optimizers_keep_theirs():
+    """FedAdam's v₋₁ changed from 0 to τ²: its runs must not be reused, so its key changes;
+    every other server optimizer (and plain fedavg) keeps the key it had."""
+    text = '[algorithm]\nname = "fedavg"\nserver_opt = "{}"\n[task]\ndataset = "digits"\n'
+    for name in ("sgd", "momentum", "adagrad", "yogi", "adam"):
+        job = grid.parse(text.format(name), Path("g.toml")).jobs[0]
+        old = dict(SERVER_PARAMS["server_opt"].__dict__, changed=())
+        with pytest.MonkeyPatch.context() as mp:  # the schema before the fix
+            from fedbench.params import Param
+
+            for reg in (ALGORITHMS["fedavg"].params,):
+                mp.setitem(reg, "server_opt", Param(**old))
+            before = grid.job_key(job.config, job.seed)
+        assert (before != job.key) == (name == "adam"), name

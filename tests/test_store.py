@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from fedbench.store import (
     DEFAULT_URL,
     METRICS,
+    SCHEMA_VERSION,
     STATUSES,
     RunSpec,
     Store,
@@ -115,7 +116,9 @@ def test_open_twice_is_idempotent(db: Path) -> None:
         assert len(second.export("runs")) == 1
     con = sqlite3.connect(db)
     try:
-        assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", "1")]
+        assert con.execute("SELECT key, value FROM meta").fetchall() == [
+            ("schema_version", str(SCHEMA_VERSION))
+        ]
     finally:
         con.close()
 

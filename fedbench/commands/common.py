@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -32,6 +34,16 @@ ExperimentOption = Annotated[
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def plain(text: object) -> str:
+    """`text` safe to print on a terminal: escape sequences removed, other control characters
+    (NUL, BEL, carriage returns...) shown as "?" (names stored by older versions may hold
+    them)."""
+    out = _ESCAPES.sub("", str(text))
+    return "".join("?" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in out)
 
 
 class CommandError(Exception):
@@ -110,5 +122,5 @@ def emit_rows(
     for c in cols:
         table.add_column(escape(c), overflow="fold")
     for r in rows:
-        table.add_row(*("" if r.get(c) is None else escape(str(r.get(c))) for c in cols))
+        table.add_row(*("" if r.get(c) is None else escape(plain(r.get(c))) for c in cols))
     console.print(table)

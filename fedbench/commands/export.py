@@ -61,6 +61,10 @@ def export(
             raise CommandError(
                 "--format parquet needs pyarrow: pip install pyarrow (or 'fedbench[parquet]')"
             ) from None
+    if out.exists() and not out.is_dir():
+        raise CommandError(
+            f"{out}: exists and is not a directory; allowed: a directory to write into"
+        )
     store = open_store(db)
     frames = []
     if experiment is not None:
@@ -73,7 +77,10 @@ def export(
         frames.append((experiment, frame))
     else:
         frames = [(t, store.export(t)) for t in table or TABLES]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CommandError(f"{out}: cannot create the directory ({e.strerror or e})") from None
     for name, frame in frames:
         path = out / f"{name}.{fmt}"
         if fmt == "csv":

@@ -83,6 +83,8 @@ def ls(
                 "model": r["model"],
                 "seed": r["seed"],
                 "status": r["status"],
+                # who runs it (lease holder "host:pid"), for running runs only
+                "holder": r.get("lease_owner") if r["status"] == "running" else None,
                 "rounds": _int(r.get("rounds_logged")),
                 "test_accuracy": f.get("test_accuracy"),
                 # the store counts bits summed over all clients; report shows per client

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +35,7 @@ from fedbench.commands.common import (
     emit_rows,
     err_console,
     one_line_errors,
+    plain,
 )
 from fedbench.store import Store, is_new_sqlite_file
 
@@ -66,6 +73,24 @@ def run(
         list[str] | None,
         typer.Option("--only", help="run only jobs with section.field=value (repeatable)"),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="i/N: run only the jobs whose key falls in shard i of N (0 <= i < N), "
+            "a static split for array jobs",
+        ),
+    ] = None,
+    max_jobs: Annotated[
+        int, typer.Option(help="refuse a grid that expands to more jobs than this")
+    ] = gridlib.MAX_JOBS,
+    lease_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds without a heartbeat before another launcher takes a running job "
+            "over [default: $FEDBENCH_LEASE_TIMEOUT or 60]"
+        ),
+    ] = None,
 ) -> None:
     """Run every job of a grid that is not done yet; results stream into the database.
 
@@ -81,17 +106,23 @@ def run(
         dev = runner.resolve_device(device)
     except ValueError as e:
         raise CommandError(str(e)) from None
-    g = gridlib.load(grid)
+    timeout = _lease_timeout(lease_timeout)
+    shard_of = _parse_shard(shard)
+    g = gridlib.load(grid, max_jobs)
     for note in g.notes:
         err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     jobs = gridlib.filter_jobs(g.jobs, only or [])
     if not jobs:
         raise CommandError(f"{grid}: no job matches --only {' '.join(only or [])}")
+    if shard_of is not None:
+        jobs = [j for j in jobs if int(j.key, 16) % shard_of[1] == shard_of[0]]
+        if not jobs:
+            raise CommandError(f"--shard {shard}: no job of {grid} falls in this shard")
     problems = runner.preflight(jobs, str(grid))
     if problems:
         raise CommandError(*problems)
     wanted = (*TODO, "failed") if rerun_failed else TODO
-    labels = gridlib.job_labels(g.jobs)
+    labels = {k: plain(v) for k, v in gridlib.job_labels(g.jobs).items()}
     if dry_run:  # reads the database, writes nothing
         known = {} if is_new_sqlite_file(db) else Store(db).statuses([j.key for j in jobs])
         status = {j.key: known.get(j.key, "new") for j in jobs}
@@ -104,6 +135,12 @@ def run(
         emit_rows(rows, "table", title=f"{g.name}: {len(would)} of {len(jobs)} jobs would run")
         return
     store = Store(db)
+    if store.in_memory:
+        raise CommandError(
+            f"--db {store.url}: an in-memory database keeps nothing and each job's process "
+            "would see its own empty one; give a file (e.g. --db results/fedbench.db)"
+        )
+    _check_experiment_owner(store, g, grid)
     exp_id = store.upsert_experiment(g.name, str(grid), g.text)
     info = store.ensure_runs(exp_id, [runner.run_spec(j) for j in jobs])
     todo = [j for j in jobs if info[j.key].status in wanted]
@@ -112,7 +149,7 @@ def run(
     if finished.get("failed"):
         others += ": --rerun-failed runs them again"
     console.print(
-        f"{g.name}: {len(jobs)} jobs, {len(todo)} to run"
+        f"{plain(g.name)}: {len(jobs)} jobs, {len(todo)} to run"
         + (f" ({others})" if others else "")
         + f" on {dev} → {store.url}",
         highlight=False,
@@ -129,10 +166,10 @@ def run(
         where = f"{len(slots)} worker{'s' * (len(slots) > 1)}" + (
             f" on {', '.join(sorted({s.device for s in slots}))}"
         )
-    console.print(f"running on {where}", highlight=False, markup=False)
     display = _Display(todo, labels)
+    console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
 
-    def go(on_event: executors.OnEvent) -> None:
+    def go(todo: list[gridlib.Job], on_event: executors.OnEvent) -> None:
         if executor == "ray":
             executors.run_ray(todo, store.url, dev, ray_address, on_event)
         elif len(slots) == 1:  # in this process, with all its threads on a CPU
@@ -142,18 +179,143 @@ def run(
         else:
             executors.run_pool(todo, store.url, slots, on_event)
 
+    launch = runner.Launch.new(timeout, ("pending", "failed") if rerun_failed else ("pending",))
+    os.environ[runner.LAUNCH_ENV] = launch.to_env()  # inherited by pool workers
     try:
-        with display:
-            go(display.on_event)
-    except KeyboardInterrupt:
-        running = list(display.running)
-        store.mark_interrupted([int(store.get_run(k)["id"]) for k in running])
+        console.print(f"running on {where}", highlight=False, markup=False)
+        with display, _signals_as_interrupts():
+            _until_finished(store, todo, launch, go, display)
+        _summary(g.name, display.outcomes, store)
+    except KeyboardInterrupt as e:
+        running = len(display.running)
+        store.release(launch.prefix)
+        signum = getattr(e, "signum", signal.SIGINT)
         console.print(
-            f"[yellow]interrupted[/yellow]: {len(running)} running job(s) marked pending; "
-            "run the same command to resume"
+            f"[yellow]interrupted[/yellow] ({signal.Signals(signum).name}): {running} running "
+            "job(s) marked pending (checkpoints kept); run the same command to resume",
+            highlight=False,
         )
-        raise typer.Exit(130) from None
-    _summary(g.name, display.outcomes, store)
+        raise typer.Exit(128 + signum) from None
+    except BrokenPipeError:  # `fedbench run ... | head -1`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        released = store.release(launch.prefix)
+        err_console.print(
+            f"stdout was closed: stopped, {released} running job(s) marked pending; "
+            "run the same command to resume",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(128 + signal.SIGPIPE) from None
+    finally:
+        os.environ.pop(runner.LAUNCH_ENV, None)  # this launch is over (matters in-process)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (what `timeout`, SLURM and Kubernetes send): handled like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """While running: SIGTERM and SIGHUP raise `Interrupted` in the main thread, like Ctrl-C."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _until_finished(
+    store: Store,
+    todo: list[gridlib.Job],
+    launch: runner.Launch,
+    go: Callable[[list[gridlib.Job], executors.OnEvent], None],
+    display: _Display,
+) -> None:
+    """Run `todo` until every job has ended: jobs another launcher holds are skipped, then
+    waited for (taken over when their lease goes stale); jobs of a pool worker that died are
+    requeued, and failed after dying with their worker twice."""
+    remaining, said, deaths = list(todo), False, Counter[str]()
+    keys = [j.key for j in todo]
+    while True:
+        if remaining:
+            try:
+                go(remaining, display.on_event)
+            except executors.WorkerDiedError as e:
+                store.release(launch.prefix)  # every run of this launcher back in the queue
+                deaths.update(e.keys)
+                display.worker_died(e.keys)
+                dead = [k for k in e.keys if deaths[k] >= 2]
+                if dead:
+                    store.fail_runs(dead, "its worker process died twice (killed or out of memory)")
+        status = store.statuses(keys)
+        left = [k for k in keys if status.get(k) in TODO]
+        if not left:
+            return
+        ready = set(store.claimable(left, launch.timeout, launch.statuses))
+        remaining = [j for j in todo if j.key in ready]
+        if not remaining:
+            if not said:
+                console.print(
+                    f"waiting for {len(left)} job(s) held by other launchers "
+                    f"(taken over if silent for {launch.timeout:g}s)",
+                    highlight=False,
+                    markup=False,
+                )
+                said = True
+            time.sleep(min(5.0, launch.timeout / 4))
+
+
+def _broken_pipe() -> None:
+    """stdout's reader went away (`fedbench run ... | head -1`): stop printing and let `run`
+    release its jobs (rich's default would exit with status 1 at once, jobs left running)."""
+    console.quiet = True
+    raise BrokenPipeError
+
+
+def _check_experiment_owner(store: Store, g: gridlib.Grid, grid: Path) -> None:
+    """Refuse a grid whose experiment name is already another grid file's (its stored grid
+    text would be overwritten); the same file (edited) or the same text elsewhere is fine."""
+    prev = store.experiment_grid(g.name)
+    if prev is None or prev[1] == g.text:
+        return
+    try:
+        same = Path(prev[0]).resolve() == grid.resolve()
+    except OSError:
+        same = False
+    if not same:
+        raise CommandError(
+            f"{grid}: experiment {plain(g.name)!r} in {store.url} belongs to grid file "
+            f"{plain(prev[0])} (other content); give this grid another [experiment] name"
+        )
+
+
+def _lease_timeout(option: float | None) -> float:
+    if option is not None:
+        if not (math.isfinite(option) and option > 0):
+            raise CommandError(f"--lease-timeout {option}: allowed: a number of seconds > 0")
+        return option
+    try:
+        return runner.lease_timeout()
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
+def _parse_shard(shard: str | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    i, sep, n = shard.partition("/")
+    if sep and i.strip().isdigit() and n.strip().isdigit() and 0 <= int(i) < int(n):
+        return int(i), int(n)
+    raise CommandError(f"--shard {shard}: allowed: i/N with integers 0 <= i < N, e.g. 0/4")
 
 
 class _Display:
@@ -215,7 +377,14 @@ class _Display:
             task = self.running.pop(e.key, None)
             if task is not None:
                 self.bar.remove_task(task)
-            self._finished(e.outcome)
+            if e.outcome.status == "lost":
+                console.print(
+                    f"[yellow]lost    [/yellow] {e.key}  {escape(self.labels[e.key])}: "
+                    f"{escape(e.outcome.error or '')}; its new holder finishes it",
+                    highlight=False,
+                )
+            elif e.outcome.status != "skipped":  # skipped: another launcher holds it
+                self._finished(e.outcome)
         self.bar.update(self.total, description=self._headline())
 
     def _plain(self, key: str, what: str, rest: str, at: int = 0) -> None:
@@ -238,6 +407,15 @@ class _Display:
         if rnd < rounds and (rnd // step > last // step or time.monotonic() - when >= 60):
             self._plain(key, "progress", f"round {rnd}/{rounds}{tail}", rnd)
 
+    def worker_died(self, keys: list[str]) -> None:
+        for key in list(self.running):
+            self.bar.remove_task(self.running.pop(key))
+        console.print(
+            f"[yellow]a worker process died[/yellow] (killed or out of memory) with "
+            f"{len(keys)} job(s) in flight: back in the queue",
+            highlight=False,
+        )
+
     def _finished(self, out: runner.Outcome) -> None:
         self.outcomes.append(out)
         self.counts[out.status] += 1
@@ -249,6 +427,7 @@ class _Display:
             f"[{style}]{out.status:8}[/{style}] {job.key}  {escape(self.labels[job.key])} "
             f"seed {job.seed}  {out.rounds} rounds  {out.seconds:.1f}s"
             + (f"  acc {acc:.3f}" if acc is not None else "")
+            + (f"  ({escape(out.note)})" if out.note else "")
             + (
                 f"  [red]{escape(out.error.splitlines()[0])}[/red]"
                 if out.error and out.status == "failed"
@@ -263,7 +442,7 @@ def _summary(name: str, outcomes: list[runner.Outcome], store: Store) -> None:
     by = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed", "diverged")}
     secs = sum(o.seconds for o in outcomes)
     console.print(
-        f"{name}: ran {len(outcomes)} jobs in {secs:.1f}s — "
+        f"{plain(name)}: ran {len(outcomes)} jobs in {secs:.1f}s — "
         f"{by['done']} done, {by['failed']} failed, {by['diverged']} diverged. "
         f"Next: fedbench report --experiment {name} --plot bits-vs-accuracy"
         + ("" if store.url.endswith("results/fedbench.db") else f" --db {store.url}"),

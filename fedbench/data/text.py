@@ -187,10 +187,26 @@ def grammar_text(
 # -- text:PATH ---------------------------------------------------------------------------------
 
 
+MAX_TEXT_BYTES = 1 << 30  # a whole file read without [task] max_bytes
+
+
 @functools.lru_cache(maxsize=2)
 def _file_bytes(path: str, max_bytes: int) -> np.ndarray:
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise DataError(
+            f"{path}: not a regular file (a device, pipe or directory); allowed: a file"
+        )
     try:
-        with Path(path).open("rb") as f:
+        size = p.stat().st_size if p.exists() else 0
+    except OSError:
+        size = 0
+    if not max_bytes and size > MAX_TEXT_BYTES:
+        raise DataError(
+            f"{path}: {size} bytes; set [task] max_bytes (<= {MAX_TEXT_BYTES}) to read a prefix"
+        )
+    try:
+        with p.open("rb") as f:
             data = f.read(max_bytes or -1)
     except OSError as e:
         raise DataError(f"{path}: cannot read text file ({e.strerror or e})") from None

@@ -47,6 +47,14 @@ def read_libsvm(path: Path, features: int) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"libsvm: {path}: not in LIBSVM format ({first})") from None
     if x.shape[0] == 0:
         raise DataError(f"libsvm: {path}: no samples")
+    bad_y, bad_x = ~np.isfinite(y), ~np.isfinite(x.data)
+    if bad_y.any() or bad_x.any():
+        where = (
+            f"label of sample {int(np.argmax(bad_y)) + 1}"
+            if bad_y.any()
+            else f"{int(bad_x.sum())} feature value(s)"
+        )
+        raise DataError(f"libsvm: {path}: non-finite {where} (NaN or inf); allowed: finite numbers")
     return np.asarray(x.todense(), dtype=np.float32), np.asarray(y)
 
 
