@@ -239,6 +239,15 @@ def test_tidy_and_split_round_trip(db: Path) -> None:
     pd.testing.assert_frame_equal(rep.split(frame)[1], metrics.reset_index(drop=True))
 
 
+def test_the_frame_knows_every_run_column_of_the_store() -> None:
+    """split() tells run columns from metrics by name: a run column the store adds (e.g. the
+    lease columns) must be listed in report.frame.RUN_FIELDS, or it is read as a metric."""
+    from fedbench.report.frame import RUN_FIELDS
+    from fedbench.store import RUN_COLUMNS
+
+    assert set(RUN_FIELDS) == set(RUN_COLUMNS)
+
+
 def test_run_without_metrics_keeps_a_row(db: Path, tmp_path: Path) -> None:
     path = build_db(tmp_path / "p.db")
     with Store(str(path)) as s:

@@ -200,10 +200,11 @@ def curves(
 # --------------------------------------------------------------------------- the tidy frame
 
 # Per-run columns of the store's runs frame (fedbench.store.RUN_COLUMNS), in its order.
+# the store's RUN_COLUMNS (tests/test_report_cli.py keeps the two equal)
 RUN_FIELDS = (
     "run_id", "key", "experiment", "seed", "algorithm", "compressor", "dataset", "model",
     "status", "error", "started_at", "finished_at", "host", "device", "fedbench_version",
-    "torch_version", "rounds_logged",
+    "torch_version", "lease_owner", "heartbeat_at", "attempts", "rounds_logged",
 )  # fmt: skip
 
 
