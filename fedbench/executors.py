@@ -9,6 +9,16 @@ process, which owns the display.
 - `local`, N workers: a pool of N spawned processes. On CPUs the cores are split between them
   (`torch.set_num_threads(cores // N)`); with GPUs each worker owns one device slot: one per
   GPU by default, `jobs_per_gpu` slots per GPU to pack small jobs.
+- `local`, `--workers auto` (the default): `choose` below. On CPUs a grid of at least two jobs
+  runs one job per core, one thread each, in a pool (small jobs scale far better over
+  processes than over threads, and a single-threaded job never waits on a descheduled sibling
+  thread when the machine is shared); a single job runs in this process with all its threads.
+
+The thread policy that holds on a shared machine: `fedbench/__init__.py` sets
+OMP_WAIT_POLICY=PASSIVE (unless the user set it) before torch is imported, so a job's idle
+OpenMP threads sleep instead of spinning against the other processes for the cores; the
+spawned workers inherit it. A job's numbers do not depend on any of this: same config and
+seed give the same numbers in this process or a pool, with 1 or N threads (tests/test_policy.py).
 - `ray`: each job a Ray task asking for its CPU/GPU share, on a local Ray started here or on
   the cluster at `ray_address`. Rows reach the store from the Ray workers (a PostgreSQL URL
   for a real cluster; a SQLite file works when the workers share this machine).
@@ -55,17 +65,58 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def plan_slots(device: torch.device, workers: int, jobs_per_gpu: int = 1) -> list[Slot]:
+class Policy(NamedTuple):
+    """How a grid's jobs run on CPUs: `workers` jobs at once (1 = in this process), each with
+    `threads` torch intra-op threads; `why` says which rule chose it (printed by `run`)."""
+
+    workers: int
+    threads: int
+    why: str
+
+
+def choose(jobs: int, cores: int, workers: int | None = None, threads: int | None = None,
+           default_threads: int | None = None) -> Policy:  # fmt: skip
+    """The CPU policy for `jobs` jobs on `cores` cores.
+
+    `workers` None is `--workers auto`: a pool of min(jobs, cores) workers when there are at
+    least two jobs and two cores, else this process. `threads` None: the cores split evenly
+    between the workers; in this process `default_threads` (torch's own default, which
+    follows OMP_NUM_THREADS) or all the cores.
+    """
+    cores = max(1, cores)
+    if workers is None:
+        workers = min(jobs, cores) if jobs >= 2 and cores >= 2 else 1
+        why = (
+            f"auto: {jobs} jobs over {cores} cores, one process each"
+            if workers > 1
+            else f"auto: {jobs} job{'s' * (jobs != 1)} in this process"
+        )
+    else:
+        why = f"--workers {workers}"
+    if threads is None:
+        if workers == 1:
+            threads = default_threads or cores
+        else:
+            threads = max(1, cores // workers)
+    else:
+        why += f", --threads {threads}"
+    return Policy(workers, threads, why)
+
+
+def plan_slots(
+    device: torch.device, workers: int, jobs_per_gpu: int = 1, threads: int | None = None
+) -> list[Slot]:
     """The device and thread count of every worker.
 
     CUDA: `jobs_per_gpu` slots on each visible GPU (a device index pins one GPU); `workers`
-    caps the number when given (> 1). CPU: `workers` slots sharing the cores evenly.
+    caps the number when given (> 1). CPU: `workers` slots sharing the cores evenly (or
+    `threads` threads each when given).
     """
     if device.type == "cuda":
         gpus = [device.index] if device.index is not None else range(torch.cuda.device_count())
         slots = [Slot(f"cuda:{g}", 1) for g in gpus for _ in range(jobs_per_gpu)]
         return slots[:workers] if workers > 1 else slots
-    threads = max(1, cpu_count() // workers)
+    threads = threads or max(1, cpu_count() // workers)
     return [Slot(str(device), threads)] * workers
 
 

@@ -36,12 +36,23 @@ def run(
         str, typer.Option(help="where jobs run: local (this machine) | ray (a Ray cluster)")
     ] = "local",
     workers: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDBENCH_WORKERS",
+            help="local: jobs at once on CPUs, each in its own process (1 = one after the "
+            "other in this process); auto = one per core when the grid has 2+ jobs, else 1; "
+            "with GPUs the default is one per GPU × --jobs-per-gpu",
+        ),
+    ] = "auto",
+    threads: Annotated[
         int,
         typer.Option(
-            help="local: parallel jobs on CPUs, splitting the cores (1 = in this process); "
-            "with GPUs the default is one per GPU × --jobs-per-gpu"
+            envvar="FEDBENCH_THREADS",
+            help="torch threads per job [default: the cores split between the workers; in "
+            "this process torch's default, which follows OMP_NUM_THREADS]",
+            show_default=False,
         ),
-    ] = 1,
+    ] = 0,
     jobs_per_gpu: Annotated[
         int, typer.Option(help="jobs packed on each GPU (local executor with CUDA)")
     ] = 1,
@@ -65,8 +76,11 @@ def run(
     """
     if executor not in ("local", "ray"):
         raise CommandError(f"--executor {executor}: allowed: local, ray")
-    if workers < 1:
-        raise CommandError(f"--workers {workers}: allowed: an integer >= 1")
+    n_workers = None if workers == "auto" else int(workers) if workers.isdigit() else 0
+    if n_workers is not None and n_workers < 1:
+        raise CommandError(f"--workers {workers}: allowed: auto or an integer >= 1")
+    if threads < 0:
+        raise CommandError(f"--threads {threads}: allowed: an integer >= 1 (0 = default)")
     if jobs_per_gpu < 1:
         raise CommandError(f"--jobs-per-gpu {jobs_per_gpu}: allowed: an integer >= 1")
     try:
@@ -112,21 +126,26 @@ def run(
     if executor == "ray":
         where = f"Ray ({ray_address or 'local'})"
     else:
-        slots = executors.plan_slots(dev, workers, jobs_per_gpu)
+        policy = executors.choose(
+            len(todo), executors.cpu_count(), n_workers, threads or None, torch.get_num_threads()
+        )
+        w = policy.workers if dev.type == "cpu" else (n_workers or 1)
+        slots = executors.plan_slots(dev, w, jobs_per_gpu, policy.threads)
         if not slots:
             raise CommandError(f"--device {device}: no GPU is visible")
         where = f"{len(slots)} worker{'s' * (len(slots) > 1)}" + (
             f" on {', '.join(sorted({s.device for s in slots}))}"
         )
+        if dev.type == "cpu":
+            where += f", {policy.threads} thread{'s' * (policy.threads > 1)} each ({policy.why})"
     console.print(f"running on {where}", highlight=False, markup=False)
     display = _Display(todo, labels)
 
     def go(on_event: executors.OnEvent) -> None:
         if executor == "ray":
             executors.run_ray(todo, store.url, dev, ray_address, on_event)
-        elif len(slots) == 1:  # in this process, with all its threads on a CPU
-            threads = torch.get_num_threads() if dev.type == "cpu" else 1
-            slot = executors.Slot(slots[0].device, threads)
+        elif len(slots) == 1:  # in this process
+            slot = executors.Slot(slots[0].device, slots[0].threads if dev.type == "cpu" else 1)
             executors.run_in_process(todo, store.url, slot, on_event)
         else:
             executors.run_pool(todo, store.url, slots, on_event)
