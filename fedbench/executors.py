@@ -94,10 +94,7 @@ def choose(jobs: int, cores: int, workers: int | None = None, threads: int | Non
     else:
         why = f"--workers {workers}"
     if threads is None:
-        if workers == 1:
-            threads = default_threads or cores
-        else:
-            threads = max(1, cores // workers)
+        threads = (default_threads or cores) if workers == 1 else max(1, cores // workers)
     else:
         why += f", --threads {threads}"
     return Policy(workers, threads, why)
