@@ -17,7 +17,6 @@ from fedbench.commands.common import (
     emit_rows,
     one_line_errors,
 )
-from fedbench.grid import COMMON
 from fedbench.params import Param, Registry
 
 
@@ -87,6 +86,7 @@ def algorithms(fmt: FormatOption = "table") -> None:
     Example: fedbench algorithms --format json
     """
     from fedbench.algorithms import ALGORITHMS
+    from fedbench.grid import COMMON
 
     _emit([("algorithms", ALGORITHMS)], fmt, {"algorithm": COMMON["algorithm"]})
 
@@ -98,6 +98,7 @@ def compressors(fmt: FormatOption = "table") -> None:
     Example: fedbench compressors
     """
     from fedbench.compressors import COMPRESSORS
+    from fedbench.grid import COMMON
 
     _emit(
         [("compressors", COMPRESSORS)],
@@ -139,6 +140,7 @@ def datasets(
     Example: fedbench datasets --stats --partition dirichlet --clients 20
     """
     from fedbench.data import DATASETS, PARTITIONS
+    from fedbench.grid import COMMON
     from fedbench.models import MODELS
 
     rows = _heterogeneity_rows(clients, partition) if stats else []
