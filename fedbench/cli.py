@@ -56,9 +56,9 @@ class LazyGroup(TyperGroup):
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in COMMANDS:
             return None
-        if cmd_name not in self.commands:
-            self.commands[cmd_name] = load_command(cmd_name)
-        return self.commands[cmd_name]
+        if cmd_name not in _loaded:
+            _loaded[cmd_name] = load_command(cmd_name)
+        return _loaded[cmd_name]
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         """Click's listing, from the summaries in `COMMANDS` (no command is imported)."""
@@ -83,9 +83,26 @@ app = typer.Typer(
 )
 
 
+_loaded: dict[str, Any] = {}  # name -> the real command, once imported
+
+
 @app.callback()
 def _root() -> None:
     pass
+
+
+def _placeholder(name: str) -> Any:
+    def command() -> None:
+        """Replaced by the real command (LazyGroup.get_command) before it can run."""
+        raise RuntimeError(f"fedbench {name}: the lazy command was not loaded")
+
+    return command
+
+
+# Registered under their names and summaries so that `app.registered_commands` lists them;
+# LazyGroup.get_command serves the real command (with its options) in their place.
+for _name, (_, _, _summary) in COMMANDS.items():
+    app.command(_name, help=_summary)(_placeholder(_name))
 
 
 def main() -> None:
