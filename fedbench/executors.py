@@ -30,6 +30,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing.managers import SyncManager
@@ -56,6 +57,7 @@ class Event(NamedTuple):
 
 
 OnEvent = Callable[[Event], None]
+PROGRESS_SECONDS = 0.1  # least wall time between two progress events of a job's rounds
 
 
 def cpu_count() -> int:
@@ -63,6 +65,34 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def busy_cores(samples: int = 5, interval: float = 0.01) -> float:
+    """How many cores other processes keep busy right now: the mean number of runnable tasks
+    (/proc/loadavg's 4th field, this process excluded) over a few samples; elsewhere the
+    1-minute load average. Instantaneous on Linux, so a previous fedbench run does not count."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:  # noqa: PTH123
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0.0, sum(counts) / len(counts))
+
+
+def free_cores(cores: int | None = None) -> int:
+    """The cores no other process is using now (at least 1)."""
+    cores = cores or cpu_count()
+    return max(1, min(cores, round(cores - busy_cores())))
+
+
+def env_threads() -> int | None:
+    """OMP_NUM_THREADS when the user set it to a positive integer."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 class Policy(NamedTuple):
@@ -75,15 +105,17 @@ class Policy(NamedTuple):
 
 
 def choose(jobs: int, cores: int, workers: int | None = None, threads: int | None = None,
-           default_threads: int | None = None) -> Policy:  # fmt: skip
-    """The CPU policy for `jobs` jobs on `cores` cores.
+           default_threads: int | None = None, free: int | None = None) -> Policy:  # fmt: skip
+    """The CPU policy for `jobs` jobs on `cores` cores of which `free` are idle now.
 
     `workers` None is `--workers auto`: a pool of min(jobs, cores) workers when there are at
-    least two jobs and two cores, else this process. `threads` None: the cores split evenly
-    between the workers; in this process `default_threads` (torch's own default, which
-    follows OMP_NUM_THREADS) or all the cores.
+    least two jobs and two cores, else this process. `threads` None: `default_threads` (the
+    user's OMP_NUM_THREADS) if given, else the free cores split between the workers, at least
+    one each. Threads only pay when their cores are idle: a thread that waits for a sibling
+    descheduled by another process's work stalls the whole job (measured: benchmarks/).
     """
     cores = max(1, cores)
+    free = cores if free is None else max(1, min(free, cores))
     if workers is None:
         workers = min(jobs, cores) if jobs >= 2 and cores >= 2 else 1
         why = (
@@ -93,10 +125,14 @@ def choose(jobs: int, cores: int, workers: int | None = None, threads: int | Non
         )
     else:
         why = f"--workers {workers}"
-    if threads is None:
-        threads = (default_threads or cores) if workers == 1 else max(1, cores // workers)
-    else:
+    if threads is not None:
         why += f", --threads {threads}"
+    elif default_threads is not None:
+        threads = default_threads
+        why += f", OMP_NUM_THREADS={threads}"
+    else:
+        threads = max(1, free // workers)
+        why += f", {free} of {cores} cores free"
     return Policy(workers, threads, why)
 
 
@@ -124,9 +160,15 @@ def run_job(job: Job, url: str, slot: Slot, emit: Callable[[Event], None]) -> ru
     """Run one job on `slot`, writing to the database at `url`; events go to `emit`."""
     torch.set_num_threads(slot.threads)
     emit(Event("start", job.key, 0, {}))
+    last = [0.0]
 
     def progress(j: Job, t: int, m: dict[str, float]) -> None:
-        emit(Event("round", j.key, t, dict(m)))
+        """Evaluated rounds, and others at most every PROGRESS_SECONDS: a display needs no
+        more, and 10⁵ fast rounds should not cost 10⁵ events (one IPC message each in a pool)."""
+        now = time.perf_counter()
+        if "train_loss" in m or now - last[0] >= PROGRESS_SECONDS:
+            last[0] = now
+            emit(Event("round", j.key, t, dict(m)))
 
     with Store(url) as store:
         out = runner.execute(job, store, torch.device(slot.device), progress)

@@ -42,22 +42,42 @@ ratio = 0.1
 
 
 def test_auto_spreads_two_or_more_jobs_over_the_cores_one_thread_each():
-    assert executors.choose(12, 2) == (2, 1, "auto: 12 jobs over 2 cores, one process each")
+    assert executors.choose(12, 2) == (
+        2, 1, "auto: 12 jobs over 2 cores, one process each, 2 of 2 cores free"
+    )  # fmt: skip
     assert executors.choose(3, 8)[:2] == (3, 2)  # fewer jobs than cores: threads share the rest
-    assert executors.choose(100, 8)[:2] == (8, 1)
+    assert executors.choose(3, 8, free=3)[:2] == (3, 1)
+    assert executors.choose(100, 8, free=1)[:2] == (8, 1)
 
 
-def test_auto_runs_one_job_or_one_core_in_this_process_with_every_thread():
+def test_auto_runs_one_job_in_this_process_with_the_free_cores():
     assert executors.choose(1, 4)[:2] == (1, 4)
-    assert executors.choose(1, 4, default_threads=2)[:2] == (1, 2)  # torch's / OMP_NUM_THREADS
+    assert executors.choose(1, 4, free=1)[:2] == (1, 1)  # a busy machine: one thread
+    assert executors.choose(1, 4, free=0)[:2] == (1, 1)
     assert executors.choose(10, 1)[:2] == (1, 1)
 
 
-def test_explicit_workers_and_threads_are_kept():
+def test_explicit_workers_threads_and_omp_num_threads_are_kept():
     assert executors.choose(12, 2, workers=1)[:2] == (1, 2)
     assert executors.choose(12, 4, workers=2)[:2] == (2, 2)
     assert executors.choose(12, 4, workers=3, threads=3) == (3, 3, "--workers 3, --threads 3")
     assert executors.choose(1, 4, workers=4)[:2] == (4, 1)
+    assert executors.choose(1, 4, default_threads=3, free=1) == (
+        1, 3, "auto: 1 job in this process, OMP_NUM_THREADS=3"
+    )  # fmt: skip
+
+
+def test_free_cores_counts_what_other_processes_keep_busy():
+    cores = executors.cpu_count()
+    assert 1 <= executors.free_cores() <= cores
+    assert executors.busy_cores() >= 0
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = [executors.busy_cores(samples=20) for _ in range(3)]
+    finally:
+        hog.kill()
+        hog.wait()
+    assert max(busy) >= 0.5  # the spinning process is runnable in nearly every sample
 
 
 def _env_of(code: str, **env: str) -> str:

@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.markup import escape
 from rich.progress import (
@@ -48,8 +47,8 @@ def run(
         int,
         typer.Option(
             envvar="FEDBENCH_THREADS",
-            help="torch threads per job [default: the cores split between the workers; in "
-            "this process torch's default, which follows OMP_NUM_THREADS]",
+            help="torch threads per job [default: OMP_NUM_THREADS if set, else the cores that "
+            "are free now split between the workers]",
             show_default=False,
         ),
     ] = 0,
@@ -126,9 +125,11 @@ def run(
     if executor == "ray":
         where = f"Ray ({ray_address or 'local'})"
     else:
+        cores = executors.cpu_count()
         policy = executors.choose(
-            len(todo), executors.cpu_count(), n_workers, threads or None, torch.get_num_threads()
-        )
+            len(todo), cores, n_workers, threads or None, executors.env_threads(),
+            executors.free_cores(cores) if dev.type == "cpu" else cores,
+        )  # fmt: skip
         w = policy.workers if dev.type == "cpu" else (n_workers or 1)
         slots = executors.plan_slots(dev, w, jobs_per_gpu, policy.threads)
         if not slots:
