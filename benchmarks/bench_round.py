@@ -160,32 +160,50 @@ def fedbench_round(job: grid.Job, device: torch.device) -> Callable[[], None]:
 
 # -- one side per process -------------------------------------------------------------------
 
-# (label, side, environment added to the child's); the first fedbench row is the default policy
+# (label, side, environment added to the child's, threads: "policy" = what `fedbench run`
+# chooses for one job at the start of each phase, "all" = torch's default, or a number)
 SIDES = [
-    ("sequential PyTorch client loop (torch defaults)", "loop", {}),
-    ("fedbench (default policy: passive wait)", "fedbench", {}),
-    ("fedbench, 1 thread", "fedbench", {"OMP_NUM_THREADS": "1"}),
-    ("fedbench, spinning wait (torch default)", "fedbench", {"FEDBENCH_BENCH_SPIN": "1"}),
+    ("sequential PyTorch client loop (torch defaults)", "loop", {}, "all"),
+    ("fedbench, default policy", "fedbench", {}, "policy"),
+    ("fedbench, all cores, passive wait", "fedbench", {}, "all"),
+    ("fedbench, 1 thread", "fedbench", {}, "1"),
+    ("fedbench, all cores, spinning wait (old default)", "fedbench", {"SPIN": "1"}, "all"),
 ]
 
 
 def serve(side: str, args: argparse.Namespace) -> None:
-    """Child process: build one side, warm it up, then time `n` rounds per line read."""
+    """Child process: build one side, warm it up, then answer lines: `threads WHICH` sets the
+    thread count (policy | all | N) and prints it; `N` times N rounds, prints s/round."""
+    from fedbench import executors
+
     job = make_job(args)
     device = runner.resolve_device(args.device)
     runner.tune_allocator()
     step = sequential_round(job, device) if side == "loop" else fedbench_round(job, device)
+    every = torch.get_num_threads()
     step()
-    print(f"ready {torch.get_num_threads()}", flush=True)
+    print("ready", flush=True)
     for line in sys.stdin:
-        print(marginal(step, int(line)), flush=True)
+        words = line.split()
+        if words[0] == "threads":
+            which = words[1]
+            if which == "policy":
+                cores = executors.cpu_count()
+                n = executors.choose(1, cores, free=executors.free_cores(cores)).threads
+            else:
+                n = every if which == "all" else int(which)
+            torch.set_num_threads(n)
+            print(n, flush=True)
+        else:
+            print(marginal(step, int(words[0])), flush=True)
 
 
 class Side:
-    def __init__(self, label: str, side: str, env: dict[str, str], argv: list[str]) -> None:
-        self.label = label
+    def __init__(self, label: str, side: str, env: dict[str, str], threads: str,
+                 argv: list[str]) -> None:  # fmt: skip
+        self.label, self.threads = label, threads
         env = dict(env)
-        spin = env.pop("FEDBENCH_BENCH_SPIN", None) is not None
+        spin = env.pop("SPIN", None) is not None
         child_env = {**os.environ, **env}
         if side == "loop" or spin:  # torch is imported before fedbench in the child
             child_env.pop("OMP_WAIT_POLICY", None)  # libgomp's default: spin, then sleep
@@ -195,20 +213,25 @@ class Side:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.times: dict[str, list[float]] = {"idle": [], "loaded": []}
-        self.info = ""
+        self.used: dict[str, int] = {}
+
+    def ask(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if not answer:
+            raise RuntimeError(f"{self.label}: the benchmark process failed")
+        return answer
 
     def ready(self) -> None:
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if len(line) != 2 or line[0] != "ready":
+        if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{self.label}: the benchmark process failed")
-        self.info = f"{line[1]} thread{'s' * (line[1] != '1')}, {self.wait} wait"
 
-    def time(self, rounds: int) -> float:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{rounds}\n")
-        self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+    def info(self, phase: str) -> str:
+        n = self.used[phase]
+        return f"{n} thread{'s' * (n != 1)}"
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -217,11 +240,12 @@ class Side:
 
 
 def measure(sides: list[Side], phase: str, repeats: int, rounds: int) -> None:
-    for side in sides:  # one more warm-up round each, in this phase's conditions
-        side.time(1)
+    for side in sides:  # threads as chosen in this phase's conditions, one more warm-up round
+        side.used[phase] = int(side.ask(f"threads {side.threads}"))
+        side.ask("1")
     for _ in range(repeats):
         for side in sides:
-            side.times[phase].append(side.time(rounds))
+            side.times[phase].append(float(side.ask(str(rounds))))
 
 
 def make_job(args: argparse.Namespace) -> grid.Job:
@@ -251,7 +275,7 @@ def main() -> None:
         serve(args.serve, args)
         return
     argv = [f"--{k}={getattr(args, k)}" for k in ("clients", "steps", "batch", "hidden", "device")]
-    sides = [Side(label, side, dict(env), argv) for label, side, env in SIDES]
+    sides = [Side(label, side, dict(env), threads, argv) for label, side, env, threads in SIDES]
     phases = ["idle"] if args.no_loaded else ["idle", "loaded"]
     loads: dict[str, float] = {}
     try:
@@ -300,13 +324,14 @@ def report(args: argparse.Namespace, sides: list[Side], phases: list[str],
     best = {p: [min(s.times[p]) for s in sides] for p in phases}
     for i, s in enumerate(sides):
         cells = "".join(
-            f"  {p} {best[p][i] * 1e3:8.1f} ({statistics.median(s.times[p]) * 1e3:7.1f})"
+            f"  {p} {best[p][i] * 1e3:8.1f} ({statistics.median(s.times[p]) * 1e3:7.1f}) "
+            f"{s.info(p):10}"
             for p in phases
         )
         ratio = f"  loaded/idle {best['loaded'][i] / best['idle'][i]:4.2f}x" if (
             "loaded" in phases
         ) else ""  # fmt: skip
-        print(f"  {s.label:49} {s.info:24}{cells}{ratio}")
+        print(f"  {s.label:49} {s.wait:7} wait{cells}{ratio}")
     seq, vec = best["idle"][0], best["idle"][1]
     print(
         f"  speed-up idle                  : {seq / vec:8.2f}x   "
