@@ -161,7 +161,7 @@ def fedbench_round(job: grid.Job, device: torch.device) -> Callable[[], None]:
 # -- one side per process -------------------------------------------------------------------
 
 # (label, side, environment added to the child's, threads: "policy" = what `fedbench run`
-# chooses for one job at the start of each phase, "all" = torch's default, or a number)
+# chooses for this one job, "all" = torch's default, or a number)
 SIDES = [
     ("sequential PyTorch client loop (torch defaults)", "loop", {}, "all"),
     ("fedbench, default policy", "fedbench", {}, "policy"),
@@ -188,8 +188,9 @@ def serve(side: str, args: argparse.Namespace) -> None:
         if words[0] == "threads":
             which = words[1]
             if which == "policy":
-                cores = executors.cpu_count()
-                n = executors.choose(1, cores, free=executors.free_cores(cores)).threads
+                policy = executors.choose(1, executors.cpu_count(), default_threads=None)
+                slot = executors.Slot(args.device, policy.threads, policy.fixed)
+                n = executors.job_threads(job, slot)
             else:
                 n = every if which == "all" else int(which)
             torch.set_num_threads(n)

@@ -171,7 +171,8 @@ def main() -> None:
     runner.tune_allocator()
     load = os.getloadavg()[0]
     cores = executors.cpu_count()
-    threads = executors.choose(1, cores, free=executors.free_cores(cores)).threads  # as `run`
+    policy = executors.choose(1, cores)  # as `fedbench run` for one job
+    threads = executors.job_threads(make_job(args, 1), executors.Slot("cpu", policy.threads, False))
     probe = make_job(args, args.probe_rounds)
     runner.load_dataset(probe.config["task"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,8 @@ process, which owns the display.
 - `local`, `--workers auto` (the default): `choose` below. On CPUs a grid of at least two jobs
   runs one job per core, one thread each, in a pool (small jobs scale far better over
   processes than over threads, and a single-threaded job never waits on a descheduled sibling
-  thread when the machine is shared); a single job runs in this process with all its threads.
+  thread when the machine is shared); a single job runs in this process with all the cores'
+  threads, one thread for a small model (`SMALL_MODEL`).
 
 The thread policy that holds on a shared machine: `fedbench/__init__.py` sets
 OMP_WAIT_POLICY=PASSIVE (unless the user set it) before torch is imported, so a job's idle
@@ -40,12 +41,22 @@ import torch
 
 from fedbench import runner
 from fedbench.grid import Job
+from fedbench.models import build_model
 from fedbench.store import Store
 
 
 class Slot(NamedTuple):
     device: str  # "cpu", "cuda:0", ...
     threads: int  # torch intra-op threads of the worker
+    fixed: bool = True  # False: a model under SMALL_MODEL parameters runs with one thread
+
+
+# Below this many parameters a job runs single-threaded unless the user fixed the threads:
+# its ops are too small to gain from threads, and each parallel region costs a wake-up that
+# waits for a free core on a shared machine (benchmarks/bench_theory.py: EF21 on a d = 30
+# logistic regression, 12 ms per round with 1 thread against 267 ms with 2 on a loaded
+# machine, while the digits MLP of bench_round.py, d = 53k, is faster with 2 threads).
+SMALL_MODEL = 10_000
 
 
 class Event(NamedTuple):
@@ -67,28 +78,6 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def busy_cores(samples: int = 5, interval: float = 0.01) -> float:
-    """How many cores other processes keep busy right now: the mean number of runnable tasks
-    (/proc/loadavg's 4th field, this process excluded) over a few samples; elsewhere the
-    1-minute load average. Instantaneous on Linux, so a previous fedbench run does not count."""
-    counts = []
-    for i in range(samples):
-        try:
-            with open("/proc/loadavg") as f:  # noqa: PTH123
-                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
-        except (OSError, ValueError, IndexError):
-            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        if i + 1 < samples:
-            time.sleep(interval)
-    return max(0.0, sum(counts) / len(counts))
-
-
-def free_cores(cores: int | None = None) -> int:
-    """The cores no other process is using now (at least 1)."""
-    cores = cores or cpu_count()
-    return max(1, min(cores, round(cores - busy_cores())))
-
-
 def env_threads() -> int | None:
     """OMP_NUM_THREADS when the user set it to a positive integer."""
     value = os.environ.get("OMP_NUM_THREADS", "")
@@ -102,20 +91,19 @@ class Policy(NamedTuple):
     workers: int
     threads: int
     why: str
+    fixed: bool = False  # threads given by the user: run_job keeps them for every model
 
 
 def choose(jobs: int, cores: int, workers: int | None = None, threads: int | None = None,
-           default_threads: int | None = None, free: int | None = None) -> Policy:  # fmt: skip
-    """The CPU policy for `jobs` jobs on `cores` cores of which `free` are idle now.
+           default_threads: int | None = None) -> Policy:  # fmt: skip
+    """The CPU policy for `jobs` jobs on `cores` cores.
 
     `workers` None is `--workers auto`: a pool of min(jobs, cores) workers when there are at
     least two jobs and two cores, else this process. `threads` None: `default_threads` (the
-    user's OMP_NUM_THREADS) if given, else the free cores split between the workers, at least
-    one each. Threads only pay when their cores are idle: a thread that waits for a sibling
-    descheduled by another process's work stalls the whole job (measured: benchmarks/).
+    user's OMP_NUM_THREADS) if given, else the cores split between the workers; `run_job`
+    then gives a small model one thread (`SMALL_MODEL`).
     """
     cores = max(1, cores)
-    free = cores if free is None else max(1, min(free, cores))
     if workers is None:
         workers = min(jobs, cores) if jobs >= 2 and cores >= 2 else 1
         why = (
@@ -131,13 +119,19 @@ def choose(jobs: int, cores: int, workers: int | None = None, threads: int | Non
         threads = default_threads
         why += f", OMP_NUM_THREADS={threads}"
     else:
-        threads = max(1, free // workers)
-        why += f", {free} of {cores} cores free"
-    return Policy(workers, threads, why)
+        threads = max(1, cores // workers)
+        if threads > 1:
+            why += f"; models under {SMALL_MODEL:,} parameters: 1 thread"
+        return Policy(workers, threads, why, fixed=False)
+    return Policy(workers, threads, why, fixed=True)
 
 
 def plan_slots(
-    device: torch.device, workers: int, jobs_per_gpu: int = 1, threads: int | None = None
+    device: torch.device,
+    workers: int,
+    jobs_per_gpu: int = 1,
+    threads: int | None = None,
+    fixed: bool = True,
 ) -> list[Slot]:
     """The device and thread count of every worker.
 
@@ -150,15 +144,28 @@ def plan_slots(
         slots = [Slot(f"cuda:{g}", 1) for g in gpus for _ in range(jobs_per_gpu)]
         return slots[:workers] if workers > 1 else slots
     threads = threads or max(1, cpu_count() // workers)
-    return [Slot(str(device), threads)] * workers
+    return [Slot(str(device), threads, fixed)] * workers
 
 
 # -- one job, anywhere -------------------------------------------------------------------------
 
 
+def job_threads(job: Job, slot: Slot) -> int:
+    """The slot's threads, or one for a model under SMALL_MODEL parameters (unless fixed)."""
+    if slot.fixed or slot.threads == 1:
+        return slot.threads
+    try:
+        t = job.config["task"]
+        fd = runner.load_dataset(t)  # cached: the job's own build reuses it
+        model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+    except Exception:
+        return slot.threads  # the job's own build reports the problem
+    return 1 if model.spec.d < SMALL_MODEL else slot.threads
+
+
 def run_job(job: Job, url: str, slot: Slot, emit: Callable[[Event], None]) -> runner.Outcome:
     """Run one job on `slot`, writing to the database at `url`; events go to `emit`."""
-    torch.set_num_threads(slot.threads)
+    torch.set_num_threads(job_threads(job, slot))
     emit(Event("start", job.key, 0, {}))
     last = [0.0]
 

@@ -41,43 +41,38 @@ ratio = 0.1
 """
 
 
+SIZES = GRID.replace("hidden = [32]", "").replace(
+    "[compressor]", '[grid]\n"task.hidden" = [[8], [256]]\n[compressor]'
+)
+
+
 def test_auto_spreads_two_or_more_jobs_over_the_cores_one_thread_each():
-    assert executors.choose(12, 2) == (
-        2, 1, "auto: 12 jobs over 2 cores, one process each, 2 of 2 cores free"
-    )  # fmt: skip
+    assert executors.choose(12, 2)[:3] == (2, 1, "auto: 12 jobs over 2 cores, one process each")
     assert executors.choose(3, 8)[:2] == (3, 2)  # fewer jobs than cores: threads share the rest
-    assert executors.choose(3, 8, free=3)[:2] == (3, 1)
-    assert executors.choose(100, 8, free=1)[:2] == (8, 1)
+    assert executors.choose(100, 8)[:2] == (8, 1)
 
 
-def test_auto_runs_one_job_in_this_process_with_the_free_cores():
-    assert executors.choose(1, 4)[:2] == (1, 4)
-    assert executors.choose(1, 4, free=1)[:2] == (1, 1)  # a busy machine: one thread
-    assert executors.choose(1, 4, free=0)[:2] == (1, 1)
+def test_auto_runs_one_job_in_this_process_with_every_core_but_small_models_on_one():
+    policy = executors.choose(1, 4)
+    assert policy[:2] == (1, 4) and not policy.fixed
     assert executors.choose(10, 1)[:2] == (1, 1)
+    slot = executors.Slot("cpu", 4, fixed=False)
+    jobs = gridlib.parse(SIZES, Path("sizes.toml")).jobs
+    small = next(j for j in jobs if j.config["task"]["hidden"] == [8])  # d = 610
+    big = next(j for j in jobs if j.config["task"]["hidden"] == [256])  # d = 19k
+    assert executors.job_threads(small, slot) == 1
+    assert executors.job_threads(big, slot) == 4
+    assert executors.job_threads(small, slot._replace(fixed=True)) == 4  # --threads / OMP
 
 
 def test_explicit_workers_threads_and_omp_num_threads_are_kept():
     assert executors.choose(12, 2, workers=1)[:2] == (1, 2)
     assert executors.choose(12, 4, workers=2)[:2] == (2, 2)
-    assert executors.choose(12, 4, workers=3, threads=3) == (3, 3, "--workers 3, --threads 3")
+    assert executors.choose(12, 4, workers=3, threads=3) == (3, 3, "--workers 3, --threads 3", True)
     assert executors.choose(1, 4, workers=4)[:2] == (4, 1)
-    assert executors.choose(1, 4, default_threads=3, free=1) == (
-        1, 3, "auto: 1 job in this process, OMP_NUM_THREADS=3"
+    assert executors.choose(1, 4, default_threads=3) == (
+        1, 3, "auto: 1 job in this process, OMP_NUM_THREADS=3", True
     )  # fmt: skip
-
-
-def test_free_cores_counts_what_other_processes_keep_busy():
-    cores = executors.cpu_count()
-    assert 1 <= executors.free_cores() <= cores
-    assert executors.busy_cores() >= 0
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        busy = [executors.busy_cores(samples=20) for _ in range(3)]
-    finally:
-        hog.kill()
-        hog.wait()
-    assert max(busy) >= 0.5  # the spinning process is runnable in nearly every sample
 
 
 def _env_of(code: str, **env: str) -> str:
@@ -110,7 +105,7 @@ def test_numbers_do_not_depend_on_the_policy(tmp_path: Path, monkeypatch: pytest
     for name, threads in (("one", "1"), ("two", "2")):
         result = invoke("run", grid_path, "--db", dbs[name], "--workers", "1", "--threads", threads)
         assert result.exit_code == 0, result.output
-        assert f"1 worker on cpu, {threads} thread" in words(result.output)
+        assert f"1 worker on cpu, {threads} thread" in words(result.output)  # fixed: kept
     for db in dbs.values():
         assert set(runs(db)["status"]) == {"done"}
     for job in gridlib.load(grid_path).jobs:

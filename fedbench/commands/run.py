@@ -47,8 +47,8 @@ def run(
         int,
         typer.Option(
             envvar="FEDBENCH_THREADS",
-            help="torch threads per job [default: OMP_NUM_THREADS if set, else the cores that "
-            "are free now split between the workers]",
+            help="torch threads per job [default: OMP_NUM_THREADS if set, else the cores split "
+            "between the workers; 1 for models under 10,000 parameters]",
             show_default=False,
         ),
     ] = 0,
@@ -127,11 +127,10 @@ def run(
     else:
         cores = executors.cpu_count()
         policy = executors.choose(
-            len(todo), cores, n_workers, threads or None, executors.env_threads(),
-            executors.free_cores(cores) if dev.type == "cpu" else cores,
-        )  # fmt: skip
+            len(todo), cores, n_workers, threads or None, executors.env_threads()
+        )
         w = policy.workers if dev.type == "cpu" else (n_workers or 1)
-        slots = executors.plan_slots(dev, w, jobs_per_gpu, policy.threads)
+        slots = executors.plan_slots(dev, w, jobs_per_gpu, policy.threads, policy.fixed)
         if not slots:
             raise CommandError(f"--device {device}: no GPU is visible")
         where = f"{len(slots)} worker{'s' * (len(slots) > 1)}" + (
@@ -146,7 +145,7 @@ def run(
         if executor == "ray":
             executors.run_ray(todo, store.url, dev, ray_address, on_event)
         elif len(slots) == 1:  # in this process
-            slot = executors.Slot(slots[0].device, slots[0].threads if dev.type == "cpu" else 1)
+            slot = slots[0] if dev.type == "cpu" else executors.Slot(slots[0].device, 1)
             executors.run_in_process(todo, store.url, slot, on_event)
         else:
             executors.run_pool(todo, store.url, slots, on_event)
