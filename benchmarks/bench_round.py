@@ -169,6 +169,10 @@ SIDES = [
     ("fedbench, 1 thread", "fedbench", {}, "1"),
     ("fedbench, all cores, spinning wait (old default)", "fedbench", {"SPIN": "1"}, "all"),
 ]
+EXTRA = [  # --spincounts: all cores, OpenMP threads spin this many times before sleeping
+    (f"fedbench, all cores, GOMP_SPINCOUNT={n}", "fedbench", {"GOMP_SPINCOUNT": str(n)}, "all")
+    for n in (3_000, 30_000)
+]
 
 
 def serve(side: str, args: argparse.Namespace) -> None:
@@ -206,7 +210,7 @@ class Side:
         env = dict(env)
         spin = env.pop("SPIN", None) is not None
         child_env = {**os.environ, **env}
-        if side == "loop" or spin:  # torch is imported before fedbench in the child
+        if side == "loop" or spin or "GOMP_SPINCOUNT" in env:  # torch before fedbench there
             child_env.pop("OMP_WAIT_POLICY", None)  # libgomp's default: spin, then sleep
         self.wait = child_env.get("OMP_WAIT_POLICY", "spin").lower()
         self.proc = subprocess.Popen(
@@ -270,13 +274,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7, help="timings per side and phase")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per timing")
     ap.add_argument("--no-loaded", action="store_true", help="skip the loaded phase")
+    ap.add_argument("--spincounts", action="store_true", help="also time short spin counts")
     ap.add_argument("--serve", choices=["loop", "fedbench"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, args)
         return
     argv = [f"--{k}={getattr(args, k)}" for k in ("clients", "steps", "batch", "hidden", "device")]
-    sides = [Side(label, side, dict(env), threads, argv) for label, side, env, threads in SIDES]
+    chosen = SIDES + (EXTRA if args.spincounts else [])
+    sides = [Side(label, side, dict(env), threads, argv) for label, side, env, threads in chosen]
     phases = ["idle"] if args.no_loaded else ["idle", "loaded"]
     loads: dict[str, float] = {}
     try:
