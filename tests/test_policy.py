@@ -46,9 +46,10 @@ SIZES = GRID.replace("hidden = [32]", "").replace(
 )
 
 
-def test_auto_spreads_two_or_more_jobs_over_the_cores_one_thread_each():
+def test_auto_spreads_three_or_more_jobs_per_core_over_the_cores_one_thread_each():
     assert executors.choose(12, 2)[:3] == (2, 1, "auto: 12 jobs over 2 cores, one process each")
-    assert executors.choose(3, 8)[:2] == (3, 2)  # fewer jobs than cores: threads share the rest
+    assert executors.choose(6, 2)[:2] == (2, 1)
+    assert executors.choose(5, 2)[:2] == (1, 2)  # a small grid: worker start-up does not pay
     assert executors.choose(100, 8)[:2] == (8, 1)
 
 
@@ -93,15 +94,17 @@ def test_fedbench_sets_a_passive_openmp_wait_policy_unless_the_user_chose_one():
 
 
 def test_numbers_do_not_depend_on_the_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """auto (a pool of one-thread workers on a multi-core machine), and this process with 1
-    and with 2 threads: the same metrics, row for row, bit for bit (wall time aside)."""
+    """auto, a pool of two one-thread workers, and this process with 1 and with 2 threads:
+    the same metrics, row for row, bit for bit (wall time aside)."""
     monkeypatch.delenv("FEDBENCH_WORKERS", raising=False)
     grid_path = write(tmp_path, GRID)
-    dbs = {k: tmp_path / f"{k}.db" for k in ("auto", "one", "two")}
+    dbs = {k: tmp_path / f"{k}.db" for k in ("auto", "pool", "one", "two")}
     result = invoke("run", grid_path, "--db", dbs["auto"])
     assert result.exit_code == 0, result.output
     expected = executors.choose(2, executors.cpu_count())
     assert f"({expected.why})" in words(result.output)
+    result = invoke("run", grid_path, "--db", dbs["pool"], "--workers", "2")
+    assert result.exit_code == 0 and "2 workers on cpu" in words(result.output), result.output
     for name, threads in (("one", "1"), ("two", "2")):
         result = invoke("run", grid_path, "--db", dbs[name], "--workers", "1", "--threads", threads)
         assert result.exit_code == 0, result.output
@@ -111,7 +114,7 @@ def test_numbers_do_not_depend_on_the_policy(tmp_path: Path, monkeypatch: pytest
     for job in gridlib.load(grid_path).jobs:
         ref = run_metrics(dbs["one"], job.key)
         assert len(ref) > 10
-        for name in ("auto", "two"):
+        for name in ("auto", "pool", "two"):
             assert run_metrics(dbs[name], job.key) == ref  # exactly, not approximately
 
 

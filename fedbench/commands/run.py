@@ -39,7 +39,7 @@ def run(
         typer.Option(
             envvar="FEDBENCH_WORKERS",
             help="local: jobs at once on CPUs, each in its own process (1 = one after the "
-            "other in this process); auto = one per core when the grid has 2+ jobs, else 1; "
+            "other in this process); auto = one per core from 3 jobs per core, else 1; "
             "with GPUs the default is one per GPU × --jobs-per-gpu",
         ),
     ] = "auto",
