@@ -219,8 +219,8 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
     """Run `jobs` on a pool of len(slots) spawned workers; events are relayed to `on_event`.
 
     Ctrl-C (or any error here): the workers are killed at once and the exception propagates;
-    the caller puts the runs they had started back to pending. A kill loses at most the round
-    in flight: every round is its own transaction."""
+    the caller puts the runs they had started back to pending. A kill loses at most the
+    rounds a worker had not written yet (runner.RoundWriter: about a second of work)."""
     ctx = mp.get_context("spawn")  # no forked CUDA or OpenMP state
     manager = SyncManager(ctx=ctx)
     manager.start(_ignore_sigint)
