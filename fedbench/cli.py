@@ -14,7 +14,8 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-# name -> (module in fedbench.commands, function, its docstring's first sentence)
+# name -> (module in fedbench.commands, its function (or its typer.Typer app, for a command
+# group), the first sentence of its docstring (a group: of its app's help))
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Run every job of a grid that is not done yet; results stream into "
             "the database."),
@@ -42,6 +43,10 @@ def load_command(name: str) -> Any:
     """The click command of `name`, importing its module."""
     module, function, _ = COMMANDS[name]
     fn = getattr(importlib.import_module(f"fedbench.commands.{module}"), function)
+    if isinstance(fn, typer.Typer):  # a command group (`fedbench data ...`): its own app
+        group = typer.main.get_command(fn)
+        group.name = name
+        return group
     one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
     one.command(name)(fn)
     return typer.main.get_command(one)  # a click command (typer's own click from typer 0.26)
