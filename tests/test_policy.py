@@ -101,7 +101,7 @@ def test_numbers_do_not_depend_on_the_policy(tmp_path: Path, monkeypatch: pytest
     dbs = {k: tmp_path / f"{k}.db" for k in ("auto", "pool", "one", "two")}
     result = invoke("run", grid_path, "--db", dbs["auto"])
     assert result.exit_code == 0, result.output
-    expected = executors.choose(2, executors.cpu_count())
+    expected = executors.choose(2, executors.cpu_count(), default_threads=executors.env_threads())
     assert f"({expected.why})" in words(result.output)
     result = invoke("run", grid_path, "--db", dbs["pool"], "--workers", "2")
     assert result.exit_code == 0 and "2 workers on cpu" in words(result.output), result.output
