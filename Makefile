@@ -1,6 +1,6 @@
 # fedbench: `make help` lists the targets.
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench clean
+.PHONY: help install install-demo demo test test-all lint format bench clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,20 +8,30 @@ PY := $(VENV)/bin/python
 # torch is installed first, by itself, so that pip does not pull a multi-GB CUDA build for
 # the bare `torch` requirement; override e.g. `make install TORCH=torch` on a GPU machine.
 TORCH ?= torch==2.13.0
-STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.\n' '_')
+TORCH_TAG := $(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.\n' '_')
+BASE := $(VENV)/.base-$(TORCH_TAG)
+STAMP := $(VENV)/.installed-$(TORCH_TAG)
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+# What running grids needs (the demo, the benchmarks): torch, then fedbench's own dependencies.
+$(BASE): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+# Tests and lint add the dev tools, Ray, pyarrow and psycopg on top.
+$(STAMP): $(BASE)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
 install: $(STAMP) ## create .venv and install fedbench with its dev tools (TORCH=... to choose torch)
 
-demo: install ## run experiments/quickstart.toml, print the comparison, write the plot
+install-demo: $(BASE) ## create .venv with only what running grids needs (no dev tools, Ray, pyarrow)
+
+demo: $(BASE) ## run experiments/quickstart.toml, print the comparison, write the plot
 	$(VENV)/bin/fedbench run experiments/quickstart.toml
 	$(VENV)/bin/fedbench report --experiment quickstart --plot bits-vs-accuracy --target-accuracy 0.85
 
@@ -40,8 +50,11 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix fedbench tests benchmarks
 	$(VENV)/bin/ruff format fedbench tests benchmarks
 
-bench: install ## speed and scale benchmarks against a sequential PyTorch client loop
+bench: $(BASE) ## speed (idle and loaded), CLI start-up, theory-scale and scale benchmarks
+	@echo "== machine: $$(nproc) cores; $$(uptime)"
 	$(PY) benchmarks/bench_round.py
+	$(PY) benchmarks/bench_cli.py
+	$(PY) benchmarks/bench_theory.py
 	$(PY) benchmarks/bench_scale.py
 
 clean: ## remove the virtualenv, caches and results

@@ -9,6 +9,17 @@ process, which owns the display.
 - `local`, N workers: a pool of N spawned processes. On CPUs the cores are split between them
   (`torch.set_num_threads(cores // N)`); with GPUs each worker owns one device slot: one per
   GPU by default, `jobs_per_gpu` slots per GPU to pack small jobs.
+- `local`, `--workers auto` (the default): `choose` below. On CPUs a grid of at least three
+  jobs per core runs one job per core, one thread each, in a pool (small jobs scale far better over
+  processes than over threads, and a single-threaded job never waits on a descheduled sibling
+  thread when the machine is shared); a single job runs in this process with all the cores'
+  threads, one thread for a small model (`SMALL_MODEL`).
+
+The thread policy that holds on a shared machine: `fedbench/__init__.py` sets
+OMP_WAIT_POLICY=PASSIVE (unless the user set it) before torch is imported, so a job's idle
+OpenMP threads sleep instead of spinning against the other processes for the cores; the
+spawned workers inherit it. A job's numbers do not depend on any of this: same config and
+seed give the same numbers in this process or a pool, with 1 or N threads (tests/test_policy.py).
 - `ray`: each job a Ray task asking for its CPU/GPU share, on a local Ray started here or on
   the cluster at `ray_address`. Rows reach the store from the Ray workers (a PostgreSQL URL
   for a real cluster; a SQLite file works when the workers share this machine).
@@ -32,12 +43,22 @@ import torch
 
 from fedbench import runner
 from fedbench.grid import Job
+from fedbench.models import build_model
 from fedbench.store import Store
 
 
 class Slot(NamedTuple):
     device: str  # "cpu", "cuda:0", ...
     threads: int  # torch intra-op threads of the worker
+    fixed: bool = True  # False: a model under SMALL_MODEL parameters runs with one thread
+
+
+# Below this many parameters a job runs single-threaded unless the user fixed the threads:
+# its ops are too small to gain from threads, and each parallel region costs a wake-up that
+# waits for a free core on a shared machine (benchmarks/bench_theory.py: EF21 on a d = 30
+# logistic regression, 12 ms per round with 1 thread against 267 ms with 2 on a loaded
+# machine, while the digits MLP of bench_round.py, d = 53k, is faster with 2 threads).
+SMALL_MODEL = 10_000
 
 
 class Event(NamedTuple):
@@ -49,6 +70,7 @@ class Event(NamedTuple):
 
 
 OnEvent = Callable[[Event], None]
+PROGRESS_SECONDS = 0.1  # least wall time between two progress events of a job's rounds
 
 
 def cpu_count() -> int:
@@ -58,29 +80,110 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def plan_slots(device: torch.device, workers: int, jobs_per_gpu: int = 1) -> list[Slot]:
+def env_threads() -> int | None:
+    """OMP_NUM_THREADS when the user set it to a positive integer."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+# `--workers auto` spreads a grid over a pool from this many jobs per core: a worker pays
+# ~2 s of start-up (torch, data), which small grids do not earn back. Measured on 2 cores:
+# quickstart's 4 FedAvg jobs took 8.6 s in this process against 10.4 s in a pool (16.5 / 21.1
+# s beside a competing process); all 12 quickstart jobs 19.6 s against 14.4 s.
+POOL_JOBS_PER_CORE = 3
+
+
+class Policy(NamedTuple):
+    """How a grid's jobs run on CPUs: `workers` jobs at once (1 = in this process), each with
+    `threads` torch intra-op threads; `why` says which rule chose it (printed by `run`)."""
+
+    workers: int
+    threads: int
+    why: str
+    fixed: bool = False  # threads given by the user: run_job keeps them for every model
+
+
+def choose(jobs: int, cores: int, workers: int | None = None, threads: int | None = None,
+           default_threads: int | None = None) -> Policy:  # fmt: skip
+    """The CPU policy for `jobs` jobs on `cores` cores.
+
+    `workers` None is `--workers auto`: a pool of `cores` workers when there are at least
+    POOL_JOBS_PER_CORE jobs per core (and two cores), else this process. `threads` None:
+    `default_threads` (the user's OMP_NUM_THREADS) if given, else the cores split between the
+    workers; `run_job` then gives a small model one thread (`SMALL_MODEL`).
+    """
+    cores = max(1, cores)
+    if workers is None:
+        workers = cores if jobs >= POOL_JOBS_PER_CORE * cores and cores >= 2 else 1
+        why = (
+            f"auto: {jobs} jobs over {cores} cores, one process each"
+            if workers > 1
+            else f"auto: {jobs} job{'s' * (jobs != 1)} in this process"
+        )
+    else:
+        why = f"--workers {workers}"
+    if threads is not None:
+        why += f", --threads {threads}"
+    elif default_threads is not None:
+        threads = default_threads
+        why += f", OMP_NUM_THREADS={threads}"
+    else:
+        threads = max(1, cores // workers)
+        if threads > 1:
+            why += f"; models under {SMALL_MODEL:,} parameters: 1 thread"
+        return Policy(workers, threads, why, fixed=False)
+    return Policy(workers, threads, why, fixed=True)
+
+
+def plan_slots(
+    device: torch.device,
+    workers: int,
+    jobs_per_gpu: int = 1,
+    threads: int | None = None,
+    fixed: bool = True,
+) -> list[Slot]:
     """The device and thread count of every worker.
 
     CUDA: `jobs_per_gpu` slots on each visible GPU (a device index pins one GPU); `workers`
-    caps the number when given (> 1). CPU: `workers` slots sharing the cores evenly.
+    caps the number when given (> 1). CPU: `workers` slots sharing the cores evenly (or
+    `threads` threads each when given).
     """
     if device.type == "cuda":
         gpus = [device.index] if device.index is not None else range(torch.cuda.device_count())
         slots = [Slot(f"cuda:{g}", 1) for g in gpus for _ in range(jobs_per_gpu)]
         return slots[:workers] if workers > 1 else slots
-    threads = max(1, cpu_count() // workers)
-    return [Slot(str(device), threads)] * workers
+    threads = threads or max(1, cpu_count() // workers)
+    return [Slot(str(device), threads, fixed)] * workers
 
 
 # -- one job, anywhere -------------------------------------------------------------------------
 
 
+def job_threads(job: Job, slot: Slot) -> int:
+    """The slot's threads, or one for a model under SMALL_MODEL parameters (unless fixed)."""
+    if slot.fixed or slot.threads == 1:
+        return slot.threads
+    try:
+        t = job.config["task"]
+        fd = runner.load_dataset(t)  # cached: the job's own build reuses it
+        model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+    except Exception:
+        return slot.threads  # the job's own build reports the problem
+    return 1 if model.spec.d < SMALL_MODEL else slot.threads
+
+
 def run_job(job: Job, url: str, slot: Slot, emit: Callable[[Event], None]) -> runner.Outcome:
     """Run one job on `slot`, writing to the database at `url`; events go to `emit`."""
-    torch.set_num_threads(slot.threads)
+    torch.set_num_threads(job_threads(job, slot))
+    last = [0.0]
 
     def progress(j: Job, t: int, m: dict[str, float]) -> None:
-        emit(Event("round", j.key, t, dict(m)))
+        """Evaluated rounds, and others at most every PROGRESS_SECONDS: a display needs no
+        more, and 10⁵ fast rounds should not cost 10⁵ events (one IPC message each in a pool)."""
+        now = time.perf_counter()
+        if "train_loss" in m or now - last[0] >= PROGRESS_SECONDS:
+            last[0] = now
+            emit(Event("round", j.key, t, dict(m)))
 
     def started() -> None:  # once the job's lease is ours
         emit(Event("start", job.key, 0, {}))
@@ -148,9 +251,10 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
 
     Ctrl-C (or any error here): the workers are killed at once and the exception propagates;
     the caller puts the runs they had started back to pending. A kill loses at most the round
-    in flight: every round is its own transaction. A worker that dies (killed, out of memory)
-    breaks the pool: the others are stopped and `WorkerDiedError` names the jobs in flight, for
-    the caller to requeue. Workers exit by themselves when this process dies."""
+    in flight (or, for rounds under runner.FLUSH_SECONDS, the rounds of the last 50 ms). A
+    worker that dies (killed, out of memory) breaks the pool: the others are stopped and
+    `WorkerDiedError` names the jobs in flight, for the caller to requeue. Workers exit by
+    themselves when this process dies."""
     ctx = mp.get_context("spawn")  # no forked CUDA or OpenMP state
     manager = SyncManager(ctx=ctx)
     manager.start(_ignore_sigint)

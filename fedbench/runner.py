@@ -1,6 +1,15 @@
 """Run one job: build its environment, loop over rounds, stream every round to the store.
 
-Each round is written in its own transaction, so a crash loses at most the round in flight.
+Rounds reach the database through `RoundWriter`: a round is written in its own transaction as
+soon as `FLUSH_SECONDS` (50 ms) have passed since the last write, and always at an evaluation
+round, before a checkpoint and at the end. A round that takes 50 ms or more (every deep-
+learning round) is therefore written before the next one starts: a crash (kill -9, power loss)
+loses at most the round in flight. Faster rounds (theory scale: 10⁵ rounds of a few hundred
+µs) are written in batches at most 50 ms old, so such a run does not spend its time in
+commits, and a crash loses at most those 50 ms of rounds. An exception or Ctrl-C writes the
+completed rounds first. Every write checks the run's lease (fedbench.store): a launcher that
+lost its job writes nothing more. Re-running the grid restarts an unfinished run from its
+checkpoint or from round 0, with no duplicate rows.
 A NaN/inf loss or model marks the run `diverged` and stops it; an exception marks it `failed`
 with the error, and the caller goes on with the next job.
 """
@@ -37,6 +46,28 @@ from fedbench.store import Claim, LeaseLostError, RunSpec, Store, StoreError
 from fedbench.task import ClientData, Task
 
 Progress = Callable[[Job, int, dict[str, float]], None]  # (job, round, metrics) after each round
+FLUSH_SECONDS = 0.05  # longest wall time between two writes of a run's rounds
+
+
+class RoundWriter:
+    """A run's per-round metrics, written to the store in batches (see the module docstring)."""
+
+    def __init__(self, store: Store, run_id: int, token: str | None = None) -> None:
+        self.store, self.run_id, self.token = store, run_id, token
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.last = time.perf_counter()
+
+    def add(self, t: int, metrics: dict[str, float], write: bool = False) -> None:
+        """Queue round `t`; write the queue now when `write` or after FLUSH_SECONDS."""
+        self.pending.append((t, dict(metrics)))
+        if write or time.perf_counter() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.store.log_rounds(self.run_id, self.pending, self.token)
+            self.pending = []
+        self.last = time.perf_counter()
 
 
 @dataclass(frozen=True)
@@ -234,14 +265,20 @@ def _claimed(
         run_id = store.start_run(
             job.key, socket.gethostname(), str(device), resume_round=resume, token=token
         )
+        rows = RoundWriter(store, run_id, token)
         try:
             status, error, rounds_done, final = _loop(
-                job, store, run_id, device, start, progress, folder, ckpt, token
+                job, rows, run_id, device, start, progress, folder, ckpt
             )
-        except (LeaseLostError, BrokenPipeError):  # not the job's failure
+            rows.flush()
+        except (KeyboardInterrupt, BrokenPipeError):  # not the job's failure
+            _flush_quietly(rows)  # the completed rounds
+            raise
+        except LeaseLostError:
             raise
         except Exception as e:
             status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+            _flush_quietly(rows)
             rounds_done = store.last_round(run_id) or 0
         status = store.finish_run(
             run_id, status, error, token=token, rounds=rounds if status == "done" else None
@@ -253,16 +290,23 @@ def _claimed(
     return Outcome(job.key, status, error, rounds_done, time.perf_counter() - start, final, note)
 
 
+def _flush_quietly(rows: RoundWriter) -> None:
+    """Write the completed rounds after a failure; a database error here is not the story."""
+    try:
+        rows.flush()
+    except Exception:
+        rows.pending = []
+
+
 def _loop(
     job: Job,
-    store: Store,
+    rows: RoundWriter,
     run_id: int,
     device: torch.device,
     start: float,
     progress: Progress | None,
     folder: Path,
     ckpt: checkpoint.Checkpoint | None,
-    token: str | None = None,
 ) -> tuple[str, str | None, int, dict[str, float]]:
     exp = job.config["experiment"]
     rounds, every, save_every = exp["rounds"], exp["eval_every"], exp["checkpoint_every"]
@@ -286,7 +330,7 @@ def _loop(
             metrics.update(alg.metrics(state, env))
         if eps is not None:
             metrics["epsilon"] = eps.epsilon(0)
-        store.log_round(run_id, 0, metrics, token)
+        rows.add(0, metrics, write=True)
         first = 1
     else:  # resume after the checkpoint's round
         state, bits_up, bits_down, wall0 = ckpt.state, ckpt.bits_up, ckpt.bits_down, ckpt.wall_s
@@ -311,7 +355,8 @@ def _loop(
         if env.network is not None or log.sim_time_s is not None:
             metrics["sim_time_s"] = sim_time
         finite = bool(torch.isfinite(x).all()) and all(math.isfinite(v) for v in log.extra.values())
-        if finite and (t % every == 0 or t == rounds):
+        evaluated = finite and (t % every == 0 or t == rounds)
+        if evaluated:
             metrics.update(evaluate(task, x, grad_norm, coherence))
             if alg.metrics is not None:
                 metrics.update(alg.metrics(state, env))
@@ -319,12 +364,13 @@ def _loop(
                 metrics["epsilon"] = eps.epsilon(t)
             finite = math.isfinite(metrics["train_loss"])
         metrics["wall_s"] = wall0 + time.perf_counter() - start
-        store.log_round(run_id, t, metrics, token)
+        rows.add(t, metrics, write=evaluated or not finite)
         if progress is not None:
             progress(job, t, metrics)
         if not finite:
             return "diverged", f"non-finite loss or model at round {t}", t, metrics
         if save_every and t % save_every == 0 and t < rounds:
+            rows.flush()  # the database holds every round the checkpoint covers
             extra = {"sim_time_s": sim_time}
             ckpt_t = checkpoint.Checkpoint(t, state, bits_up, bits_down, metrics["wall_s"], extra)
             try:

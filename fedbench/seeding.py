@@ -8,9 +8,12 @@ cohorts and the same minibatch indices, so their curves differ only by the metho
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported on use: the data module (numpy only) needs none of it
+    import torch
 
 # Purposes used across the code base (any string works; these are the conventional ones).
 INIT = "init"
@@ -33,6 +36,8 @@ def generator(
     seed: int, round: int, purpose: str, device: torch.device | str = "cpu"
 ) -> torch.Generator:
     """A fresh torch.Generator on `device` for (seed, round, purpose)."""
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(mix(seed, round, purpose))
     return g
@@ -47,6 +52,8 @@ class RoundRng:
     """Generators for one round: `rng(purpose)` -> a generator keyed by (seed, round, purpose)."""
 
     def __init__(self, seed: int, round: int, device: torch.device | str = "cpu") -> None:
+        import torch
+
         self.seed = seed
         self.round = round
         self.device = torch.device(device)

@@ -804,16 +804,27 @@ class Store:
         """Write one round's metrics in one transaction; a (run, round, name) written before
         gets the new value. NaN is stored as NULL, ±inf as is. With `token`: only while the
         run is ours (else LeaseLostError, nothing written)."""
+        self.log_rounds(run_id, [(round, metrics)], token)
+
+    def log_rounds(
+        self,
+        run_id: int,
+        rounds: Sequence[tuple[int, Mapping[str, float]]],
+        token: str | None = None,
+    ) -> None:
+        """Write several rounds' metrics, (round, metrics) pairs, in one transaction (the
+        runner batches fast rounds this way); as `log_round` otherwise, lease check included."""
         rows = []
-        for name, value in metrics.items():
-            try:
-                rows.append(
-                    {"run_id": run_id, "round": int(round), "name": name, "value": float(value)}
-                )
-            except (TypeError, ValueError):
-                raise StoreError(
-                    f"run {run_id} round {round}: metric {name!r} = {value!r} is not a number"
-                ) from None
+        for round, metrics in rounds:
+            for name, value in metrics.items():
+                try:
+                    rows.append(
+                        {"run_id": run_id, "round": int(round), "name": name, "value": float(value)}
+                    )
+                except (TypeError, ValueError):
+                    raise StoreError(
+                        f"run {run_id} round {round}: metric {name!r} = {value!r} is not a number"
+                    ) from None
         if not rows:
             return
         with self._write() as conn:

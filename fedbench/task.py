@@ -13,6 +13,7 @@ forward/backward over its clients.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -345,23 +346,35 @@ def smoothness(task: Task) -> Smoothness:
 
 
 def _activation_floats(model: Model, input_shape: tuple[int, ...]) -> int:
-    """Floats of activations per sample in one forward pass (traced on the meta device, or
-    the model's own count when it has one: a functional forward calls no submodule)."""
+    """Floats of activations per sample in one forward pass of one zero sample (or the
+    model's own count when it has one: a functional forward calls no submodule). The
+    template's meta parameters are materialised (uninitialised) on the CPU for one real
+    one-sample pass: the first meta-device op imports sympy, 1.5 s in every fedbench process
+    and pool worker."""
     own = getattr(model, "activation_floats", None)
     if own is not None:
         return int(own(input_shape))
     total = math.prod(input_shape)
     hooks = []
+    template = copy.deepcopy(model.template).eval()  # eval: batch norm takes one sample
+    for mod in template.modules():  # meta tensors -> uninitialised CPU ones, by shape only
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.is_meta:
+                setattr(mod, name, torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype)))
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if b.is_meta:
+                mod._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
 
     def count(_m: torch.nn.Module, _i: object, out: Tensor) -> None:
         nonlocal total
         total += out[0].numel()
 
-    for mod in model.template.modules():
+    for mod in template.modules():
         if not list(mod.children()):
             hooks.append(mod.register_forward_hook(count))
     try:
-        model.template(torch.empty((1, *input_shape), device="meta"))
+        with torch.no_grad():
+            template(torch.zeros((1, *input_shape)))
     finally:
         for h in hooks:
             h.remove()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,10 @@ from fedbench.compressors import build_compressor
 from fedbench.models import build_model
 from fedbench.seeding import RoundRng, generator
 from fedbench.task import ClientData, Task
+
+# The CLI tests run grids in this process (they monkeypatch the runner); `--workers auto`
+# would spread a grid over a process pool. tests/test_policy.py exercises auto itself.
+os.environ.setdefault("FEDBENCH_WORKERS", "1")
 
 
 def make_data(

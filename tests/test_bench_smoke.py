@@ -13,9 +13,33 @@ def test_bench_round_runs_and_reports_the_ratio():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_round.py"),
          "--clients", "4", "--steps", "1", "--batch", "4", "--hidden", "8", "--repeats", "1"],
-        capture_output=True, text=True, check=True, cwd=ROOT, timeout=120,
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert "speed-up" in out.stdout and "of this machine's fp32 GEMM rate" in out.stdout
+    # both phases, the competing process started and stopped by the benchmark itself
+    assert "speed-up loaded" in out.stdout and "fedbench loaded / idle" in out.stdout
+    assert "one competing `while True: pass` process" in out.stdout
+
+
+def test_bench_theory_matches_numpy_and_breaks_the_round_down():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_theory.py"),
+         "--rounds", "300", "--probe-rounds", "200", "--eval-every", "50"],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    for part in ("plain NumPy EF21 loop", "algorithm round", "database writes", "300 rounds"):
+        assert part in out.stdout
+    diff = float(out.stdout.split("max |x_fedbench - x_numpy| after 200 rounds:")[1].split()[0])
+    assert diff < 1e-4  # the NumPy loop is the same method (float32 rounding apart)
+
+
+def test_bench_cli_times_every_command():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_cli.py"), "--repeats", "1"],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    for command in ("fedbench --help", "fedbench ls", "fedbench show", "fedbench algorithms"):
+        assert command in out.stdout
 
 
 def test_bench_scale_runs_every_section():

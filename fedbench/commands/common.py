@@ -54,27 +54,39 @@ class CommandError(Exception):
         self.lines = list(lines)
 
 
+# The project's errors a command turns into one line each: (module, class, how to get the
+# lines). Looked up when an error is caught, in modules already imported (a module that raised
+# is imported), so decorating a command imports nothing heavy.
+_KNOWN_ERRORS = (
+    ("fedbench.grid", "GridError", lambda e: list(e.problems)),
+    ("fedbench.data.base", "DataError", lambda e: [str(e)]),
+    ("fedbench.store", "StoreError", lambda e: [str(e)]),
+    ("fedbench.report.labels", "ReportError", lambda e: [str(e)]),
+)
+
+
+def known_error_lines(e: BaseException) -> list[str] | None:
+    """The one-line messages of a known fedbench error, None for any other exception."""
+    if isinstance(e, CommandError):
+        return e.lines
+    for module, name, lines in _KNOWN_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return lines(e)
+    return None
+
+
 def one_line_errors(fn: F) -> F:
     """Turn the project's known errors into one red line each on stderr and exit status 2.
-    The error classes are imported when an error happens, so that `--help` stays fast."""
+    The error classes are matched without importing their modules, so `--help` stays fast."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except CommandError as e:
-            lines = e.lines
         except Exception as e:
-            from fedbench.data import DataError
-            from fedbench.grid import GridError
-            from fedbench.report import ReportError
-            from fedbench.store import StoreError
-
-            if isinstance(e, GridError):
-                lines = e.problems
-            elif isinstance(e, (DataError, StoreError, ReportError)):
-                lines = [str(e)]
-            else:
+            lines = known_error_lines(e)
+            if lines is None:
                 raise
         for line in lines:
             err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)

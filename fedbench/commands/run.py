@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.markup import escape
 from rich.progress import (
@@ -51,12 +50,23 @@ def run(
         str, typer.Option(help="where jobs run: local (this machine) | ray (a Ray cluster)")
     ] = "local",
     workers: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDBENCH_WORKERS",
+            help="local: jobs at once on CPUs, each in its own process (1 = one after the "
+            "other in this process); auto = one per core from 3 jobs per core, else 1; "
+            "with GPUs the default is one per GPU × --jobs-per-gpu",
+        ),
+    ] = "auto",
+    threads: Annotated[
         int,
         typer.Option(
-            help="local: parallel jobs on CPUs, splitting the cores (1 = in this process); "
-            "with GPUs the default is one per GPU × --jobs-per-gpu"
+            envvar="FEDBENCH_THREADS",
+            help="torch threads per job [default: OMP_NUM_THREADS if set, else the cores split "
+            "between the workers; 1 for models under 10,000 parameters]",
+            show_default=False,
         ),
-    ] = 1,
+    ] = 0,
     jobs_per_gpu: Annotated[
         int, typer.Option(help="jobs packed on each GPU (local executor with CUDA)")
     ] = 1,
@@ -98,8 +108,11 @@ def run(
     """
     if executor not in ("local", "ray"):
         raise CommandError(f"--executor {executor}: allowed: local, ray")
-    if workers < 1:
-        raise CommandError(f"--workers {workers}: allowed: an integer >= 1")
+    n_workers = None if workers == "auto" else int(workers) if workers.isdigit() else 0
+    if n_workers is not None and n_workers < 1:
+        raise CommandError(f"--workers {workers}: allowed: auto or an integer >= 1")
+    if threads < 0:
+        raise CommandError(f"--threads {threads}: allowed: an integer >= 1 (0 = default)")
     if jobs_per_gpu < 1:
         raise CommandError(f"--jobs-per-gpu {jobs_per_gpu}: allowed: an integer >= 1")
     try:
@@ -160,21 +173,27 @@ def run(
     if executor == "ray":
         where = f"Ray ({ray_address or 'local'})"
     else:
-        slots = executors.plan_slots(dev, workers, jobs_per_gpu)
+        cores = executors.cpu_count()
+        policy = executors.choose(
+            len(todo), cores, n_workers, threads or None, executors.env_threads()
+        )
+        w = policy.workers if dev.type == "cpu" else (n_workers or 1)
+        slots = executors.plan_slots(dev, w, jobs_per_gpu, policy.threads, policy.fixed)
         if not slots:
             raise CommandError(f"--device {device}: no GPU is visible")
         where = f"{len(slots)} worker{'s' * (len(slots) > 1)}" + (
             f" on {', '.join(sorted({s.device for s in slots}))}"
         )
+        if dev.type == "cpu":
+            where += f", {policy.threads} thread{'s' * (policy.threads > 1)} each ({policy.why})"
     display = _Display(todo, labels)
     console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
 
     def go(todo: list[gridlib.Job], on_event: executors.OnEvent) -> None:
         if executor == "ray":
             executors.run_ray(todo, store.url, dev, ray_address, on_event)
-        elif len(slots) == 1:  # in this process, with all its threads on a CPU
-            threads = torch.get_num_threads() if dev.type == "cpu" else 1
-            slot = executors.Slot(slots[0].device, threads)
+        elif len(slots) == 1:  # in this process
+            slot = slots[0] if dev.type == "cpu" else executors.Slot(slots[0].device, 1)
             executors.run_in_process(todo, store.url, slot, on_event)
         else:
             executors.run_pool(todo, store.url, slots, on_event)

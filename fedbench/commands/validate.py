@@ -11,8 +11,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedbench import grid as gridlib
-from fedbench import runner
 from fedbench.commands.common import (
     CommandError,
     FormatOption,
@@ -35,6 +33,9 @@ def validate(
 
     Example: fedbench validate experiments/quickstart.toml --format json
     """
+    from fedbench import grid as gridlib
+    from fedbench import runner
+
     check_format(fmt, ("table", "json", "csv"))
     g = gridlib.load(grid)
     if data:

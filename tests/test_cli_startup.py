@@ -1,0 +1,95 @@
+"""An instant CLI: `fedbench --help`, `ls`, `show` and the `--help` of the commands do not
+import torch, pandas or matplotlib unless the command needs them (each case runs in a fresh
+interpreter and reads its sys.modules), and the lazy command listing is the commands' own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.core import TyperCommand
+
+from fedbench import cli
+from fedbench.store import RunSpec, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "pandas", "matplotlib", "sklearn")
+
+PROBE = f"""
+import json, sys
+sys.argv = ["fedbench", *json.loads(sys.argv[1])]
+from fedbench.cli import main
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+
+
+def heavy_imports(*args: str) -> list[str]:
+    """The heavy modules a CLI call imported, in a fresh interpreter (exit status 0 asserted)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(list(args))],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["code"] in (0, None), out.stdout + out.stderr
+    return list(result["heavy"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("validate", "--help"), ("ls", "--help"), ("show", "--help"),
+     ("export", "--help")],
+)  # fmt: skip
+def test_help_imports_no_heavy_library(args: tuple[str, ...]):
+    assert heavy_imports(*args) == []
+
+
+def test_ls_and_show_import_neither_torch_nor_matplotlib(tmp_path: Path):
+    db = str(tmp_path / "r.db")
+    config = {"task": {"dataset": "digits", "clients": 4, "partition": "iid"}}
+    with Store(db) as s:
+        exp = s.upsert_experiment("e", "g.toml", "")
+        s.ensure_runs(exp, [RunSpec("abcdef01", 0, "fedavg", "identity", "digits", "mlp", config)])
+        run_id = int(s.get_run("abcdef01")["id"])
+        s.log_round(run_id, 0, {"bits_up": 0.0, "test_accuracy": 0.1})
+    # listing runs reads them through pandas (store frames); torch and matplotlib stay out
+    assert "torch" not in heavy_imports("ls", "--db", db)
+    assert not {"torch", "matplotlib"} & set(heavy_imports("ls", "--db", db))
+    assert not {"torch", "matplotlib", "sklearn"} & set(heavy_imports("show", "abcd", "--db", db))
+
+
+def test_lazy_listing_is_the_commands_own_help():
+    """`fedbench --help` prints COMMANDS' summaries: they must be what click would print from
+    each command's docstring, for any terminal width."""
+    for name in cli.COMMANDS:
+        cmd = cli.load_command(name)
+        for limit in (30, 45, 70, 200):
+            lazy = TyperCommand(name, help=cli.COMMANDS[name][2]).get_short_help_str(limit)
+            assert lazy == cmd.get_short_help_str(limit), (name, limit)
+
+
+def test_every_command_module_function_is_listed():
+    import fedbench.commands as pkg
+
+    names = {p.stem for p in Path(pkg.__file__).parent.glob("*.py")} - {"__init__", "common"}
+    assert {module for module, _, _ in cli.COMMANDS.values()} == names
+
+
+def test_digits_read_without_sklearn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from fedbench.data.builtin import _digits_file
+
+    images, target = _digits_file()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and images.dtype == ref.images.dtype
+    assert np.array_equal(target, ref.target) and target.shape == (1797,)
