@@ -19,8 +19,8 @@ from typer.core import TyperCommand, TyperGroup
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Run every job of a grid that is not done yet; results stream into "
             "the database."),
-    "report": ("report", "report", "Table of mean ± std over seeds per configuration, and "
-               "comparison plots."),
+    "report": ("report", "report", "Table of mean ± std over seeds per configuration, "
+               "comparison plots and an HTML page."),
     "ls": ("ls", "ls", "List runs with their status, rounds and final accuracy (or "
            "experiments with --experiments)."),
     "show": ("show", "show", "Show a run: status, error, resolved configuration, the "

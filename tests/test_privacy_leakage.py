@@ -28,3 +28,21 @@ def test_probe_reconstructs_without_protection_and_fails_under_noise():
     sparse = probe(model, w, x, y, classes, rng, math.inf, 0.0, topk, 300, seed=0)
     assert sparse.psnr < clear.psnr, (clear, sparse)
     assert torch.isfinite(torch.tensor([clear.mse, noisy.mse, sparse.mse])).all()
+
+
+def test_probe_leakage_command_runs_as_a_group_subcommand() -> None:
+    """`fedbench probe leakage` (a one-command group: it must stay a group under the lazy CLI)
+    prints one row per compressor × σ."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fedbench", "probe", "leakage", "--samples", "1", "--steps", "3",
+         "--noise", "0", "--compressor", "identity,topk", "--format", "json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = json.loads(out.stdout)
+    assert [r["compressor"] for r in rows] == ["identity", "topk"]

@@ -10,7 +10,8 @@ from fedbench.commands.common import CommandError, console, emit_rows, one_line_
 
 app = typer.Typer(
     help="Download file datasets once into a cache directory ($FEDBENCH_DATA, else "
-    "~/.cache/fedbench/data); grids then name them without a path. Never run by a grid.",
+    "~/.cache/fedbench/data); grids then name them without a path. Never run by a grid.\n\n"
+    "Example: fedbench data fetch mnist cifar10",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,

@@ -12,8 +12,16 @@ import typer
 from fedbench.commands.common import CommandError, one_line_errors
 
 app = typer.Typer(
-    help="Attacks on what a client's messages reveal.", no_args_is_help=True, add_completion=False
+    help="Attacks on what a client's messages reveal.\n\n"
+    "Example: fedbench probe leakage --compressor identity,topk --noise 0,0.1",
+    no_args_is_help=True,
+    add_completion=False,
 )
+
+
+@app.callback()
+def _group() -> None:
+    """Attacks on what a client's messages reveal (a group even with one attack)."""
 
 
 def _floats(text: str, what: str) -> list[float]:
