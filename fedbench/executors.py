@@ -242,8 +242,18 @@ def _init_worker(slots: Any, events: Any) -> None:
     _worker["events"] = events
 
 
+def _pool_emit(e: Event) -> None:
+    """Send an event to the launcher. If its queue is gone, so is the launcher (killed): this
+    worker exits at once, leaving its run `running` for another launcher to take over,
+    instead of letting the broken queue fail the job."""
+    try:
+        _worker["events"].put(e)
+    except Exception:
+        os._exit(1)
+
+
 def _pool_job(job: Job, url: str) -> runner.Outcome:
-    return run_job(job, url, _worker["slot"], _worker["events"].put)
+    return run_job(job, url, _worker["slot"], _pool_emit)
 
 
 def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnEvent) -> None:

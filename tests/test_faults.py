@@ -219,7 +219,10 @@ def test_a_full_disk_stops_checkpoints_not_the_run(
 
 # --------------------------------------------------------------------------- one-line errors
 
-BASE = '[experiment]\nrounds = 2\n[task]\ndataset = "digits"\nmodel = "logreg"\nclients = 4\n'
+BASE = (
+    '[experiment]\nrounds = 2\neval_every = 1\n[task]\ndataset = "digits"\nmodel = "logreg"\n'
+    "clients = 4\n"
+)
 
 
 def _run_error(tmp_path: Path, text: str | bytes, *args: object) -> str:
