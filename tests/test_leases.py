@@ -216,16 +216,16 @@ def test_three_launchers_at_once_run_every_job_exactly_once(tmp_path: Path, back
     assert set(attempts.values()) == {1}
 
 
-def _holder_pid(db: Path, pgid: int) -> tuple[str, int] | None:
-    """A run held (mid-way) by a process of the given launcher's process group."""
+def _holder_pid(url: str, pgid: int) -> tuple[str, int] | None:
+    """A run held (mid-way: round 3 or later logged) by a process of the given launcher's
+    process group, read through the Store (SQLite or PostgreSQL)."""
     try:
-        with sqlite3.connect(db, timeout=30) as c:
-            q = (
-                "SELECT key, lease_owner, (SELECT MAX(round) FROM metrics WHERE run_id = runs.id)"
-                " FROM runs WHERE status = 'running'"
-            )
-            rows = c.execute(q).fetchall()
-    except sqlite3.OperationalError:
+        with Store(url) as s:
+            runs = s.runs_frame(experiment="leases")
+            held = runs[runs["status"] == "running"]
+            rows = [(str(k), o, s.last_round(int(r))) for k, o, r in
+                    zip(held["key"], held["lease_owner"], held["run_id"], strict=True)]  # fmt: skip
+    except Exception:  # the database is being created by the launcher
         return None
     for key, owner, r in rows:
         pid = int(str(owner).rsplit(":", 1)[1])
@@ -247,9 +247,16 @@ def _wait_for(pred: Any, limit: float, what: str) -> Any:
     pytest.fail(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("how", ["kill", pytest.param("stop", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("how", "backend"),
+    [
+        ("kill", "sqlite"),
+        pytest.param("kill", "postgresql", marks=POSTGRES),
+        pytest.param("stop", "sqlite", marks=pytest.mark.slow),
+    ],
+)
 def test_a_launcher_dying_or_hanging_mid_grid_has_its_job_taken_over(
-    tmp_path: Path, how: str
+    tmp_path: Path, how: str, backend: str
 ) -> None:
     """A launcher with 2 pool workers holds a job mid-way when it is killed with -9 (its
     workers exit with it; as gone processes of this host their jobs are taken over at once)
@@ -262,12 +269,13 @@ def test_a_launcher_dying_or_hanging_mid_grid_has_its_job_taken_over(
     n, rounds, timeout = 3, 600, 4.0
     grid = tmp_path / "g.toml"
     grid.write_text(GRID.format(seeds=3, rounds=rounds, ckpt=50))
-    db = tmp_path / "takeover.db"
-    url = f"sqlite:///{db}"
+    url = f"sqlite:///{tmp_path / 'takeover.db'}"
+    if backend == "postgresql":
+        url = fresh_postgres_database()
     victim = launch(grid, url, tmp_path, 0, timeout, "--workers", "2")
     procs = [victim]
     try:
-        key, pid = _wait_for(lambda: _holder_pid(db, victim.pid), 600, "a job mid-way")
+        key, pid = _wait_for(lambda: _holder_pid(url, victim.pid), 600, "a job mid-way")
         if how == "kill":  # the launcher only: its pool workers must follow by themselves
             os.kill(victim.pid, signal.SIGKILL)
         else:
