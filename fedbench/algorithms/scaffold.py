@@ -53,16 +53,18 @@ def controlled_local_sgd(
     steps: int,
     lr: float,
     gen: torch.Generator,
+    sam_rho: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """K local steps of the cohort from x, each corrected by the control variates:
     y ← y − η_l(g_i(y) − c_i + c) (Alg. 1 line 10). `c_i` `[m, d]`; returns y `[m, d]`, loss `[m]`.
-    Shared by SCALLION and SCAFCOM."""
+    Shared by SCALLION and SCAFCOM; with `sam_rho` = ρ the gradient is the SAM gradient
+    g_i(y + ρg/‖g‖) (FedGAMMA)."""
     drift = c - c_i  # [m, d]: −c_i + c
 
     def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
         return g.add_(drift[rows])
 
-    return local_sgd(env, x, ids, steps, lr, gen, corr)
+    return local_sgd(env, x, ids, steps, lr, gen, corr, sam_rho=sam_rho)
 
 
 class ScaffoldState(NamedTuple):
@@ -76,7 +78,9 @@ class ScaffoldState(NamedTuple):
     up_c: Any  # uplink compressor state for Δc (never error feedback: c_i tracks its target)
 
 
-def scaffold(lr: float, local_steps: int, **server: Any) -> Algorithm:
+def scaffold(lr: float, local_steps: int, sam_rho: float | None = None, **server: Any) -> Algorithm:
+    """SCAFFOLD; `sam_rho` (not a grid field of scaffold) makes the local steps SAM steps, which
+    is FedGAMMA (fedgamma.py)."""
     opt = build_server_opt(server)
 
     def init(x0: Tensor, env: Env, rng: RoundRng) -> ScaffoldState:
@@ -96,7 +100,8 @@ def scaffold(lr: float, local_steps: int, **server: Any) -> Algorithm:
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         c_i = gather_rows(s.c_i, ids, env.device)  # [m, d]
         x = down.x_hat
-        y, loss = controlled_local_sgd(env, x, s.c, c_i, ids, local_steps, lr, rng(seeding.BATCHES))
+        gen = rng(seeding.BATCHES)
+        y, loss = controlled_local_sgd(env, x, s.c, c_i, ids, local_steps, lr, gen, sam_rho)
         dy = y - x  # [m, d]
         dc = -s.c - dy / (local_steps * lr)  # c_i⁺ − c_i = −c + (x − y_K)/(K η_l)
         gen = rng(seeding.UPLINK)
