@@ -96,7 +96,8 @@ def report(
         typer.Option(
             "--x",
             help="x axis: rounds | bits | time (simulated) | wall | steps (inner steps: round "
-            "x local_steps) [default: rounds for --metric, the plot kind's own for --plot]",
+            "x local_steps) | any logged metric, e.g. epsilon [default: rounds for --metric, "
+            "the plot kind's own for --plot]",
         ),
     ] = None,
     band: Annotated[
