@@ -21,23 +21,12 @@ from fedbench.commands.common import (
     one_line_errors,
     open_store,
 )
+from fedbench.report_options import BANDS, PLOTS, X_AXES
 
 if TYPE_CHECKING:
     from fedbench.store import Store
 
-# kept in step with fedbench.report.labels (imported lazily: the CLI starts fast)
-PLOT_KINDS = (
-    "bits-vs-accuracy",
-    "rounds-vs-accuracy",
-    "bits-vs-loss",
-    "rounds-vs-loss",
-    "wall-vs-accuracy",
-    "bits-vs-gradnorm",
-    "time-vs-accuracy",
-    "time-vs-loss",
-)
-X_CHOICES = ("rounds", "bits", "time", "wall", "steps")
-BANDS = ("minmax", "std", "ci95", "none")
+X_CHOICES = tuple("rounds" if a == "round" else a for a in X_AXES)  # the CLI's spelling
 TABLE_FORMATS = ("table", "markdown", "csv", "json", "latex")
 
 
@@ -79,7 +68,7 @@ def report(
         typer.Option(
             "--plot",
             "-p",
-            help=f"plot(s) to write, repeatable or comma-separated: {', '.join(PLOT_KINDS)}",
+            help=f"plot(s) to write, repeatable or comma-separated: {', '.join(PLOTS)}",
         ),
     ] = None,
     metric: Annotated[
@@ -154,7 +143,7 @@ def report(
     check_target(target_accuracy)
     kinds = list(dict.fromkeys(_split(plot)))
     for kind in kinds:
-        _allowed("--plot", kind, PLOT_KINDS)
+        _allowed("--plot", kind, PLOTS)
     ys = list(dict.fromkeys(_split(metric)))
     n_figures = len(kinds) + (1 if ys else 0)
     if out is not None and n_figures != 1:

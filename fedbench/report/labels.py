@@ -13,20 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-PLOTS = (
-    "bits-vs-accuracy",
-    "rounds-vs-accuracy",
-    "bits-vs-loss",
-    "rounds-vs-loss",
-    "wall-vs-accuracy",
-    "bits-vs-gradnorm",
-    "time-vs-accuracy",
-    "time-vs-loss",
-)
-FORMATS = ("table", "markdown", "csv", "json", "latex")
-X_AXES = ("round", "bits", "wall", "time", "steps")  # time: simulated s ([network]); steps: inner
-BANDS = ("minmax", "std", "ci95", "none")
-BITS = ("up", "down", "total")
+from fedbench.report_options import BANDS, BITS, FORMATS, PLOTS, X_AXES  # noqa: F401 (re-exported)
 
 # Config columns that never define a configuration: run bookkeeping and free text.
 BOOKKEEPING = ("experiment.name", "experiment.seeds", "experiment.description")
