@@ -673,17 +673,13 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list, bool)) else repr(value)
 
 
-# methods that draw their own cohorts (not through sample_cohort): availability does not reach
-# them, so a grid with dropouts or windows refuses them (issue 13)
-OWN_COHORT = (
-    "async_local_sgd", "cofig", "dfedsam", "fedavg_rp", "l2gd", "noloco", "streaming_diloco"
-)  # fmt: skip
-
-
 def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]) -> None:
     """Sampling strategies, availability and deadlines only with methods that implement them."""
     a = cfg["algorithm"]
-    own = alg.name in OWN_COHORT or not alg.extra.get("availability", True)
+    # methods that draw their own clients (not through sample_cohort) declare
+    # extra["availability"] = False: availability does not reach them, so dropouts or windows
+    # refuse them (issue 13); asynchronous methods (extra["own_cohort"]) take availability
+    own = not alg.extra.get("availability", True)
     # asynchronous methods draw their workers themselves (uniform among the idle and present)
     ok = (
         ("uniform",)

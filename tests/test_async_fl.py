@@ -470,6 +470,18 @@ def test_new_fields_at_their_defaults_keep_job_keys():
 
 
 @pytest.mark.parametrize(
+    "name",
+    ["async_local_sgd", "cofig", "dfedsam", "fedavg_rp", "l2gd", "noloco", "streaming_diloco",
+     "d_sgd", "single_merge", "dasha", "dadao"],
+)  # fmt: skip
+def test_methods_drawing_their_own_clients_refuse_availability(name):
+    """They declare extra["availability"] = False: a grid with dropouts names them."""
+    with pytest.raises(grid.GridError) as e:
+        grid.parse(f'[algorithm]\nname = "{name}"\n[network]\ndropout_prob = 0.5\n', G)
+    assert any("ignores availability" in p and name in p for p in e.value.problems)
+
+
+@pytest.mark.parametrize(
     ("toml", "needle"),
     [
         ('[algorithm]\nname = "scaffold"\nsampling = "importance"\n', "implemented by fedavg"),

@@ -163,6 +163,6 @@ ALGORITHMS.add(
         "workers of different speeds update the server on arrival (simulated time); DN, DyLU",
         paper="Liu et al. 2024 (arXiv 2401.09135)",
         requires="exact",
-        extra={"error_feedback": False},
+        extra={"error_feedback": False, "availability": False},  # draws its own clients
     )
 )

@@ -55,6 +55,6 @@ ALGORITHMS.add(
         "DIANA-type shifts under client sampling, with COFIG's partial-participation step size",
         paper="Zhao, Burlachenko, Li, Richtárik, SIMODS 2023 (arXiv 2112.13097)",
         requires="unbiased",
-        extra={"error_feedback": False, "local": False},
+        extra={"error_feedback": False, "local": False, "availability": False},
     )
 )

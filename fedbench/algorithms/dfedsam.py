@@ -89,6 +89,6 @@ ALGORITHMS.add(
         "decentralised: local SAM steps on own model x_i, then Q gossip steps x ← W x",
         paper="Shi et al., ICML 2023 (arXiv 2302.04083)",
         requires="exact",
-        extra={"error_feedback": False},
+        extra={"error_feedback": False, "availability": False},  # draws its own clients
     )
 )

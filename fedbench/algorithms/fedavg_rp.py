@@ -104,5 +104,6 @@ ALGORITHMS.add(
         },
         "FedAvg whose cohorts split a fresh permutation every R rounds (each client once)",
         paper="Malinovsky, Horváth, Burlachenko, Richtárik 2023 (arXiv 2302.03662)",
+        extra={"availability": False},  # every client once per meta-epoch: its own draw
     )
 )

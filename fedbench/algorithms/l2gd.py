@@ -126,6 +126,6 @@ ALGORITHMS.add(
         "personalised x_i, probabilistic compressed averaging (both directions) with weight λ",
         paper="Bergou, Burlachenko, Dutta, Richtárik, TMLR 2023 (arXiv 2209.05148)",
         requires="unbiased",
-        extra={"error_feedback": False},
+        extra={"error_feedback": False, "availability": False},  # draws its own clients
     )
 )

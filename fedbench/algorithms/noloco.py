@@ -102,6 +102,6 @@ ALGORITHMS.add(
         "no all-reduce: random groups of G average outer weights and pseudo-gradients",
         paper="Kolehmainen et al. 2025 (arXiv 2506.10911)",
         requires="exact",
-        extra={"error_feedback": False},
+        extra={"error_feedback": False, "availability": False},  # draws its own clients
     )
 )

@@ -187,6 +187,6 @@ ALGORITHMS.add(
         "DiLoCo syncing P fragments in turn, overlapped by τ steps, in fp4/int4/int8/bf16/fp32",
         paper="Douillard et al. 2025 (arXiv 2501.18512)",
         requires="exact",
-        extra={"error_feedback": False},
+        extra={"error_feedback": False, "availability": False},  # draws its own clients
     )
 )
