@@ -148,12 +148,15 @@ def sequential_round(job: grid.Job, device: torch.device) -> Callable[[], None]:
 
 def fedbench_round(job: grid.Job, device: torch.device) -> Callable[[], None]:
     task, env, alg = runner.build(job, device)
-    state = [alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0, device))]
+    mode = runner.rounds_mode(task.model, job.config["algorithm"]["name"])  # as `fedbench run`
+    with mode:
+        state = [alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0, device))]
     t = [0]
 
     def step() -> None:
         t[0] += 1
-        state[0], _ = alg.round(state[0], env, RoundRng(0, t[0], device))
+        with mode:
+            state[0], _ = alg.round(state[0], env, RoundRng(0, t[0], device))
 
     return step
 

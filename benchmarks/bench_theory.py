@@ -127,7 +127,7 @@ def run_job(
     with Store(url) as store:
         exp = store.upsert_experiment(name, "theory.toml", "")
         store.ensure_runs(exp, [runner.run_spec(job)])
-    final: list[float] = []
+    last: list[torch.Tensor] = []
     events = [0]
     build, log_rounds, evaluate = runner.build, Store.log_rounds, runner.evaluate
 
@@ -137,7 +137,7 @@ def run_job(
 
         def round_(*a: Any) -> Any:
             state, log = rnd(*a)
-            final[:] = alg.params(state).tolist()
+            last[:] = [alg.params(state)]  # a reference: read once the job is over
             return state, log
 
         return task, env, alg._replace(round=round_)
@@ -156,7 +156,7 @@ def run_job(
     finally:
         runner.build, Store.log_rounds, runner.evaluate = build, log_rounds, evaluate  # type: ignore[method-assign]
     assert out.status == "done", out.error
-    return wall, final, events[0]
+    return wall, last[0].tolist(), events[0]
 
 
 def main() -> None:

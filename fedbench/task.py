@@ -28,6 +28,7 @@ from fedbench.models import Model
 DEFAULT_MEMORY_GB = 2.0
 DEFAULT_CACHE_MB = 16.0  # working set of one block of clients in local training
 EVAL_CHUNK = 8192  # samples per evaluation forward pass
+FULL_BATCH_CACHE_BYTES = 64 * 2**20  # largest padded copy of all clients' data kept
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def regulariser(w: Tensor, kind: str, lam: float) -> tuple[Tensor, Tensor | None
         return 0.5 * lam * (w * w).sum(-1), lam * w
     if kind == "nonconvex":  # λ Σ_k w_k² / (1 + w_k²), gradient λ 2w / (1 + w²)²
         w2 = w * w
-        return lam * (w2 / (1 + w2)).sum(-1), lam * 2 * w / (1 + w2) ** 2
+        q = (w2 + 1).reciprocal_()  # 1 / (1 + w²)
+        return (w2 * q).sum(-1).mul_(lam), (w * (2 * lam)).mul_(q).mul_(q)
     raise ValueError(f"unknown regulariser {kind!r}")
 
 
@@ -103,6 +105,9 @@ class Task:
         self.memory_bytes = memory_gb * 2**30
         self._act_floats = _activation_floats(model, tuple(data.x.shape[1:]))
         self._smoothness: Smoothness | None = None
+        self._full: tuple[Tensor, Tensor, Tensor] | None = None  # see _everyone_full
+        self._full_tried = False
+        self._everyone = torch.empty(0, dtype=torch.int64)
 
     @property
     def d(self) -> int:
@@ -167,6 +172,16 @@ class Task:
         """
         m = w.shape[0]
         g = torch.empty_like(w) if out is None else out
+        if idx is None and m == self.n:
+            every = self._everyone_full()
+            if (
+                every is not None
+                and self.chunk_size(every[2].shape[1]) >= m
+                and torch.equal(ids, self._everyone)
+            ):
+                x, y, wt = every
+                loss, _ = self.model.loss_grad(w, x, y, wt, out=g)
+                return self._regularised(w, loss, g)
         loss = torch.empty(m, device=w.device)
         width = idx.shape[1] if idx is not None else int(self.data.counts[ids].max())
         step = self.chunk_size(width)
@@ -179,11 +194,32 @@ class Task:
                 wt = torch.full(bidx.shape, 1.0 / bidx.shape[1], device=w.device)
             x, y = self.data.x[bidx], self.data.y[bidx]  # [c, B, *shape], [c, B]
             loss[s:e], _ = self.model.loss_grad(w[s:e], x, y, wt, out=g[s:e])
+        return self._regularised(w, loss, g)
+
+    def _regularised(self, w: Tensor, loss: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss `[m]` and gradient `[m, d]` with the regulariser at `w` added in place."""
         r, dr = regulariser(w, self.reg, self.lam)
         if dr is not None:
             loss += r
             g += dr
         return loss, g
+
+    def _everyone_full(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Every client's full local batch as `_full_batch(arange(n))` gathers it — samples
+        `[n, W, *shape]`, labels `[n, W]`, weights `[n, W]` — built once and kept when it takes at
+        most FULL_BATCH_CACHE_BYTES (else None). When one chunk holds every client, `loss_grad`
+        over all clients is then the same computation without the per-call gather: the theory
+        papers' setting (full gradients, everyone participating) at a fraction of the cost."""
+        if not self._full_tried:
+            self._full_tried = True
+            width = int(self.data.counts.max())
+            item = self.data.x[:1].numel() * self.data.x.element_size()
+            fits = self.n * width * item <= FULL_BATCH_CACHE_BYTES
+            if fits:
+                self._everyone = torch.arange(self.n, device=self.device)
+                idx, wt = self._full_batch(self._everyone)
+                self._full = (self.data.x[idx], self.data.y[idx], wt)
+        return self._full
 
     # -- evaluation ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from conftest import full_grad, make_env, make_task, run_rounds
 
 from fedbench.algorithms import ALGORITHMS
 from fedbench.compressors import COMPRESSORS, compressor_kind
+from fedbench.runner import rounds_mode
 from fedbench.seeding import generator
 from fedbench.server_opt import adam, momentum, sgd
 
@@ -196,7 +197,8 @@ def test_registry_sweep_reduces_loss_and_is_deterministic(alg_name, comp):
 
     def final(seed):
         env = make_env(task, comp, {"ratio": 0.25}, participation=0.5, batch_size=8)
-        state, logs, alg = run_rounds(alg_name, params, env, 30, seed=seed)
+        with rounds_mode(task.model, alg_name):  # as `fedbench run` runs them
+            state, logs, alg = run_rounds(alg_name, params, env, 30, seed=seed)
         assert all(int(log.bits_up.min()) > 0 for log in logs)
         return alg.params(state)
 

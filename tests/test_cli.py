@@ -8,6 +8,7 @@ a few rounds).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fedbench import grid as gridlib
@@ -785,3 +787,20 @@ def test_grad_norm_is_logged_at_evaluations_and_leaves_other_keys_alone(tmp_path
         for j in gridlib.parse(TINY + '\n"experiment.grad_norm" = [false]\n', Path("g.toml")).jobs
     }
     assert keys_with.isdisjoint(keys_default) and keys_explicit == keys_default
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([0.0, -1.5, 3e38], True),  # large but finite
+        ([1.0, math.nan, 2.0], False),
+        ([math.inf, 0.0], False),
+        ([0.0, -math.inf], False),
+        ([math.nan, math.inf], False),
+    ],
+)
+def test_divergence_check_flags_exactly_nan_and_inf(values: list[float], finite: bool) -> None:
+    from fedbench.runner import all_finite
+
+    x = torch.tensor(values)
+    assert all_finite(x) is finite is bool(torch.isfinite(x).all())

@@ -73,7 +73,7 @@ def test_sigterm_and_sighup_behave_like_ctrl_c(tmp_path: Path, sig: int, workers
     mid-job: it exits with 128 + the signal, says so, leaves no run `running` (the job in
     flight is pending, its checkpoint kept), and the same command then finishes the grid
     with every round exactly once."""
-    rounds = 200
+    rounds = 1000  # ~1 s a job: long enough to be seen mid-way (rounds are ~1 ms here)
     grid = tmp_path / "g.toml"
     grid.write_text(GRID.format(seeds=2, rounds=rounds, ckpt=5))
     db = tmp_path / "sig.db"

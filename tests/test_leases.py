@@ -264,9 +264,9 @@ def test_a_launcher_dying_or_hanging_mid_grid_has_its_job_taken_over(
     after the lease timeout; continued later, it finds its lease lost and writes nothing more).
     Two more launchers finish the grid. Every job ends done with rounds 0..R exactly once; only
     the victim's jobs have a second attempt; no launcher reports a job twice."""
-    # 600 rounds: rounds this fast are written in 50 ms batches (runner.FLUSH_SECONDS), so a
+    # 1500 rounds: rounds this fast are written in 50 ms batches (runner.FLUSH_SECONDS), so a
     # job must last long enough (~1 s here) for the kill to land mid-way
-    n, rounds, timeout = 3, 600, 4.0
+    n, rounds, timeout = 3, 1500, 4.0
     grid = tmp_path / "g.toml"
     grid.write_text(GRID.format(seeds=3, rounds=rounds, ckpt=50))
     url = f"sqlite:///{tmp_path / 'takeover.db'}"

@@ -142,7 +142,9 @@ def test_kill_minus_9_mid_grid_then_the_same_command_heals_everything(
     """A real `fedbench run` process is killed with SIGKILL while a job is in flight (after at
     least one job finished). Running the same command again: every job ends done, each round's
     rows exist exactly once, jobs finished before the kill are not run again."""
-    rounds = 30
+    # rounds this small take ~1 ms and are written in 50 ms batches (runner.FLUSH_SECONDS): a
+    # job must last long enough (~0.5 s here) for the poll below to see it mid-way
+    rounds = 600
     grid_path = write(tmp_path, GRID.format(rounds=rounds, ckpt=ckpt, seeds=[0]))
     db = tmp_path / "killed.db"
     env = {**os.environ, "FEDBENCH_CHECKPOINTS": str(tmp_path / "ckpt")}
@@ -153,7 +155,7 @@ def test_kill_minus_9_mid_grid_then_the_same_command_heals_everything(
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline:  # wait for: >= 1 done and one job mid-way
-            time.sleep(0.05)
+            time.sleep(0.02)
             if not db.exists():
                 continue
             try:

@@ -173,3 +173,31 @@ def test_full_gradient_equals_a_loop_over_clients_and_chunks_do_not_matter(reg):
     torch.testing.assert_close(task.full_gradient(x), expected, rtol=1e-5, atol=1e-6)
     task.memory_bytes = 1  # one client per chunk
     torch.testing.assert_close(task.full_gradient(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "classes", "sizes"),
+    [("logreg", 2, [3, 9, 5, 1]), ("logreg", 3, [2, 7, 3, 6]), ("mlp", 3, [4, 4, 4, 4])],
+)
+def test_kept_full_batch_of_everyone_gives_the_gathered_result_bit_for_bit(
+    model, classes, sizes, monkeypatch
+):
+    from conftest import make_data
+
+    import fedbench.task as task_module
+
+    data = make_data(n=4, per_client=sizes, classes=classes)
+    net = build_model(model, {"hidden": [8]}, data.x.shape[1:], classes, binary=classes == 2)
+    assert type(net).__name__ == ("BinaryLogReg" if classes == 2 else "MLP")
+    kept = Task(net, data, reg="nonconvex", lam=0.1)
+    assert kept._everyone_full() is not None  # kept now, under the default limit
+    monkeypatch.setattr(task_module, "FULL_BATCH_CACHE_BYTES", 0)  # nothing kept: gathered
+    gathered = Task(net, data, reg="nonconvex", lam=0.1)
+    gen = torch.Generator().manual_seed(2)
+    w = kept.init_params(generator(0, 0, "init")) + 0.1 * torch.randn(4, kept.d, generator=gen)
+    for ids in (torch.arange(4), torch.tensor([0, 1, 3, 2]), torch.tensor([1, 2])):
+        rows = w[: ids.numel()]
+        l1, g1 = kept.loss_grad(rows, ids)
+        l2, g2 = gathered.loss_grad(rows, ids)
+        assert torch.equal(l1, l2) and torch.equal(g1, g2)
+    assert gathered._everyone_full() is None

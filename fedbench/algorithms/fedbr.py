@@ -298,6 +298,6 @@ ALGORITHMS.add(
         "λ·CE on pseudo-data with soft labels; model and projection averaged",
         paper="Guo, Tang, Lin, ICML 2023 (arXiv 2205.13462); code lins-lab/fedbr",
         # the grid refuses token sequences (inputs are averaged) and models without features
-        extra={"continuous_inputs": True, "models": ("mlp", "cnn")},
+        extra={"continuous_inputs": True, "models": ("mlp", "cnn"), "autograd": True},
     )
 )

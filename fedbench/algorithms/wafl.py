@@ -137,6 +137,6 @@ ALGORITHMS.add(
         "local SGD on the Wasserstein-robust surrogate: inputs moved by T ascent steps on "
         "ℓ − (γ/2)‖ζ − x‖², then a descent step at the perturbed inputs",
         paper="Nguyen et al. 2022 (arXiv 2206.01432); code dual-grp/WAFL",
-        extra={"continuous_inputs": True},
+        extra={"continuous_inputs": True, "autograd": True},
     )
 )

@@ -62,6 +62,16 @@ class ParamSpec:
         return torch.cat([params[n].reshape(-1) for n in self.names])
 
 
+def batched_dot(a: Tensor, w: Tensor) -> Tensor:
+    """Row-wise scores a_jᵀw_i `[m, B]` of `a [m, B, f]` and `w [m, f]`, one per client.
+
+    Computed as the row vector w_iᵀ times A_iᵀ (`bmm([m, 1, f], [m, f, B])`): on CPU this
+    batched GEMV runs 3-14x faster than the column form `bmm(a, w.unsqueeze(2))` (torch 2.13,
+    one thread, 2-core x86 CPU, idle; shapes from [20, 29, 30] to [100, 600, 784]).
+    """
+    return torch.bmm(w.unsqueeze(1), a.transpose(1, 2)).squeeze(1)
+
+
 def _init_flat(module: nn.Module, spec: ParamSpec, gen: torch.Generator) -> Tensor:
     """PyTorch's default initialisation, drawn from `gen` instead of the global RNG."""
     out = torch.empty(spec.d)
@@ -113,6 +123,9 @@ class Model:
     # L_i = curvature · λ_max(A_iᵀA_i)/m_i (`Task.smoothness`); None = not known
     curvature: float | None = None
     has_bias = True  # linear models: the features are augmented with a constant 1
+    # a hand-batched model whose loss_grad records no autograd graph: the runner may run its
+    # rounds under torch.inference_mode (runner.rounds_mode), which cuts torch's per-call cost
+    autograd_free = False
 
     def sample_loss(self, z: Tensor, y: Tensor) -> Tensor:
         """Per-sample loss `[B]` of outputs `z [B, ...]` for labels `y [B, ...]` (cross-entropy;

@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedbench.models.base import Model
+from fedbench.models.base import Model, batched_dot
 
 
 class BinaryLogReg(Model):
     # |d²/dz² log(1 + e^{−bz})| ≤ 1/4: with L_i = λ_max(A_iᵀA_i)/(4 m_i) (+ the regulariser's)
     curvature = 0.25
     has_bias = False
+    autograd_free = True
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         super().__init__(
@@ -29,8 +30,7 @@ class BinaryLogReg(Model):
 
     def logits(self, w: Tensor, x: Tensor) -> Tensor:
         """Scores a_jᵀx `[m, B]` for `w [m, f]`, `x [m, B, *shape]`."""
-        a = x.reshape(x.shape[0], x.shape[1], -1)  # [m, B, f]
-        return torch.bmm(a, w.unsqueeze(2)).squeeze(2)
+        return batched_dot(x.reshape(x.shape[0], x.shape[1], -1), w)
 
     def sample_loss(self, z: Tensor, y: Tensor) -> Tensor:
         return F.softplus(-(2 * y - 1) * z)  # log(1 + exp(−b z))
@@ -42,11 +42,10 @@ class BinaryLogReg(Model):
         self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, out: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         a = x.reshape(x.shape[0], x.shape[1], -1)  # [m, B, f]
-        bz = (2 * y - 1) * torch.bmm(a, w.unsqueeze(2)).squeeze(2)  # [m, B] b_j a_jᵀx
-        loss = (F.softplus(-bz) * wt).sum(1)  # [m]
-        dz = -(2 * y - 1) * torch.sigmoid(-bz) * wt  # [m, B] ∂loss/∂z
-        g = torch.bmm(dz.unsqueeze(1), a).squeeze(1)  # [m, f]
-        if out is not None:
-            out.copy_(g)
-            g = out
+        b = (2 * y - 1).to(w.dtype)  # [m, B] labels ±1
+        nbz = -b * batched_dot(a, w)  # [m, B] −b_j a_jᵀx
+        loss = (F.softplus(nbz) * wt).sum(1)  # [m]
+        dz = -b * torch.sigmoid(nbz) * wt  # [m, B] ∂loss/∂z
+        g = torch.empty_like(w) if out is None else out  # [m, f]
+        torch.bmm(dz.unsqueeze(1), a, out=g.unsqueeze(1))
         return loss, g

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fedbench.models.base import MODELS, Model
+from fedbench.models.base import MODELS, Model, batched_dot
 from fedbench.params import Component
 
 GAME = {"target": "game"}
@@ -27,6 +27,7 @@ GAME = {"target": "game"}
 class QuadraticGame(Model):
     reports_accuracy = False
     has_bias = False
+    autograd_free = True
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         width = int(input_shape[-1])
@@ -46,9 +47,9 @@ class QuadraticGame(Model):
         rows = x.reshape(x.shape[0], x.shape[1], -1)  # [m, B, 4k + 3]
         g, h, u, v = (rows[..., i * k : (i + 1) * k] for i in range(4))  # [m, B, k] each
         p, q, mu = rows[..., 4 * k], rows[..., 4 * k + 1], rows[..., 4 * k + 2]  # [m, B]
-        zx, zy = w[:, :k].unsqueeze(2), w[:, k:].unsqueeze(2)  # [m, k, 1]
-        gx, hy = torch.bmm(g, zx).squeeze(2), torch.bmm(h, zy).squeeze(2)  # [m, B]
-        ux, vy = torch.bmm(u, zx).squeeze(2) - p, torch.bmm(v, zy).squeeze(2) - q  # [m, B]
+        zx, zy = w[:, :k], w[:, k:]  # [m, k]
+        gx, hy = batched_dot(g, zx), batched_dot(h, zy)  # [m, B]
+        ux, vy = batched_dot(u, zx) - p, batched_dot(v, zy) - q  # [m, B]
         return g, h, u, v, mu, gx, hy, ux, vy
 
     def logits(self, w: Tensor, x: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ from fedbench.params import Component, Param
 class MLP(Model):
     """Fully connected ReLU network (logreg when there are no hidden layers), hand-batched."""
 
+    autograd_free = True
+
     def __init__(self, sizes: list[int]) -> None:
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fedbench.models.base import MODELS, Model
+from fedbench.models.base import MODELS, Model, batched_dot
 from fedbench.params import Component, Param
 
 PACKED = 2  # columns after the features: target b_j and regulariser scale s
@@ -37,6 +37,7 @@ PACKED = 2  # columns after the features: target b_j and regulariser scale s
 class LinReg(Model):
     reports_accuracy = False
     has_bias = False
+    autograd_free = True
     robust_alpha = 0.0
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:
@@ -58,7 +59,7 @@ class LinReg(Model):
     def logits(self, w: Tensor, x: Tensor) -> Tensor:
         """The per-sample loss `[m, B]` (the task's evaluation takes it through sample_loss)."""
         a, b, s = self._split(x)
-        r = torch.bmm(a, w.unsqueeze(2)).squeeze(2) - b  # [m, B] residuals
+        r = batched_dot(a, w) - b  # [m, B] residuals
         out = r * r
         if self.robust_alpha:
             phi = (w * w / (1 + w * w)).unsqueeze(1)  # [m, 1, f]
@@ -75,7 +76,7 @@ class LinReg(Model):
         self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, out: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         a, b, s = self._split(x)
-        r = torch.bmm(a, w.unsqueeze(2)).squeeze(2) - b  # [m, B]
+        r = batched_dot(a, w) - b  # [m, B]
         loss = (r * r * wt).sum(1)  # [m]
         g = torch.bmm((2 * r * wt).unsqueeze(1), a).squeeze(1)  # [m, f]
         if self.robust_alpha:
