@@ -48,7 +48,7 @@ def heavy_imports(*args: str) -> list[str]:
 @pytest.mark.parametrize(
     "args",
     [("--help",), ("validate", "--help"), ("ls", "--help"), ("show", "--help"),
-     ("export", "--help")],
+     ("export", "--help"), ("run", "--help")],
 )  # fmt: skip
 def test_help_imports_no_heavy_library(args: tuple[str, ...]):
     assert heavy_imports(*args) == []
@@ -68,6 +68,14 @@ def test_ls_and_show_import_no_heavy_library(tmp_path: Path):
     assert heavy_imports("ls", "--db", db, "--experiments", "--format", "csv") == []
     assert heavy_imports("show", "abcd", "--db", db) == []
     assert heavy_imports("show", "abcd", "--db", db, "--format", "json") == []
+
+
+def test_run_help_default_max_jobs_is_the_grids():
+    """`run --help` shows --max-jobs' default without importing the grid module (and torch)."""
+    from fedbench import grid
+    from fedbench.commands import run
+
+    assert run.MAX_JOBS == grid.MAX_JOBS
 
 
 def test_lazy_listing_is_the_commands_own_help():
