@@ -901,11 +901,12 @@ class Store:
     def metrics_frame(
         self, run_ids: Sequence[int], names: Sequence[str] | None = None
     ) -> pd.DataFrame:
-        """`metrics_records` as a frame: run_id, round, name, value; sorted by run_id, round,
-        name. NULL values come back as NaN."""
+        """The rows of `metrics_records` as a frame: run_id, round, name, value; sorted by
+        run_id, round, name. NULL values come back as NaN."""
         import pandas as pd
 
-        rows = [tuple(r) for r in self.metrics_records(run_ids, names)]
+        with self._reading() as q:  # decoded column-wise: NULL -> NaN by astype
+            rows = store_read.metrics_rows(q, run_ids, names)
         frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
         return frame.astype({"run_id": "int64", "round": "int64", "value": "float64"})
 

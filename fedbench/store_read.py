@@ -323,12 +323,12 @@ def runs_records(
     return [run_record(r) for r in rows]
 
 
-def metrics_records(
+def metrics_rows(
     query: Query, run_ids: Sequence[int], names: Sequence[str] | None = None
-) -> list[MetricRow]:
-    """Long-form metrics of the given runs (optionally only some names), sorted by run_id,
-    round, name; NULL values come back as NaN."""
-    out: list[MetricRow] = []
+) -> list[tuple[Any, ...]]:
+    """The undecoded (run_id, round, name, value) rows of `metrics_records` (value None for
+    NaN): a frame decodes them column-wise, faster than row by row."""
+    out: list[tuple[Any, ...]] = []
     for part in chunks(sorted({int(i) for i in run_ids})):
         params: dict[str, Any] = {}
         where = in_list("run_id", part, "i", params)
@@ -338,10 +338,17 @@ def metrics_records(
             f"SELECT run_id, round, name, value FROM metrics WHERE {where} "
             "ORDER BY run_id, round, name"
         )
-        out.extend(
-            MetricRow(int(r), int(t), str(n), metric(v)) for r, t, n, v in query(sql, params)
-        )
+        out.extend(query(sql, params))
     return out
+
+
+def metrics_records(
+    query: Query, run_ids: Sequence[int], names: Sequence[str] | None = None
+) -> list[MetricRow]:
+    """Long-form metrics of the given runs (optionally only some names), sorted by run_id,
+    round, name; NULL values come back as NaN."""
+    rows = metrics_rows(query, run_ids, names)
+    return [MetricRow(int(r), int(t), str(n), metric(v)) for r, t, n, v in rows]
 
 
 def final_metrics(
