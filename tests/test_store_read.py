@@ -335,20 +335,33 @@ def test_postgresql_reads_decode_as_sqlite(db: Path):
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
-    with Store(base.set(database=name).render_as_string(hide_password=False)) as pg:
-        build(pg)
-        pg_ids = [r["run_id"] for r in pg.runs_records()]
-        pg_reads = _reads(pg, pg_ids)
-    reader = open_sqlite_reader(f"sqlite:///{db}", db)
-    assert reader is not None
-    with reader:
-        lite_reads = _reads(reader, [r["run_id"] for r in reader.runs_records()])
-    assert pg_ids == [r["run_id"] for r in lite_reads[0]]  # both start at 1
-    for got, expected in zip(pg_reads, lite_reads, strict=True):
-        assert _same(_no_times(got), _no_times(expected))
-    stamps = [r["started_at"] for r in pg_reads[0] if r["started_at"] is not None]
-    stamps += [e["created_at"] for e in pg_reads[4]]
-    assert stamps and all(t.tzinfo is timezone.utc for t in stamps)
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        with Store(url) as pg:
+            build(pg)
+            pg_ids = [r["run_id"] for r in pg.runs_records()]
+            pg_reads = _reads(pg, pg_ids)
+        reader = open_sqlite_reader(f"sqlite:///{db}", db)
+        assert reader is not None
+        with reader:
+            lite_reads = _reads(reader, [r["run_id"] for r in reader.runs_records()])
+        assert pg_ids == [r["run_id"] for r in lite_reads[0]]  # both start at 1
+        for got, expected in zip(pg_reads, lite_reads, strict=True):
+            assert _same(_no_times(got), _no_times(expected))
+        stamps = [r["started_at"] for r in pg_reads[0] if r["started_at"] is not None]
+        stamps += [e["created_at"] for e in pg_reads[4]]
+        assert stamps and all(t.tzinfo is timezone.utc for t in stamps)
+        # and what ls and show print (timestamps aside)
+        assert cli("ls", "--db", url, "-f", "json") == cli("ls", "--db", db, "-f", "json")
+        for ref in ("c0ffee00", "feedface", "1234"):
+            pg_show = json.loads(cli("show", ref, "--db", url, "-f", "json")[1])
+            lite_show = json.loads(cli("show", ref, "--db", db, "-f", "json")[1])
+            assert _same(_no_times(pg_show), _no_times(lite_show))
+    finally:
+        engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
 
 
 def _no_times(value: Any) -> Any:
