@@ -2,7 +2,10 @@
 
 This is the only module that imports SQLAlchemy. The schema is plain SQLAlchemy Core and
 portable between SQLite (the default, one file, WAL mode) and PostgreSQL (many machines
-writing at once); any other SQLAlchemy URL works through generic fallbacks.
+writing at once); any other SQLAlchemy URL works through generic fallbacks. The read queries
+(`get_run`, the `*_records` and `*_frame` methods) are SQL text in store_read.py, run here
+through the Store's connection and there through stdlib `sqlite3` (read-only, for `ls` and
+`show`, which import neither SQLAlchemy nor pandas): one text for both.
 
 Tables:
 
@@ -53,26 +56,32 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as sa_pg
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
+from fedbench import store_read
+from fedbench.store_read import CHUNK as _CHUNK
+from fedbench.store_read import DEFAULT_URL as DEFAULT_URL
+from fedbench.store_read import ENV_VAR as ENV_VAR
+from fedbench.store_read import EXPERIMENT_COLUMNS as EXPERIMENT_COLUMNS
+from fedbench.store_read import LEASE_COLUMNS as LEASE_COLUMNS
+from fedbench.store_read import METRIC_COLUMNS as METRIC_COLUMNS
+from fedbench.store_read import MIN_PREFIX as MIN_PREFIX
+from fedbench.store_read import RUN_COLUMNS as RUN_COLUMNS
+from fedbench.store_read import SCHEMA_VERSION as SCHEMA_VERSION
+from fedbench.store_read import STATUSES as STATUSES
+from fedbench.store_read import TABLES as TABLES
+from fedbench.store_read import MetricRow as MetricRow
+from fedbench.store_read import Query as Query
+from fedbench.store_read import StoreError as StoreError
+from fedbench.store_read import flatten_config as flatten_config
+from fedbench.store_read import resolve_url as resolve_url
+
 if TYPE_CHECKING:
     import pandas as pd
     from sqlalchemy.engine import Connection, Dialect, Engine
 
-DEFAULT_URL = "sqlite:///results/fedbench.db"
-ENV_VAR = "FEDBENCH_DB"
-STATUSES = ("pending", "running", "done", "failed", "diverged")
 FINAL_STATUSES = ("done", "failed", "diverged")
-TABLES = ("experiments", "runs", "metrics")
-SCHEMA_VERSION = 2  # 2: lease columns on runs
-LEASE_COLUMNS = ("lease_token", "lease_owner", "heartbeat_at", "attempts")
-MIN_PREFIX = 4  # shortest key prefix get_run accepts
-_CHUNK = 500  # values per IN (...) clause: well below every backend's parameter limit
 _WRITE = "fedbench_write"  # execution option: this transaction writes
 _PG_LOCK = 0x6FEDBE  # advisory lock serialising schema creation on PostgreSQL
 _BUSY_TIMEOUT_MS = 30_000
-
-
-class StoreError(RuntimeError):
-    """A database problem the user can act on; the message is one line."""
 
 
 class LeaseLostError(StoreError):
@@ -228,46 +237,8 @@ META = sa.Table(
 
 _TABLES: dict[str, sa.Table] = {"experiments": EXPERIMENTS, "runs": RUNS, "metrics": METRICS}
 
-# Columns of runs_frame before the flattened config, in order.
-RUN_COLUMNS = (
-    "run_id",
-    "key",
-    "experiment",
-    "seed",
-    "algorithm",
-    "compressor",
-    "dataset",
-    "model",
-    "status",
-    "error",
-    "started_at",
-    "finished_at",
-    "host",
-    "device",
-    "fedbench_version",
-    "torch_version",
-    "lease_owner",
-    "heartbeat_at",
-    "attempts",
-    "rounds_logged",
-)
-METRIC_COLUMNS = ("run_id", "round", "name", "value")
-_COUNTED = ("done", "failed", "running", "pending", "diverged")  # experiments_frame order
-EXPERIMENT_COLUMNS = ("id", "name", "grid_path", "created_at", "runs", *_COUNTED)
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resolve_url(url: str | None) -> str:
-    """The database URL to use: `url`, else $FEDBENCH_DB, else `DEFAULT_URL`.
-
-    A value without "://" is a path to an SQLite file (``~`` is expanded).
-    """
-    chosen = url or os.environ.get(ENV_VAR) or DEFAULT_URL
-    if "://" not in chosen:
-        return f"sqlite:///{Path(chosen).expanduser()}"
-    return chosen
 
 
 def _now() -> datetime:
@@ -425,28 +396,6 @@ def _torch_version() -> str | None:
     return str(torch.__version__)
 
 
-def _hashable(v: Any) -> Any:
-    """Lists become tuples and dicts sorted (key, value) tuples, recursively."""
-    if isinstance(v, (list, tuple)):
-        return tuple(_hashable(x) for x in v)
-    if isinstance(v, dict):
-        return tuple(sorted((str(k), _hashable(x)) for k, x in v.items()))
-    return v
-
-
-def flatten_config(config: Mapping[str, Any], reserved: Sequence[str] = ()) -> dict[str, Any]:
-    """{"section": {"field": v}} -> {"section.field": v}, values made hashable; a top-level
-    value that is not a section keeps its own name unless that name is in `reserved`."""
-    flat: dict[str, Any] = {}
-    for section, fields in config.items():
-        if isinstance(fields, Mapping):
-            for field, value in fields.items():
-                flat[f"{section}.{field}"] = _hashable(value)
-        elif section not in reserved:
-            flat[section] = _hashable(fields)
-    return flat
-
-
 def _utc_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     import pandas as pd
 
@@ -518,34 +467,15 @@ class Store:
             insp = sa.inspect(conn)
             present = set(insp.get_table_names())
             version = self._schema_version(conn) if "meta" in present else None
-            self._refuse_foreign(conn, present, version)
+            pk: list[str] = []
+            if "metrics" in present:
+                pk = insp.get_pk_constraint("metrics").get("constrained_columns") or []
             columns = {c["name"] for c in insp.get_columns("runs")} if "runs" in present else set()
-        if version is not None and version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.url}: database schema version {version} is newer than this "
-                f"fedbench supports ({SCHEMA_VERSION}); upgrade fedbench"
-            )
+        store_read.check_schema(self.url, present, version, pk)  # the rules SqliteReader applies
         stale = version is None or version < SCHEMA_VERSION
         stale = stale or not present.issuperset(_metadata.tables)
         if stale or ("runs" in present and not columns.issuperset(LEASE_COLUMNS)):
             self._create_or_migrate()
-
-    def _refuse_foreign(self, conn: Connection, present: set[str], version: int | None) -> None:
-        ours = present & set(TABLES)
-        if ours and "meta" not in present:
-            raise StoreError(
-                f"{self.url}: not a fedbench database (it has table(s) {', '.join(sorted(ours))}"
-                " but no meta table); use another --db"
-            )
-        if "meta" in present and version is None and ours:
-            raise StoreError(f"{self.url}: not a fedbench database (no schema_version in meta)")
-        if "metrics" in present:
-            pk = sa.inspect(conn).get_pk_constraint("metrics").get("constrained_columns") or []
-            if sorted(pk) != ["name", "round", "run_id"]:
-                raise StoreError(
-                    f"{self.url}: table metrics has primary key ({', '.join(pk) or 'none'}); "
-                    "fedbench needs (run_id, round, name): not a fedbench database"
-                )
 
     def _create_or_migrate(self) -> None:
         with self._write("cannot create the tables of") as conn:
@@ -573,15 +503,7 @@ class Store:
     def _schema_version(self, conn: Connection) -> int | None:
         q = sa.select(META.c.value).where(META.c.key == "schema_version")
         value = conn.execute(q).scalar_one_or_none()
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise StoreError(
-                f"{self.url}: meta.schema_version = {value!r} is not a number: "
-                "not a fedbench database or a damaged one"
-            ) from None
+        return store_read.parse_version(self.url, value)
 
     @contextmanager
     def _transaction(self, write: bool, what: str) -> Iterator[Connection]:
@@ -912,58 +834,64 @@ class Store:
             value = conn.execute(q).scalar()
         return None if value is None else int(value)
 
+    @contextmanager
+    def _reading(self) -> Iterator[Query]:
+        """A read transaction as a `store_read.Query` (SQL text with named parameters)."""
+        with self._read() as conn:
+
+            def query(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+                return [tuple(r) for r in conn.execute(sa.text(sql), dict(params))]
+
+            yield query
+
     def get_run(self, ref: str) -> dict[str, Any]:
         """One run by id, full key or unique key prefix (at least 4 characters); a number that
         is a run id means that run, else it is read as a key prefix of any length. Includes
         `experiment` (its name) and `rounds_logged`."""
-        ref = str(ref).strip()
-        q = _runs_select()
-        with self._read() as conn:
-            rows = conn.execute(q.where(RUNS.c.key == ref)).all()
-            if not rows and ref.isdigit():
-                rows = conn.execute(q.where(RUNS.c.id == int(ref))).all()
-            if not rows and (len(ref) >= MIN_PREFIX or ref.isdigit()):  # "24": id, else key
-                prefix = RUNS.c.key.startswith(ref, autoescape=True)
-                rows = conn.execute(q.where(prefix).order_by(RUNS.c.id).limit(6)).all()
-        if not rows:
-            hint = (
-                ""
-                if ref.isdigit() or len(ref) >= MIN_PREFIX
-                else f" (give at least {MIN_PREFIX} characters of a key)"
-            )
-            raise StoreError(f"no run {ref!r} in {self.url}{hint}")
-        if len(rows) > 1:
-            shown = ", ".join(r.key for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-            raise StoreError(f"run {ref!r} is ambiguous: it matches {shown}; give more of the key")
-        info = dict(rows[0]._mapping)
-        rounds = info["rounds_logged"]
-        info["rounds_logged"] = None if rounds is None else int(rounds)
-        return {"id": int(info.pop("run_id")), **info}
+        with self._reading() as q:
+            return store_read.get_run(q, ref, self.url)
+
+    def runs_records(
+        self,
+        experiment: str | None = None,
+        status: Sequence[str] | None = None,
+        run_ids: Sequence[int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One dict per run (ordered by id; `store_read.RUN_FIELDS`, config as a dict),
+        optionally only those of an experiment, with given statuses, or given ids."""
+        with self._reading() as q:
+            return store_read.runs_records(q, experiment, status, run_ids)
+
+    def metrics_records(
+        self, run_ids: Sequence[int], names: Sequence[str] | None = None
+    ) -> list[MetricRow]:
+        """Long-form metrics of the given runs (optionally only some names) as (run_id,
+        round, name, value) tuples sorted by run_id, round, name; NULL values as NaN."""
+        with self._reading() as q:
+            return store_read.metrics_records(q, run_ids, names)
+
+    def final_metrics(
+        self, run_ids: Sequence[int], names: Sequence[str]
+    ) -> dict[int, dict[str, float]]:
+        """run id -> {name: value at the last round where it is not NaN} (see
+        `store_read.final_metrics`), computed in SQL."""
+        with self._reading() as q:
+            return store_read.final_metrics(q, run_ids, names)
+
+    def experiments_records(self) -> list[dict[str, Any]]:
+        """One dict per experiment (`EXPERIMENT_COLUMNS`): id, name, grid_path, created_at,
+        and run counts in all and per status."""
+        with self._reading() as q:
+            return store_read.experiments_records(q)
 
     def experiments_frame(self) -> pd.DataFrame:
-        """One row per experiment: id, name, grid_path, created_at, and run counts in all
-        and per status."""
+        """`experiments_records` as a frame (created_at a UTC datetime column)."""
         import pandas as pd
 
-        counts = [sa.func.count(RUNS.c.id).label("runs")] + [
-            sa.func.coalesce(sa.func.sum(sa.case((RUNS.c.status == s, 1), else_=0)), 0).label(s)
-            for s in _COUNTED
-        ]
-        cols = [
-            EXPERIMENTS.c.id,
-            EXPERIMENTS.c.name,
-            EXPERIMENTS.c.grid_path,
-            EXPERIMENTS.c.created_at,
-        ]
-        q = (
-            sa.select(*cols, *counts)
-            .select_from(EXPERIMENTS.outerjoin(RUNS))
-            .group_by(*cols)
-            .order_by(EXPERIMENTS.c.id)
+        records = self.experiments_records()
+        frame = pd.DataFrame(
+            [[r[c] for c in EXPERIMENT_COLUMNS] for r in records], columns=list(EXPERIMENT_COLUMNS)
         )
-        with self._read() as conn:
-            rows = conn.execute(q).all()
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=list(EXPERIMENT_COLUMNS))
         frame = frame.astype({c: "int64" for c in ("id", "runs", *STATUSES)})
         return _utc_columns(frame, ["created_at"])
 
@@ -973,33 +901,18 @@ class Store:
         status: Sequence[str] | None = None,
         run_ids: Sequence[int] | None = None,
     ) -> pd.DataFrame:
-        """One row per run (ordered by id), optionally only those of an experiment, with
-        given statuses, or given ids: the `RUN_COLUMNS` and the config flattened into
+        """`runs_records` as a frame: the `RUN_COLUMNS` and the config flattened into
         "section.field" columns (list values as tuples). `rounds_logged` is NaN for a run
         without metrics."""
         import pandas as pd
 
-        q = _runs_select()
-        if experiment is not None:
-            q = q.where(EXPERIMENTS.c.name == experiment)
-        if status is not None:
-            q = q.where(RUNS.c.status.in_(list(status)))
-        with self._read() as conn:
-            if run_ids is None:
-                rows = conn.execute(q.order_by(RUNS.c.id)).all()
-            else:
-                ids = sorted({int(i) for i in run_ids})
-                rows = [
-                    r
-                    for part in _chunks(ids)
-                    for r in conn.execute(q.where(RUNS.c.id.in_(part)).order_by(RUNS.c.id))
-                ]
+        records = self.runs_records(experiment, status, run_ids)
         base = pd.DataFrame(
-            [[getattr(r, c) for c in RUN_COLUMNS] for r in rows], columns=list(RUN_COLUMNS)
+            [[r[c] for c in RUN_COLUMNS] for r in records], columns=list(RUN_COLUMNS)
         )
         base = base.astype({"run_id": "int64", "seed": "int64", "rounds_logged": "float64"})
         base = _utc_columns(base, ["started_at", "finished_at"])
-        flat = [flatten_config(r.config or {}, RUN_COLUMNS) for r in rows]
+        flat = [flatten_config(r["config"] or {}, RUN_COLUMNS) for r in records]
         if not any(flat):
             return base
         config = pd.DataFrame(flat, index=base.index)
@@ -1008,22 +921,12 @@ class Store:
     def metrics_frame(
         self, run_ids: Sequence[int], names: Sequence[str] | None = None
     ) -> pd.DataFrame:
-        """Long-form metrics of the given runs (optionally only some names): run_id, round,
-        name, value; sorted by run_id, round, name. NULL values come back as NaN."""
+        """The rows of `metrics_records` as a frame: run_id, round, name, value; sorted by
+        run_id, round, name. NULL values come back as NaN."""
         import pandas as pd
 
-        ids = sorted({int(i) for i in run_ids})
-        q = sa.select(*(METRICS.c[c] for c in METRIC_COLUMNS))
-        if names is not None:
-            q = q.where(METRICS.c.name.in_(list(names)))
-        order = (METRICS.c.run_id, METRICS.c.round, METRICS.c.name)
-        rows: list[tuple[Any, ...]] = []
-        with self._read() as conn:
-            for part in _chunks(ids):
-                rows.extend(
-                    tuple(r)
-                    for r in conn.execute(q.where(METRICS.c.run_id.in_(part)).order_by(*order))
-                )
+        with self._reading() as q:  # decoded column-wise: NULL -> NaN by astype
+            rows = store_read.metrics_rows(q, run_ids, names)
         frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
         return frame.astype({"run_id": "int64", "round": "int64", "value": "float64"})
 
@@ -1083,21 +986,3 @@ def _runs_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, RunInfo]:
         for r in conn.execute(q.where(RUNS.c.key.in_(part))):
             found[r.key] = RunInfo(int(r.id), r.key, r.status, r.error)
     return found
-
-
-def _runs_select() -> sa.Select[Any]:
-    """Runs joined with their experiment's name and the highest round that has metrics."""
-    rounds = (
-        sa.select(sa.func.max(METRICS.c.round))
-        .where(METRICS.c.run_id == RUNS.c.id)
-        .scalar_subquery()
-        .label("rounds_logged")
-    )
-    cols = [c for c in RUNS.columns if c.name not in ("id", "experiment_id")]
-    return sa.select(
-        RUNS.c.id.label("run_id"),
-        RUNS.c.experiment_id,
-        EXPERIMENTS.c.name.label("experiment"),
-        *cols,
-        rounds,
-    ).select_from(RUNS.join(EXPERIMENTS))

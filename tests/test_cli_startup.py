@@ -1,6 +1,7 @@
 """An instant CLI: `fedbench --help`, `ls`, `show` and the `--help` of the commands do not
-import torch, pandas or matplotlib unless the command needs them (each case runs in a fresh
-interpreter and reads its sys.modules), and the lazy command listing is the commands' own."""
+import torch, pandas, SQLAlchemy or matplotlib unless the command needs them (each case runs
+in a fresh interpreter and reads its sys.modules), and the lazy command listing is the
+commands' own."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from fedbench import cli
 from fedbench.store import RunSpec, Store
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "pandas", "matplotlib", "sklearn")
+HEAVY = ("torch", "pandas", "matplotlib", "sklearn", "sqlalchemy")
 
 PROBE = f"""
 import json, sys
@@ -47,13 +48,13 @@ def heavy_imports(*args: str) -> list[str]:
 @pytest.mark.parametrize(
     "args",
     [("--help",), ("validate", "--help"), ("ls", "--help"), ("show", "--help"),
-     ("export", "--help")],
+     ("export", "--help"), ("run", "--help")],
 )  # fmt: skip
 def test_help_imports_no_heavy_library(args: tuple[str, ...]):
     assert heavy_imports(*args) == []
 
 
-def test_ls_and_show_import_neither_torch_nor_matplotlib(tmp_path: Path):
+def test_ls_and_show_import_no_heavy_library(tmp_path: Path):
     db = str(tmp_path / "r.db")
     config = {"task": {"dataset": "digits", "clients": 4, "partition": "iid"}}
     with Store(db) as s:
@@ -61,10 +62,20 @@ def test_ls_and_show_import_neither_torch_nor_matplotlib(tmp_path: Path):
         s.ensure_runs(exp, [RunSpec("abcdef01", 0, "fedavg", "identity", "digits", "mlp", config)])
         run_id = int(s.get_run("abcdef01")["id"])
         s.log_round(run_id, 0, {"bits_up": 0.0, "test_accuracy": 0.1})
-    # listing runs reads them through pandas (store frames); torch and matplotlib stay out
-    assert "torch" not in heavy_imports("ls", "--db", db)
-    assert not {"torch", "matplotlib"} & set(heavy_imports("ls", "--db", db))
-    assert not {"torch", "matplotlib", "sklearn"} & set(heavy_imports("show", "abcd", "--db", db))
+    # an SQLite file is read through stdlib sqlite3 (fedbench.store_read), without pandas or
+    # SQLAlchemy; show rebuilds the data split with numpy only
+    assert heavy_imports("ls", "--db", db) == []
+    assert heavy_imports("ls", "--db", db, "--experiments", "--format", "csv") == []
+    assert heavy_imports("show", "abcd", "--db", db) == []
+    assert heavy_imports("show", "abcd", "--db", db, "--format", "json") == []
+
+
+def test_run_help_default_max_jobs_is_the_grids():
+    """`run --help` shows --max-jobs' default without importing the grid module (and torch)."""
+    from fedbench import grid
+    from fedbench.commands import run
+
+    assert run.MAX_JOBS == grid.MAX_JOBS
 
 
 def test_lazy_listing_is_the_commands_own_help():

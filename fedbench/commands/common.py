@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -17,6 +18,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from fedbench.store import Store
+    from fedbench.store_read import StoreReader
 
 console = Console()
 err_console = Console(stderr=True)
@@ -60,7 +62,7 @@ class CommandError(Exception):
 _KNOWN_ERRORS = (
     ("fedbench.grid", "GridError", lambda e: list(e.problems)),
     ("fedbench.data.base", "DataError", lambda e: [str(e)]),
-    ("fedbench.store", "StoreError", lambda e: [str(e)]),
+    ("fedbench.store_read", "StoreError", lambda e: [str(e)]),  # fedbench.store's too
     ("fedbench.report.labels", "ReportError", lambda e: [str(e)]),
 )
 
@@ -98,15 +100,41 @@ def one_line_errors(fn: F) -> F:
 def open_store(db: str | None) -> Store:
     """The database for a read-only command (ls, show, report, export, prune): an SQLite file
     that does not exist is refused in one line and is not created."""
-    from fedbench.store import Store, is_new_sqlite_file, resolve_url
+    from fedbench.store import Store, is_new_sqlite_file
 
     if is_new_sqlite_file(db):
-        where = resolve_url(db).removeprefix("sqlite:///")
-        raise CommandError(
-            f"--db {where}: no such database file (no experiments yet; "
-            "run one with: fedbench run GRID.toml --db FILE)"
-        )
+        raise _no_such_file(db)
     return Store(db)
+
+
+def open_reader(db: str | None) -> Store | StoreReader:
+    """The database for ls and show: a plain SQLite file read-only through the stdlib driver
+    (`store_read.SqliteReader`: no SQLAlchemy, no pandas, nothing written), anything else (or
+    with $FEDBENCH_READER=sqlalchemy) through `open_store`. Both read with the same SQL."""
+    from fedbench.store_read import (
+        READER_ENV,
+        open_sqlite_reader,
+        plain_sqlite_path,
+        resolve_url,
+    )
+
+    url = resolve_url(db)
+    path = plain_sqlite_path(url)
+    if path is None or os.environ.get(READER_ENV) == "sqlalchemy":
+        return open_store(db)
+    if not path.exists():
+        raise _no_such_file(db)
+    return open_sqlite_reader(url, path) or open_store(db)  # None: tables partly there
+
+
+def _no_such_file(db: str | None) -> CommandError:
+    from fedbench.store_read import resolve_url
+
+    where = resolve_url(db).removeprefix("sqlite:///")
+    return CommandError(
+        f"--db {where}: no such database file (no experiments yet; "
+        "run one with: fedbench run GRID.toml --db FILE)"
+    )
 
 
 def check_format(fmt: str, allowed: Sequence[str]) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,11 +16,8 @@ from fedbench.commands.common import (
     console,
     emit_rows,
     one_line_errors,
-    open_store,
+    open_reader,
 )
-
-if TYPE_CHECKING:
-    from fedbench.store import Store
 
 
 @one_line_errors
@@ -43,34 +39,37 @@ def ls(
     Example: fedbench ls --status failed --format json
     """
     check_format(fmt, ("table", "json", "csv"))
-    from fedbench.store import STATUSES
+    from fedbench.store_read import RUN_COLUMNS, STATUSES, flatten_config
 
     for s in status or []:
         if s not in STATUSES:
             raise CommandError(f"--status {s}: allowed: {', '.join(STATUSES)}")
-    store = open_store(db)
+    with open_reader(db) as store:  # SQLite: the stdlib driver, read-only, no pandas
+        if experiments:
+            records = store.experiments_records()
+        else:
+            runs = store.runs_records(experiment=experiment, status=status or None)
+            if limit:
+                runs = runs[-limit:]  # as pandas' tail(limit), negative limits included
+            ids = [int(r["run_id"]) for r in runs]
+            finals = store.final_metrics(ids, ["test_accuracy", "bits_up"]) if ids else {}
     if experiments:
-        frame = store.experiments_frame()
         if fmt != "table":
-            emit_rows(_records(frame), fmt, title="experiments")
+            emit_rows(records, fmt, title="experiments")
             return
         rows = [
             {"id": r["id"], "name": r["name"], "runs": r["runs"], "done": r["done"],
              "failed": r["failed"], "diverged": r["diverged"],
              "to run": r["pending"] + r["running"],
              "created": f"{r['created_at']:%Y-%m-%d %H:%M}", "grid": r["grid_path"]}
-            for r in _records(frame)
+            for r in records
         ]  # fmt: skip
         _table(rows, "experiments", list(rows[0]) if rows else ["id", "name"], note="")
         return
-    runs = store.runs_frame(experiment=experiment, status=status or None)
-    if limit:
-        runs = runs.tail(limit)
-    finals = _final_metrics(store, [int(r) for r in runs["run_id"]]) if len(runs) else {}
     rows = []
-    for r in _records(runs):
+    for r in runs:
         f = finals.get(int(r["run_id"]), {})
-        clients = r.get("task.clients")
+        clients = flatten_config(r["config"] or {}, RUN_COLUMNS).get("task.clients")
         up = f.get("bits_up")
         rows.append(
             {
@@ -142,22 +141,6 @@ def _table(rows: list[dict[str, Any]], title: str, cols: list[str], note: str) -
     console.print(t)
     if note:
         console.print(note, style="dim", highlight=False)
-
-
-def _final_metrics(store: Store, run_ids: list[int]) -> dict[int, dict[str, float]]:
-    m = store.metrics_frame(run_ids, names=["test_accuracy", "bits_up"])
-    out: dict[int, dict[str, float]] = {}
-    last = m.sort_values("round").groupby(["run_id", "name"], as_index=False)["value"].last()
-    for rid, name, value in zip(last["run_id"], last["name"], last["value"], strict=True):
-        out.setdefault(int(rid), {})[str(name)] = float(value)
-    return out
-
-
-def _records(frame: Any) -> list[dict[str, Any]]:
-    return [
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-        for r in frame.to_dict("records")
-    ]
 
 
 def _int(v: Any) -> int | None:

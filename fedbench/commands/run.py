@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -25,8 +25,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedbench import executors, runner
-from fedbench import grid as gridlib
 from fedbench.commands.common import (
     CommandError,
     DbOption,
@@ -36,9 +34,16 @@ from fedbench.commands.common import (
     one_line_errors,
     plain,
 )
-from fedbench.store import Store, is_new_sqlite_file
+
+if TYPE_CHECKING:  # imported where used: `run --help` needs neither torch nor SQLAlchemy
+    from fedbench import executors, runner
+    from fedbench import grid as gridlib
+    from fedbench.store import Store
 
 TODO = ("pending", "running")
+# grid.MAX_JOBS, written out so that --help does not import the grid module (its registries
+# import torch); tests/test_cli_startup.py pins the two equal.
+MAX_JOBS = 100_000
 
 
 @one_line_errors
@@ -93,7 +98,7 @@ def run(
     ] = None,
     max_jobs: Annotated[
         int, typer.Option(help="refuse a grid that expands to more jobs than this")
-    ] = gridlib.MAX_JOBS,
+    ] = MAX_JOBS,
     lease_timeout: Annotated[
         float | None,
         typer.Option(
@@ -106,6 +111,10 @@ def run(
 
     Example: fedbench run experiments/quickstart.toml --workers 2 --only algorithm.name=fedavg
     """
+    from fedbench import executors, runner
+    from fedbench import grid as gridlib
+    from fedbench.store import Store, is_new_sqlite_file
+
     if executor not in ("local", "ray"):
         raise CommandError(f"--executor {executor}: allowed: local, ray")
     n_workers = None if workers == "auto" else int(workers) if workers.isdigit() else 0
@@ -262,6 +271,8 @@ def _until_finished(
     """Run `todo` until every job has ended: jobs another launcher holds are skipped, then
     waited for (taken over when their lease goes stale); jobs of a pool worker that died are
     requeued, and failed after dying with their worker twice."""
+    from fedbench import executors
+
     remaining, said, deaths = list(todo), False, Counter[str]()
     keys = [j.key for j in todo]
     while True:
@@ -322,6 +333,8 @@ def _lease_timeout(option: float | None) -> float:
         if not (math.isfinite(option) and option > 0):
             raise CommandError(f"--lease-timeout {option}: allowed: a number of seconds > 0")
         return option
+    from fedbench import runner
+
     try:
         return runner.lease_timeout()
     except ValueError as e:

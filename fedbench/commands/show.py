@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,8 +18,11 @@ from fedbench.commands.common import (
     console,
     emit_rows,
     one_line_errors,
-    open_store,
+    open_reader,
 )
+
+if TYPE_CHECKING:
+    from fedbench.store_read import MetricRow
 
 
 @one_line_errors
@@ -35,22 +39,9 @@ def show(
     Example: fedbench show 3f2a9c
     """
     check_format(fmt, ("table", "json", "csv"))
-    store = open_store(db)
-    info = store.get_run(run)
-    metrics = store.metrics_frame([int(info["id"])])
-    summary = []
-    for name, grp in metrics.groupby("name"):
-        grp = grp.sort_values("round")
-        values = grp["value"]
-        summary.append(
-            {
-                "metric": str(name),
-                "final": float(values.iloc[-1]),
-                "round": int(grp["round"].iloc[-1]),
-                "min": float(values.min()),
-                "max": float(values.max()),
-            }
-        )
+    with open_reader(db) as store:  # SQLite: the stdlib driver, read-only, no pandas
+        info = store.get_run(run)
+        summary = metric_summary(store.metrics_records([int(info["id"])]))
     if fmt == "csv":  # the run's metrics summary, one row per metric, the run in each row
         emit_rows(
             [{"run_id": info["id"], "key": info["key"], "status": info["status"], **r}
@@ -107,6 +98,28 @@ def show(
         "table",
         title="metrics",
     )
+
+
+def metric_summary(rows: Sequence[MetricRow]) -> list[dict[str, Any]]:
+    """One entry per metric name, by name: the value at its last round ("final", NaN kept),
+    that round, and the min and max over the rounds ignoring NaN (NaN when every value is)."""
+    by_name: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        by_name.setdefault(r.name, []).append((r.round, r.value))
+    summary = []
+    for name in sorted(by_name):
+        series = sorted(by_name[name])
+        finite = [v for _, v in series if not math.isnan(v)]
+        summary.append(
+            {
+                "metric": name,
+                "final": series[-1][1],
+                "round": series[-1][0],
+                "min": min(finite, default=math.nan),
+                "max": max(finite, default=math.nan),
+            }
+        )
+    return summary
 
 
 def partition_stats(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,562 @@
+"""Reading the result database without SQLAlchemy or pandas: the read queries, written once.
+
+Why: `fedbench ls` and `fedbench show` must answer in well under half a second, and importing
+SQLAlchemy (~0.15 s) and pandas (~0.27 s) took most of that. So the queries behind `ls`,
+`show` and the `Store`'s frames are plain SQL text here, run through a `Query` callable:
+
+- the stdlib `sqlite3` driver for an SQLite file (`SqliteReader`, opened read-only: it never
+  writes, not even a migration, and reads while a WAL-mode writer is active), or
+- a SQLAlchemy connection of a `Store` (store.py), for PostgreSQL and every other URL;
+
+one text serves both, and the `Store`'s read methods (`get_run`, `runs_frame`, ...) are built
+on the same functions. This module imports neither SQLAlchemy nor pandas (store.py stays the
+only module importing SQLAlchemy).
+
+Portability: standard SQL only; named parameters ``:name`` (both `sqlite3` and
+`sqlalchemy.text` take them); an IN list is expanded into one parameter per value, at most
+`CHUNK` values per query.
+
+Decoding, as the typed columns of store.py do: a timestamp (naive UTC text in SQLite, an aware
+datetime from PostgreSQL) becomes an aware UTC datetime (`UTCDateTime`); a NULL metric value
+becomes NaN (`MetricFloat`); the run config (JSON text in SQLite, already a dict from
+PostgreSQL) becomes a dict (`sa.JSON`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, Self
+from urllib.parse import quote
+
+DEFAULT_URL = "sqlite:///results/fedbench.db"
+ENV_VAR = "FEDBENCH_DB"
+# Set to "sqlalchemy" to make ls/show read an SQLite file through the Store (tests compare).
+READER_ENV = "FEDBENCH_READER"
+STATUSES = ("pending", "running", "done", "failed", "diverged")
+TABLES = ("experiments", "runs", "metrics")
+SCHEMA_VERSION = 2  # 2: lease columns on runs
+LEASE_COLUMNS = ("lease_token", "lease_owner", "heartbeat_at", "attempts")
+MIN_PREFIX = 4  # shortest key prefix get_run accepts
+CHUNK = 500  # values per IN (...) clause: well below every backend's parameter limit
+BUSY_TIMEOUT_S = 30.0
+
+# Columns of a run record (and of get_run, with run_id as id), in order.
+RUN_FIELDS = (
+    "run_id", "experiment_id", "experiment", "key", "seed", "algorithm", "compressor",
+    "dataset", "model", "config", "status", "error", "started_at", "finished_at", "host",
+    "device", "fedbench_version", "torch_version", *LEASE_COLUMNS, "rounds_logged",
+)  # fmt: skip
+# Columns of runs_frame before the flattened config, in order.
+RUN_COLUMNS = (
+    "run_id", "key", "experiment", "seed", "algorithm", "compressor", "dataset", "model",
+    "status", "error", "started_at", "finished_at", "host", "device", "fedbench_version",
+    "torch_version", "lease_owner", "heartbeat_at", "attempts", "rounds_logged",
+)  # fmt: skip
+METRIC_COLUMNS = ("run_id", "round", "name", "value")
+COUNTED = ("done", "failed", "running", "pending", "diverged")  # experiments order
+EXPERIMENT_COLUMNS = ("id", "name", "grid_path", "created_at", "runs", *COUNTED)
+
+Query = Callable[[str, Mapping[str, Any]], list[tuple[Any, ...]]]
+"""Runs one SQL text with named parameters inside the caller's transaction; the rows."""
+
+
+class StoreError(RuntimeError):
+    """A database problem the user can act on; the message is one line."""
+
+
+class MetricRow(NamedTuple):
+    """One metric value (NaN for a NULL)."""
+
+    run_id: int
+    round: int
+    name: str
+    value: float
+
+
+class StoreReader(Protocol):
+    """What ls and show read: a `Store` or a `SqliteReader`."""
+
+    @property
+    def url(self) -> str: ...
+
+    def get_run(self, ref: str) -> dict[str, Any]: ...
+
+    def runs_records(
+        self,
+        experiment: str | None = None,
+        status: Sequence[str] | None = None,
+        run_ids: Sequence[int] | None = None,
+    ) -> list[dict[str, Any]]: ...
+
+    def metrics_records(
+        self, run_ids: Sequence[int], names: Sequence[str] | None = None
+    ) -> list[MetricRow]: ...
+
+    def experiments_records(self) -> list[dict[str, Any]]: ...
+
+    def final_metrics(
+        self, run_ids: Sequence[int], names: Sequence[str]
+    ) -> dict[int, dict[str, float]]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def resolve_url(url: str | None) -> str:
+    """The database URL to use: `url`, else $FEDBENCH_DB, else `DEFAULT_URL`.
+
+    A value without "://" is a path to an SQLite file (``~`` is expanded).
+    """
+    chosen = url or os.environ.get(ENV_VAR) or DEFAULT_URL
+    if "://" not in chosen:
+        return f"sqlite:///{Path(chosen).expanduser()}"
+    return chosen
+
+
+_PLAIN_SQLITE = re.compile(r"sqlite(?:\+pysqlite)?:///([^?#%]+)")
+
+
+def plain_sqlite_path(url: str) -> Path | None:
+    """The file of a plain ``sqlite:///path`` URL; None for anything that needs SQLAlchemy's
+    URL parsing (other backends, in-memory databases, ``file:`` URIs, query strings, %-escapes),
+    so those are read through the `Store` instead."""
+    m = _PLAIN_SQLITE.fullmatch(url)
+    if m is None or m.group(1) == ":memory:" or m.group(1).startswith("file:"):
+        return None
+    return Path(m.group(1)).expanduser()
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+def utc(value: str | datetime | None) -> datetime | None:
+    """A stored timestamp as an aware UTC datetime: SQLite's naive UTC text is UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def metric(value: float | None) -> float:
+    """A stored metric value: NULL is NaN (SQLite cannot store NaN)."""
+    return math.nan if value is None else float(value)
+
+
+def config(value: str | bytes | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run config: JSON text (SQLite) or already decoded (PostgreSQL's json type)."""
+    if isinstance(value, (str, bytes)):
+        decoded: dict[str, Any] = json.loads(value)
+        return decoded
+    return value
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def run_record(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of `runs_sql` as a dict of `RUN_FIELDS`, decoded."""
+    r = dict(zip(RUN_FIELDS, row, strict=True))
+    for k in ("run_id", "experiment_id", "seed"):
+        r[k] = int(r[k])
+    for k in ("started_at", "finished_at", "heartbeat_at"):
+        r[k] = utc(r[k])
+    r["config"] = config(r["config"])
+    r["attempts"] = _opt_int(r["attempts"])
+    r["rounds_logged"] = _opt_int(r["rounds_logged"])
+    return r
+
+
+def experiment_record(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of `EXPERIMENTS_SQL` as a dict of `EXPERIMENT_COLUMNS`, decoded."""
+    r = dict(zip(EXPERIMENT_COLUMNS, row, strict=True))
+    r["created_at"] = utc(r["created_at"])
+    for k in ("id", "runs", *COUNTED):
+        r[k] = int(r[k])
+    return r
+
+
+def flatten_config(config: Mapping[str, Any], reserved: Sequence[str] = ()) -> dict[str, Any]:
+    """{"section": {"field": v}} -> {"section.field": v}, values made hashable; a top-level
+    value that is not a section keeps its own name unless that name is in `reserved`."""
+    flat: dict[str, Any] = {}
+    for section, fields in config.items():
+        if isinstance(fields, Mapping):
+            for field, value in fields.items():
+                flat[f"{section}.{field}"] = _hashable(value)
+        elif section not in reserved:
+            flat[section] = _hashable(fields)
+    return flat
+
+
+def _hashable(v: Any) -> Any:
+    """Lists become tuples and dicts sorted (key, value) tuples, recursively."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _hashable(x)) for k, x in v.items()))
+    return v
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def in_list(column: str, values: Sequence[Any], prefix: str, params: dict[str, Any]) -> str:
+    """``column IN (:prefix0, ...)``, its values added to `params`; an empty list matches no
+    row (``IN ()`` is not portable)."""
+    if not values:
+        return "1 = 0"
+    names = [f"{prefix}{i}" for i in range(len(values))]
+    params.update(zip(names, values, strict=True))
+    return f"{column} IN ({', '.join(':' + n for n in names)})"
+
+
+def runs_sql(where: str = "", tail: str = "", lease: bool = True) -> str:
+    """Runs joined with their experiment's name and the highest round that has metrics
+    (`RUN_FIELDS`); without `lease` (a version-1 database, read without migrating it) the
+    lease columns read as a run that never had a lease: NULL, attempts 0."""
+    lease_sql = ", ".join(
+        f"r.{c}" if lease else f"{'0' if c == 'attempts' else 'NULL'} AS {c}" for c in LEASE_COLUMNS
+    )
+    return (
+        "SELECT r.id AS run_id, r.experiment_id, e.name AS experiment, r.key, r.seed, "
+        "r.algorithm, r.compressor, r.dataset, r.model, r.config, r.status, r.error, "
+        "r.started_at, r.finished_at, r.host, r.device, r.fedbench_version, r.torch_version, "
+        f"{lease_sql}, "
+        "(SELECT MAX(m.round) FROM metrics m WHERE m.run_id = r.id) AS rounds_logged "
+        f"FROM runs r JOIN experiments e ON e.id = r.experiment_id {where} {tail}"
+    ).strip()
+
+
+EXPERIMENTS_SQL = (
+    "SELECT e.id, e.name, e.grid_path, e.created_at, COUNT(r.id) AS runs, "
+    + ", ".join(
+        f"COALESCE(SUM(CASE WHEN r.status = '{s}' THEN 1 ELSE 0 END), 0) AS {s}" for s in COUNTED
+    )
+    + " FROM experiments e LEFT OUTER JOIN runs r ON e.id = r.experiment_id"
+    " GROUP BY e.id, e.name, e.grid_path, e.created_at ORDER BY e.id"
+)
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern matching strings that start with `text` literally (escape char "/")."""
+    return re.sub(r"([/%_])", r"/\1", text) + "%"
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def get_run(query: Query, ref: str, url: str, lease: bool = True) -> dict[str, Any]:
+    """One run by id, full key or unique key prefix (at least `MIN_PREFIX` characters); a
+    number that is a run id means that run, else it is read as a key prefix of any length.
+    Includes `experiment` (its name) and `rounds_logged`; `id` first."""
+    ref = str(ref).strip()
+    rows = query(runs_sql("WHERE r.key = :ref", lease=lease), {"ref": ref})
+    if not rows and ref.isdigit() and int(ref) < 2**63:
+        rows = query(runs_sql("WHERE r.id = :id", lease=lease), {"id": int(ref)})
+    if not rows and (len(ref) >= MIN_PREFIX or ref.isdigit()):  # "24": id, else key
+        sql = runs_sql("WHERE r.key LIKE :prefix ESCAPE '/'", "ORDER BY r.id LIMIT 6", lease)
+        rows = query(sql, {"prefix": like_prefix(ref)})
+    if not rows:
+        hint = (
+            ""
+            if ref.isdigit() or len(ref) >= MIN_PREFIX
+            else f" (give at least {MIN_PREFIX} characters of a key)"
+        )
+        raise StoreError(f"no run {ref!r} in {url}{hint}")
+    records = [run_record(r) for r in rows]
+    if len(records) > 1:
+        keys = [str(r["key"]) for r in records]
+        shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+        raise StoreError(f"run {ref!r} is ambiguous: it matches {shown}; give more of the key")
+    info = records[0]
+    return {"id": info.pop("run_id"), **info}
+
+
+def runs_records(
+    query: Query,
+    experiment: str | None = None,
+    status: Sequence[str] | None = None,
+    run_ids: Sequence[int] | None = None,
+    lease: bool = True,
+) -> list[dict[str, Any]]:
+    """One record (`RUN_FIELDS`) per run, ordered by id, optionally only those of an
+    experiment, with given statuses, or given ids."""
+    params: dict[str, Any] = {}
+    where = []
+    if experiment is not None:
+        where.append("e.name = :experiment")
+        params["experiment"] = experiment
+    if status is not None:
+        where.append(in_list("r.status", list(status), "s", params))
+    parts: list[Sequence[int] | None] = [None]
+    if run_ids is not None:
+        parts = list(chunks(sorted({int(i) for i in run_ids})))
+    rows = []
+    for part in parts:
+        chunk_params = dict(params)
+        clauses = where + ([] if part is None else [in_list("r.id", part, "i", chunk_params)])
+        sql = runs_sql(f"WHERE {' AND '.join(clauses)}" if clauses else "", "ORDER BY r.id", lease)
+        rows.extend(query(sql, chunk_params))
+    return [run_record(r) for r in rows]
+
+
+def metrics_rows(
+    query: Query, run_ids: Sequence[int], names: Sequence[str] | None = None
+) -> list[tuple[Any, ...]]:
+    """The undecoded (run_id, round, name, value) rows of `metrics_records` (value None for
+    NaN): a frame decodes them column-wise, faster than row by row."""
+    out: list[tuple[Any, ...]] = []
+    for part in chunks(sorted({int(i) for i in run_ids})):
+        params: dict[str, Any] = {}
+        where = in_list("run_id", part, "i", params)
+        if names is not None:
+            where += " AND " + in_list("name", list(names), "n", params)
+        sql = (
+            f"SELECT run_id, round, name, value FROM metrics WHERE {where} "
+            "ORDER BY run_id, round, name"
+        )
+        out.extend(query(sql, params))
+    return out
+
+
+def metrics_records(
+    query: Query, run_ids: Sequence[int], names: Sequence[str] | None = None
+) -> list[MetricRow]:
+    """Long-form metrics of the given runs (optionally only some names), sorted by run_id,
+    round, name; NULL values come back as NaN."""
+    rows = metrics_rows(query, run_ids, names)
+    return [MetricRow(int(r), int(t), str(n), metric(v)) for r, t, n, v in rows]
+
+
+def final_metrics(
+    query: Query, run_ids: Sequence[int], names: Sequence[str]
+) -> dict[int, dict[str, float]]:
+    """run id -> {name: final value} for the given runs and metric names, computed in SQL. The
+    final value of a metric is the one at the highest round where it is not NaN (NULL), NaN
+    when it is NaN in every round (what `ls` has always shown: pandas' `groupby().last()`);
+    a (run, name) without any row is absent."""
+    out: dict[int, dict[str, float]] = {}
+    for part in chunks(sorted({int(i) for i in run_ids})):
+        params: dict[str, Any] = {}
+        where = in_list("run_id", part, "i", params) + " AND "
+        where += in_list("name", list(names), "n", params)
+        sql = (
+            "SELECT l.run_id, l.name, m.value FROM ("
+            "SELECT run_id, name, MAX(CASE WHEN value IS NOT NULL THEN round END) AS last "
+            f"FROM metrics WHERE {where} GROUP BY run_id, name) l "
+            "LEFT OUTER JOIN metrics m "
+            "ON m.run_id = l.run_id AND m.name = l.name AND m.round = l.last"
+        )
+        for run_id, name, value in query(sql, params):
+            out.setdefault(int(run_id), {})[str(name)] = metric(value)
+    return out
+
+
+def experiments_records(query: Query) -> list[dict[str, Any]]:
+    """One record per experiment (`EXPERIMENT_COLUMNS`), by id: id, name, grid_path,
+    created_at, and its run counts in all and per status."""
+    return [experiment_record(r) for r in query(EXPERIMENTS_SQL, {})]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def parse_version(url: str, value: str | None) -> int | None:
+    """meta.schema_version as a number (None when absent); one-line error when it is not."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreError(
+            f"{url}: meta.schema_version = {value!r} is not a number: "
+            "not a fedbench database or a damaged one"
+        ) from None
+
+
+def check_schema(
+    url: str, present: set[str], version: int | None, metrics_pk: Sequence[str]
+) -> None:
+    """Refuse, in one line, a database that is not fedbench's (our table names without
+    `meta`, or a `metrics` table without its primary key) or has a newer schema version.
+    `present`: its table names; `metrics_pk`: the primary key columns of its metrics table."""
+    ours = present & set(TABLES)
+    if ours and "meta" not in present:
+        raise StoreError(
+            f"{url}: not a fedbench database (it has table(s) {', '.join(sorted(ours))}"
+            " but no meta table); use another --db"
+        )
+    if "meta" in present and version is None and ours:
+        raise StoreError(f"{url}: not a fedbench database (no schema_version in meta)")
+    if "metrics" in present and sorted(metrics_pk) != ["name", "round", "run_id"]:
+        raise StoreError(
+            f"{url}: table metrics has primary key ({', '.join(metrics_pk) or 'none'}); "
+            "fedbench needs (run_id, round, name): not a fedbench database"
+        )
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{url}: database schema version {version} is newer than this "
+            f"fedbench supports ({SCHEMA_VERSION}); upgrade fedbench"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _no_rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """The `Query` of a database without fedbench's tables: every read is empty."""
+    return []
+
+
+class SqliteReader:
+    """A fedbench SQLite file opened read-only through the stdlib driver (ls, show).
+
+    Never writes: a database without fedbench's tables reads as empty (a `Store` would create
+    them), a version-1 database (no lease columns) reads as if migrated (NULL leases,
+    attempts 0). Each read is one transaction (a consistent snapshot); in WAL mode it does
+    not wait for a writer, otherwise it waits up to the busy timeout.
+    """
+
+    def __init__(self, url: str, con: sqlite3.Connection, tables: bool, lease: bool) -> None:
+        self._url = url
+        self._con = con
+        self._tables = tables
+        self._lease = lease
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _execute(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return list(self._con.execute(sql, dict(params)).fetchall())
+
+    @contextmanager
+    def _snapshot(self, what: str = "database error in") -> Iterator[Query]:
+        """A read transaction; driver errors become one-line `StoreError`s."""
+        if not self._tables:
+            yield _no_rows
+            return
+        try:
+            self._con.execute("BEGIN")
+            try:
+                yield self._execute
+            finally:
+                self._con.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"{what} {self._url}: {_first_line(e)}") from None
+
+    def get_run(self, ref: str) -> dict[str, Any]:
+        with self._snapshot() as q:
+            return get_run(q, ref, self._url, self._lease)
+
+    def runs_records(
+        self,
+        experiment: str | None = None,
+        status: Sequence[str] | None = None,
+        run_ids: Sequence[int] | None = None,
+    ) -> list[dict[str, Any]]:
+        with self._snapshot() as q:
+            return runs_records(q, experiment, status, run_ids, self._lease)
+
+    def metrics_records(
+        self, run_ids: Sequence[int], names: Sequence[str] | None = None
+    ) -> list[MetricRow]:
+        with self._snapshot() as q:
+            return metrics_records(q, run_ids, names)
+
+    def experiments_records(self) -> list[dict[str, Any]]:
+        with self._snapshot() as q:
+            return experiments_records(q)
+
+    def final_metrics(
+        self, run_ids: Sequence[int], names: Sequence[str]
+    ) -> dict[int, dict[str, float]]:
+        with self._snapshot() as q:
+            return final_metrics(q, run_ids, names)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> SqliteReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteReader({self._url!r})"
+
+
+def open_sqlite_reader(url: str, path: Path) -> SqliteReader | None:
+    """`path` (an existing file) opened read-only, its schema checked as a `Store` checks it
+    (the same one-line refusals); None when it is not a regular file or its tables are only
+    partly there: the caller opens a `Store`, which reports or completes them as always."""
+    if not path.is_file():
+        return None
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open database {url}: {_first_line(e)}") from None
+    try:
+        present, lease = _read_schema(con, url)
+    except BaseException:
+        con.close()
+        raise
+    ours = present & set(TABLES)
+    if ours and ours != set(TABLES):
+        con.close()
+        return None
+    return SqliteReader(url, con, bool(ours), lease)
+
+
+def _read_schema(con: sqlite3.Connection, url: str) -> tuple[set[str], bool]:
+    """(table names, whether runs has the lease columns) of an SQLite database, after
+    `check_schema`; one consistent read."""
+    try:
+        con.execute("BEGIN")
+        try:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            present = {str(r[0]) for r in rows}
+            value = None
+            if "meta" in present:
+                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                value = None if row is None else str(row[0])
+            pk: list[str] = []
+            if "metrics" in present:
+                info = con.execute("PRAGMA table_info(metrics)").fetchall()
+                pk = [str(c[1]) for c in sorted(info, key=lambda c: c[5]) if c[5]]
+            columns: set[str] = set()
+            if "runs" in present:
+                columns = {str(c[1]) for c in con.execute("PRAGMA table_info(runs)").fetchall()}
+        finally:
+            con.execute("COMMIT")
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open database {url}: {_first_line(e)}") from None
+    check_schema(url, present, parse_version(url, value), pk)
+    return present, columns.issuperset(LEASE_COLUMNS)
