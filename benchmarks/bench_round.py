@@ -170,6 +170,12 @@ SIDES = [
     ("fedbench, default policy", "fedbench", {}, "policy"),
     ("fedbench, all cores, passive wait", "fedbench", {}, "all"),
     ("fedbench, 1 thread", "fedbench", {}, "1"),
+    (
+        "fedbench, all cores, blocks in order (no block threads)",
+        "fedbench",
+        {"FEDBENCH_BLOCK_THREADS": "0"},
+        "all",
+    ),
     ("fedbench, all cores, spinning wait (old default)", "fedbench", {"SPIN": "1"}, "all"),
 ]
 EXTRA = [  # --spincounts: all cores, OpenMP threads spin this many times before sleeping

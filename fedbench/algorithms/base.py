@@ -16,6 +16,7 @@ from torch import Tensor
 
 from fedbench import curriculum, network, sampling, seeding
 from fedbench.compressors import Compressor, error_feedback
+from fedbench.parallel import block_threads, for_each_block, is_rowwise
 from fedbench.params import Param, Registry
 from fedbench.seeding import RoundRng
 from fedbench.task import Task
@@ -160,8 +161,10 @@ def local_sgd(
 
     `y0` is `[d]` (everyone starts from the broadcast model) or `[m, d]`. Clients run in blocks
     (`Task.block_size`): each block does all K steps as batched passes over its clients while
-    their models are still in cache. Minibatches are drawn for the whole cohort up front, so
-    the result does not depend on the block size. Returns the final models `[m, d]` and each
+    their models are still in cache; on a CPU job with several threads the blocks run side by
+    side, one thread each, when the correction is `rowwise` (fedbench.parallel). Minibatches
+    are drawn for the whole cohort up front, so the result depends on neither the block size
+    nor the threads. Returns the final models `[m, d]` and each
     client's mean minibatch loss over the steps `[m]`.
     """
     m = ids.numel()
@@ -171,7 +174,8 @@ def local_sgd(
     width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2]
     block = env.task.block_size(width)
     loss_sum = torch.zeros(m, device=y.device)
-    for s in range(0, m, block):  # blocks of clients, each one batched computation
+
+    def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
         yb = y[rows]  # a view: updated in place
         g = torch.empty_like(yb)
@@ -184,6 +188,10 @@ def local_sgd(
             if correction is not None:
                 g = correction(yb, g, rows)
             yb.add_(g, alpha=-lr)
+
+    starts = range(0, m, block)
+    threads = block_threads(y.device, len(starts)) if is_rowwise(correction) else 1
+    for_each_block(run_block, starts, threads)
     return y, loss_sum / steps
 
 

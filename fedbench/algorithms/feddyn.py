@@ -33,6 +33,7 @@ from fedbench.algorithms.base import (
     sample_cohort,
     update_compressor,
 )
+from fedbench.parallel import rowwise
 from fedbench.params import Component, Param
 from fedbench.seeding import RoundRng
 
@@ -63,6 +64,7 @@ def feddyn(lr: float, local_steps: int, alpha: float) -> Algorithm:
         anchor = down.x_hat  # θ^{t−1} as the clients hold it
         grad_i = s.grad_i[ids]  # [m, d]
 
+        @rowwise
         def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
             return g.sub_(grad_i[rows]).add_(y - anchor, alpha=alpha)  # [c, d]
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fedbench.algorithms.base import ALGORITHMS, LOCAL_PARAMS, Algorithm, Correction
 from fedbench.algorithms.fedavg import fedavg
+from fedbench.parallel import rowwise
 from fedbench.params import Component, Param
 from fedbench.sampling import CLIENT_CURRICULA
 from fedbench.server_opt import SERVER_PARAMS
@@ -27,6 +28,7 @@ def proximal(mu: float) -> Any:
         if mu == 0.0:
             return None
 
+        @rowwise
         def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
             return g.add_(y - x, alpha=mu)  # [c, d]
 

@@ -39,6 +39,7 @@ from fedbench.algorithms.base import (
     update_compressor,
 )
 from fedbench.compressors.base import FLOAT_BITS
+from fedbench.parallel import rowwise
 from fedbench.params import Component
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import SERVER_PARAMS, build_server_opt
@@ -61,6 +62,7 @@ def controlled_local_sgd(
     g_i(y + ρg/‖g‖) (FedGAMMA)."""
     drift = c - c_i  # [m, d]: −c_i + c
 
+    @rowwise
     def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
         return g.add_(drift[rows])
 

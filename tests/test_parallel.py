@@ -1,0 +1,116 @@
+"""Blocks of clients on threads (fedbench.parallel): the same numbers as one block after
+another, only for corrections marked rowwise, errors and thread counts handled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from conftest import make_env, make_task, run_rounds
+
+import fedbench.algorithms.base as base
+from fedbench import parallel
+from fedbench.runner import rounds_mode
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The `threads` of every for_each_block call local_sgd makes."""
+    seen: list[int] = []
+    real = base.for_each_block
+
+    def recording(run, starts, threads):  # type: ignore[no-untyped-def]
+        seen.append(threads)
+        real(run, starts, threads)
+
+    monkeypatch.setattr(base, "for_each_block", recording)
+    return seen
+
+
+CASES = [
+    ("fedavg", {"lr": 0.1, "local_steps": 3}, True),
+    ("fedprox", {"lr": 0.1, "local_steps": 3, "mu": 0.1}, True),
+    ("scaffold", {"lr": 0.1, "local_steps": 3}, True),
+    ("feddyn", {"lr": 0.1, "local_steps": 3, "alpha": 0.1}, True),
+    ("local_adam", {"lr": 0.02, "local_steps": 3}, False),  # counts steps per block: in order
+]
+
+
+@pytest.mark.parametrize(("name", "params", "threaded"), CASES)
+def test_blocks_on_threads_give_the_one_after_another_numbers_bit_for_bit(
+    name: str,
+    params: dict,
+    threaded: bool,
+    two_threads: None,
+    spy: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FEDBENCH_CACHE_MB", "0.0001")  # one client per block: 8 blocks
+    task = make_task(model="mlp", n=8, per_client=20)
+
+    def final(block_threads: str) -> torch.Tensor:
+        monkeypatch.setenv(parallel.ENV_VAR, block_threads)
+        env = make_env(task, participation=1.0, batch_size=8)
+        with rounds_mode(task.model, name):
+            state, _, alg = run_rounds(name, params, env, 3, seed=4)
+        return alg.params(state)
+
+    on_threads = final("")
+    used, spy[:] = list(spy), []
+    in_order = final("0")
+    assert spy and set(spy) == {1}
+    assert set(used) == ({2} if threaded else {1})
+    assert torch.equal(on_threads, in_order)
+    assert torch.get_num_threads() == 2  # restored after every round
+
+
+def test_an_error_in_a_block_is_raised_after_every_block_and_threads_are_restored(
+    two_threads: None,
+) -> None:
+    done: list[int] = []
+
+    def run(s: int) -> None:
+        if s == 0:
+            raise ValueError("block 0 failed")
+        done.append(s)
+
+    with pytest.raises(ValueError, match="block 0 failed"):
+        parallel.for_each_block(run, range(4), threads=2)
+    assert sorted(done) == [1, 2, 3]
+    assert torch.get_num_threads() == 2
+
+
+def test_workers_inherit_inference_and_grad_modes(two_threads: None) -> None:
+    modes: set[tuple[bool, bool]] = set()
+
+    def run(s: int) -> None:
+        modes.add((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+
+    with torch.inference_mode():
+        parallel.for_each_block(run, range(4), threads=2)
+    with torch.no_grad():
+        parallel.for_each_block(run, range(4), threads=2)
+    assert modes == {(True, False), (False, False)}
+
+
+def test_block_threads_policy(monkeypatch: pytest.MonkeyPatch, two_threads: None) -> None:
+    cpu = torch.device("cpu")
+    assert parallel.block_threads(cpu, 8) == 2
+    assert parallel.block_threads(cpu, 1) == 1  # one block: nothing to spread
+    assert parallel.block_threads(torch.device("meta"), 8) == 1  # not a CPU
+    monkeypatch.setenv(parallel.ENV_VAR, "0")
+    assert parallel.block_threads(cpu, 8) == 1
+    monkeypatch.setenv(parallel.ENV_VAR, "")
+    torch.set_num_threads(1)
+    assert parallel.block_threads(cpu, 8) == 1  # a one-thread job stays on its thread
