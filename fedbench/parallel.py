@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -74,6 +75,25 @@ def for_each_block(run: Callable[[int], None], starts: Sequence[int], threads: i
         wait(futures)  # every block is done before any error is raised
         for future in futures:
             future.result()
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """Run the enclosed ops on one intra-op thread (CPU only), then restore the thread count.
+
+    For batched LU solves: in torch 2.13 on CPU, once `torch.set_num_threads` has been called
+    (every job calls it), a batched `torch.linalg.solve` of 200 x 200 or larger matrices on 2
+    threads gets invalid pivots from MKL and raises ("SLASWP" errors; tests/test_zeroth_order.py).
+    On one thread it is correct."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)
 

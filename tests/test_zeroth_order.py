@@ -151,3 +151,23 @@ def test_fzoos_converges_on_a_quadratic_with_exact_queries_and_bits() -> None:
         assert log.bits_up.tolist() == [32 * task.d + 32 * 32] * 2
         assert log.bits_down.tolist() == [32 * task.d + 32 * 32] * 2
     assert int(state.filled.max()) == 64 and int(state.filled.min()) >= 0
+
+
+def test_fzoos_fit_survives_torchs_batched_lu_bug_on_two_threads() -> None:
+    """torch 2.13 on CPU: after torch.set_num_threads(2) (every job sets its threads), a batched
+    LU solve of 256 x 256 Gram matrices raised "Pivots given to lu_solve must all be greater or
+    equal to 1" (MKL SLASWP errors). `fit` solves on one thread: it works and gives the
+    one-thread numbers, and the caller's thread count is kept."""
+    g = torch.Generator().manual_seed(1)
+    m, H, d, M = 4, 64, 5, 256
+    X, y = torch.randn(m, H, d, generator=g), torch.randn(m, H, generator=g)
+    rff = RFF(torch.randn(M, d, generator=g), 6.28 * torch.rand(M, generator=g))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = fit(rff, X, y, torch.ones(m, H), 0.1)
+        torch.set_num_threads(2)
+        assert torch.equal(fit(rff, X, y, torch.ones(m, H), 0.1), ref)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

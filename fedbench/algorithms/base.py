@@ -172,7 +172,7 @@ def local_sgd(
     full = env.batch_size == "full"
     idx = None if full else local_batches(env, y0, ids, steps, gen)
     width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2]
-    block = env.task.block_size(width)
+    block = -(-m // -(-m // env.task.block_size(width)))  # as many blocks, of equal sizes
     loss_sum = torch.zeros(m, device=y.device)
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...

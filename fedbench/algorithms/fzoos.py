@@ -46,6 +46,7 @@ from fedbench.algorithms.base import (
     update_compressor,
 )
 from fedbench.compressors.base import FLOAT_BITS
+from fedbench.parallel import one_thread
 from fedbench.params import Component, Param
 from fedbench.seeding import RoundRng
 
@@ -89,7 +90,8 @@ def fit(rff: RFF, X: Tensor, y: Tensor, mask: Tensor, lam: float) -> Tensor:
     yc = (y - (y * mask).sum(1, keepdim=True) / count) * mask  # [m, H] centred
     M = phi.shape[2]
     gram = phi.transpose(1, 2) @ phi + lam * torch.eye(M, device=X.device)  # [m, M, M]
-    return torch.linalg.solve(gram, (phi.transpose(1, 2) @ yc.unsqueeze(2)).squeeze(2))
+    with one_thread(X.device):  # torch 2.13's batched LU on several CPU threads: see one_thread
+        return torch.linalg.solve(gram, (phi.transpose(1, 2) @ yc.unsqueeze(2)).squeeze(2))
 
 
 def fzoos(
