@@ -211,9 +211,10 @@ def run(
     os.environ[runner.LAUNCH_ENV] = launch.to_env()  # inherited by pool workers
     try:
         console.print(f"running on {where}", highlight=False, markup=False)
+        started = time.perf_counter()
         with display, _signals_as_interrupts():
             _until_finished(store, todo, launch, go, display)
-        _summary(g.name, display.outcomes, store)
+        _summary(g.name, display.outcomes, store, time.perf_counter() - started)
     except KeyboardInterrupt as e:
         running = len(display.running)
         store.release(launch.prefix)
@@ -470,11 +471,14 @@ class _Display:
         )
 
 
-def _summary(name: str, outcomes: list[runner.Outcome], store: Store) -> None:
+def _summary(name: str, outcomes: list[runner.Outcome], store: Store, wall: float) -> None:
+    """The grid's last line: jobs by outcome, its wall time and, when jobs ran side by side,
+    the sum of their own times (more than the wall time)."""
     by = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed", "diverged")}
-    secs = sum(o.seconds for o in outcomes)
+    busy = sum(o.seconds for o in outcomes)
+    side_by_side = f" ({busy:.1f}s of job time side by side)" if busy > wall * 1.05 else ""
     console.print(
-        f"{plain(name)}: ran {len(outcomes)} jobs in {secs:.1f}s — "
+        f"{plain(name)}: ran {len(outcomes)} jobs in {wall:.1f}s{side_by_side} — "
         f"{by['done']} done, {by['failed']} failed, {by['diverged']} diverged. "
         f"Next: fedbench report --experiment {name} --plot bits-vs-accuracy"
         + ("" if store.url.endswith("results/fedbench.db") else f" --db {store.url}"),
