@@ -12,8 +12,9 @@ machine, on the same data and the same amount of work:
 
 Each side runs in its own process, as a user would run it: the loop with PyTorch's defaults
 (all cores, OpenMP's spinning wait), fedbench with its own policy (all cores in one job,
-passive OpenMP wait set by `import fedbench` before torch loads), plus fedbench variants that
-show why the policy is what it is (one thread; the spinning wait). Marginal time per round:
+blocks of clients side by side on them (fedbench.parallel), passive OpenMP wait set by
+`import fedbench` before torch loads), plus fedbench variants that show why the policy is what
+it is (one thread; blocks one after another; the spinning wait). Marginal time per round:
 every side is built (data on the device, model, optimizer state) and warmed up first, then
 timed over a few rounds, so set-up is excluded. The sides are measured in turn, several times,
 and the fastest of each is compared: noise on a shared machine only ever adds time, so the
