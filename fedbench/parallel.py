@@ -98,6 +98,15 @@ def one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _forget_workers() -> None:
+    """In a forked child: the parent's threads are not there; start new ones when needed."""
+    global _pool, _pool_size, _lock
+    _pool, _pool_size, _lock = None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
+
+
 def _workers(n: int) -> ThreadPoolExecutor:
     """The process's block threads (n of them), each set to one intra-op thread."""
     global _pool, _pool_size

@@ -407,7 +407,7 @@ def _utc_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the store
 
 
-class Store:
+class Store(store_read.Reads):
     """The result database behind one SQLAlchemy URL (see the module docstring).
 
     Safe to share between threads; open one Store per process (an engine must not cross a
@@ -528,12 +528,6 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection; the store is unusable afterwards."""
         self._engine.dispose()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -835,7 +829,7 @@ class Store:
         return None if value is None else int(value)
 
     @contextmanager
-    def _reading(self) -> Iterator[Query]:
+    def _snapshot(self) -> Iterator[Query]:
         """A read transaction as a `store_read.Query` (SQL text with named parameters)."""
         with self._read() as conn:
 
@@ -843,46 +837,6 @@ class Store:
                 return [tuple(r) for r in conn.execute(sa.text(sql), dict(params))]
 
             yield query
-
-    def get_run(self, ref: str) -> dict[str, Any]:
-        """One run by id, full key or unique key prefix (at least 4 characters); a number that
-        is a run id means that run, else it is read as a key prefix of any length. Includes
-        `experiment` (its name) and `rounds_logged`."""
-        with self._reading() as q:
-            return store_read.get_run(q, ref, self.url)
-
-    def runs_records(
-        self,
-        experiment: str | None = None,
-        status: Sequence[str] | None = None,
-        run_ids: Sequence[int] | None = None,
-    ) -> list[dict[str, Any]]:
-        """One dict per run (ordered by id; `store_read.RUN_FIELDS`, config as a dict),
-        optionally only those of an experiment, with given statuses, or given ids."""
-        with self._reading() as q:
-            return store_read.runs_records(q, experiment, status, run_ids)
-
-    def metrics_records(
-        self, run_ids: Sequence[int], names: Sequence[str] | None = None
-    ) -> list[MetricRow]:
-        """Long-form metrics of the given runs (optionally only some names) as (run_id,
-        round, name, value) tuples sorted by run_id, round, name; NULL values as NaN."""
-        with self._reading() as q:
-            return store_read.metrics_records(q, run_ids, names)
-
-    def final_metrics(
-        self, run_ids: Sequence[int], names: Sequence[str]
-    ) -> dict[int, dict[str, float]]:
-        """run id -> {name: value at the last round where it is not NaN} (see
-        `store_read.final_metrics`), computed in SQL."""
-        with self._reading() as q:
-            return store_read.final_metrics(q, run_ids, names)
-
-    def experiments_records(self) -> list[dict[str, Any]]:
-        """One dict per experiment (`EXPERIMENT_COLUMNS`): id, name, grid_path, created_at,
-        and run counts in all and per status."""
-        with self._reading() as q:
-            return store_read.experiments_records(q)
 
     def experiments_frame(self) -> pd.DataFrame:
         """`experiments_records` as a frame (created_at a UTC datetime column)."""
@@ -925,7 +879,7 @@ class Store:
         run_id, round, name. NULL values come back as NaN."""
         import pandas as pd
 
-        with self._reading() as q:  # decoded column-wise: NULL -> NaN by astype
+        with self._snapshot() as q:  # decoded column-wise: NULL -> NaN by astype
             rows = store_read.metrics_rows(q, run_ids, names)
         frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
         return frame.astype({"run_id": "int64", "round": "int64", "value": "float64"})

@@ -30,10 +30,10 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 DEFAULT_URL = "sqlite:///results/fedbench.db"
@@ -79,38 +79,6 @@ class MetricRow(NamedTuple):
     round: int
     name: str
     value: float
-
-
-class StoreReader(Protocol):
-    """What ls and show read: a `Store` or a `SqliteReader`."""
-
-    @property
-    def url(self) -> str: ...
-
-    def get_run(self, ref: str) -> dict[str, Any]: ...
-
-    def runs_records(
-        self,
-        experiment: str | None = None,
-        status: Sequence[str] | None = None,
-        run_ids: Sequence[int] | None = None,
-    ) -> list[dict[str, Any]]: ...
-
-    def metrics_records(
-        self, run_ids: Sequence[int], names: Sequence[str] | None = None
-    ) -> list[MetricRow]: ...
-
-    def experiments_records(self) -> list[dict[str, Any]]: ...
-
-    def final_metrics(
-        self, run_ids: Sequence[int], names: Sequence[str]
-    ) -> dict[int, dict[str, float]]: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Self: ...
-
-    def __exit__(self, *exc: object) -> None: ...
 
 
 # --------------------------------------------------------------------------- URLs
@@ -433,7 +401,72 @@ def _no_rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     return []
 
 
-class SqliteReader:
+class Reads:
+    """The reads behind ls, show and the Store's frames, one snapshot (`_snapshot`) each,
+    running this module's query functions: shared by the `Store` (SQLAlchemy, every URL) and
+    `SqliteReader` (stdlib sqlite3, read-only)."""
+
+    _lease = True  # runs have the lease columns (a version-1 file read as it is has not)
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def _snapshot(self) -> AbstractContextManager[Query]:
+        """A read transaction (a consistent snapshot) as a `Query`."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_run(self, ref: str) -> dict[str, Any]:
+        """One run by id, full key or unique key prefix (at least 4 characters); a number that
+        is a run id means that run, else it is read as a key prefix of any length. Includes
+        `experiment` (its name) and `rounds_logged`."""
+        with self._snapshot() as q:
+            return get_run(q, ref, self.url, self._lease)
+
+    def runs_records(
+        self,
+        experiment: str | None = None,
+        status: Sequence[str] | None = None,
+        run_ids: Sequence[int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One dict per run (ordered by id; `RUN_FIELDS`, config as a dict), optionally only
+        those of an experiment, with given statuses, or given ids."""
+        with self._snapshot() as q:
+            return runs_records(q, experiment, status, run_ids, self._lease)
+
+    def metrics_records(
+        self, run_ids: Sequence[int], names: Sequence[str] | None = None
+    ) -> list[MetricRow]:
+        """Long-form metrics of the given runs (optionally only some names) as (run_id,
+        round, name, value) tuples sorted by run_id, round, name; NULL values as NaN."""
+        with self._snapshot() as q:
+            return metrics_records(q, run_ids, names)
+
+    def final_metrics(
+        self, run_ids: Sequence[int], names: Sequence[str]
+    ) -> dict[int, dict[str, float]]:
+        """run id -> {name: value at the last round where it is not NaN} (`final_metrics`),
+        computed in SQL."""
+        with self._snapshot() as q:
+            return final_metrics(q, run_ids, names)
+
+    def experiments_records(self) -> list[dict[str, Any]]:
+        """One dict per experiment (`EXPERIMENT_COLUMNS`): id, name, grid_path, created_at,
+        and run counts in all and per status."""
+        with self._snapshot() as q:
+            return experiments_records(q)
+
+
+class SqliteReader(Reads):
     """A fedbench SQLite file opened read-only through the stdlib driver (ls, show).
 
     Never writes: a database without fedbench's tables reads as empty (a `Store` would create
@@ -470,43 +503,8 @@ class SqliteReader:
         except sqlite3.Error as e:
             raise StoreError(f"{what} {self._url}: {_first_line(e)}") from None
 
-    def get_run(self, ref: str) -> dict[str, Any]:
-        with self._snapshot() as q:
-            return get_run(q, ref, self._url, self._lease)
-
-    def runs_records(
-        self,
-        experiment: str | None = None,
-        status: Sequence[str] | None = None,
-        run_ids: Sequence[int] | None = None,
-    ) -> list[dict[str, Any]]:
-        with self._snapshot() as q:
-            return runs_records(q, experiment, status, run_ids, self._lease)
-
-    def metrics_records(
-        self, run_ids: Sequence[int], names: Sequence[str] | None = None
-    ) -> list[MetricRow]:
-        with self._snapshot() as q:
-            return metrics_records(q, run_ids, names)
-
-    def experiments_records(self) -> list[dict[str, Any]]:
-        with self._snapshot() as q:
-            return experiments_records(q)
-
-    def final_metrics(
-        self, run_ids: Sequence[int], names: Sequence[str]
-    ) -> dict[int, dict[str, float]]:
-        with self._snapshot() as q:
-            return final_metrics(q, run_ids, names)
-
     def close(self) -> None:
         self._con.close()
-
-    def __enter__(self) -> SqliteReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SqliteReader({self._url!r})"

@@ -185,6 +185,26 @@ def test_run_output_without_a_terminal_is_one_line_per_event(tmp_path: Path) -> 
     summary = [x for x in lines if "ran 1 jobs" in x]
     assert len(summary) == 1 and len(summary[0]) > 80  # one unwrapped line
     assert "--plot bits-vs-accuracy" in summary[0]
+    assert "side by side" not in summary[0]  # one job: its time is the wall time
+
+
+def test_run_summary_gives_wall_time_and_the_jobs_time_when_they_overlapped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fedbench import runner
+    from fedbench.commands import run as run_cmd
+
+    def outcome(seconds: float) -> runner.Outcome:
+        return runner.Outcome("k", "done", None, 3, seconds, {})
+
+    class Db:
+        url = "sqlite:///x.db"
+
+    run_cmd._summary("g", [outcome(4.0), outcome(5.0)], Db(), wall=5.5)  # type: ignore[arg-type]
+    run_cmd._summary("g", [outcome(4.0), outcome(5.0)], Db(), wall=9.2)  # type: ignore[arg-type]
+    first, second = capsys.readouterr().out.splitlines()[:2]
+    assert "ran 2 jobs in 5.5s (9.0s of job time side by side) — 2 done" in first
+    assert "ran 2 jobs in 9.2s — 2 done" in second
 
 
 # --------------------------------------------------------------------------- datasets --stats

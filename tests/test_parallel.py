@@ -114,3 +114,20 @@ def test_block_threads_policy(monkeypatch: pytest.MonkeyPatch, two_threads: None
     monkeypatch.setenv(parallel.ENV_VAR, "")
     torch.set_num_threads(1)
     assert parallel.block_threads(cpu, 8) == 1  # a one-thread job stays on its thread
+
+
+def test_a_forked_child_starts_its_own_block_threads(two_threads: None) -> None:
+    """A child forked after the block threads started (they do not survive a fork) runs blocks
+    on fresh threads instead of waiting forever on the parent's."""
+    import multiprocessing as mp
+
+    parallel.for_each_block(lambda s: None, range(4), threads=2)  # the parent's threads exist
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(_blocks_in_child).get(timeout=60) == [0, 1, 2, 3]
+
+
+def _blocks_in_child() -> list[int]:
+    done: list[int] = []
+    parallel.for_each_block(done.append, range(4), threads=2)
+    return sorted(done)

@@ -506,6 +506,17 @@ def fresh_postgres_database() -> str:
     return base.set(database=name).render_as_string(hide_password=False)
 
 
+def drop_postgres_database(url: str) -> None:
+    """Drop a database `fresh_postgres_database` made (connections to it are closed)."""
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    engine = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+    engine.dispose()
+
+
 _PG_DATABASES = itertools.count()
 POSTGRES = pytest.mark.skipif(
     not os.environ.get("FEDBENCH_TEST_POSTGRES"),

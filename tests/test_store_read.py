@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sqlite3
 from datetime import timezone
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_store import POSTGRES, drop_postgres_database, fresh_postgres_database
 from typer.testing import CliRunner
 
 from fedbench.cli import app
@@ -316,26 +316,12 @@ def test_like_prefix_escapes_wildcards():
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-POSTGRES = pytest.mark.skipif(
-    not os.environ.get("FEDBENCH_TEST_POSTGRES"),
-    reason="set FEDBENCH_TEST_POSTGRES to a URL (.ci/postgres.sh starts a server)",
-)
-
 
 @POSTGRES
 def test_postgresql_reads_decode_as_sqlite(db: Path):
     """The same writes on PostgreSQL (through the Store) and SQLite (through SqliteReader)
     read back alike, but for ids and timestamps (each is an aware UTC datetime)."""
-    import sqlalchemy as sa
-
-    base = sa.make_url(os.environ["FEDBENCH_TEST_POSTGRES"])
-    name = f"fedbench_read_{os.getpid()}"
-    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    url = base.set(database=name).render_as_string(hide_password=False)
+    url = fresh_postgres_database()
     try:
         with Store(url) as pg:
             build(pg)
@@ -358,10 +344,7 @@ def test_postgresql_reads_decode_as_sqlite(db: Path):
             lite_show = json.loads(cli("show", ref, "--db", db, "-f", "json")[1])
             assert _same(_no_times(pg_show), _no_times(lite_show))
     finally:
-        engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
+        drop_postgres_database(url)
 
 
 def _no_times(value: Any) -> Any:

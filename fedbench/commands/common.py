@@ -18,7 +18,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from fedbench.store import Store
-    from fedbench.store_read import StoreReader
+    from fedbench.store_read import Reads
 
 console = Console()
 err_console = Console(stderr=True)
@@ -107,7 +107,7 @@ def open_store(db: str | None) -> Store:
     return Store(db)
 
 
-def open_reader(db: str | None) -> Store | StoreReader:
+def open_reader(db: str | None) -> Reads:
     """The database for ls and show: a plain SQLite file read-only through the stdlib driver
     (`store_read.SqliteReader`: no SQLAlchemy, no pandas, nothing written), anything else (or
     with $FEDBENCH_READER=sqlalchemy) through `open_store`. Both read with the same SQL."""
