@@ -268,7 +268,7 @@ def _claimed(
         rows = RoundWriter(store, run_id, token)
         try:
             status, error, rounds_done, final = _loop(
-                job, rows, run_id, device, start, progress, folder, ckpt
+                job, rows, device, start, progress, folder, ckpt
             )
             rows.flush()
         except (KeyboardInterrupt, BrokenPipeError):  # not the job's failure
@@ -301,7 +301,6 @@ def _flush_quietly(rows: RoundWriter) -> None:
 def _loop(
     job: Job,
     rows: RoundWriter,
-    run_id: int,
     device: torch.device,
     start: float,
     progress: Progress | None,
