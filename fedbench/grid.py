@@ -768,6 +768,11 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
             f"algorithm.ordering = {_show(a['ordering'])}: orders minibatches; with "
             'batch_size = "full" every step uses all the data; allowed: "random"'
         )
+    elif a["ordering"] != "random" and alg is not None and "local_steps" not in alg.params:
+        problems.append(  # every method with local steps draws them through local_batches
+            f"algorithm.ordering = {_show(a['ordering'])}: orders the minibatches of local "
+            f'steps; {a["name"]} takes no local steps; allowed: "random"'
+        )
     if not bad & {"algorithm.participation", "task.clients"}:
         p, n = cfg["algorithm"]["participation"], task["clients"]
         if p * n < 0.5:

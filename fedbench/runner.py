@@ -267,9 +267,11 @@ def _claimed(
         )
         rows = RoundWriter(store, run_id, token)
         try:
-            status, error, rounds_done, final = _loop(
-                job, rows, device, start, progress, folder, ckpt
-            )
+            task, env, alg = build(job, device)
+            with rounds_mode(task.model, job.config["algorithm"]["name"]):
+                status, error, rounds_done, final = _loop(
+                    job, rows, device, start, progress, folder, ckpt, task, env, alg
+                )
             rows.flush()
         except (KeyboardInterrupt, BrokenPipeError):  # not the job's failure
             _flush_quietly(rows)  # the completed rounds
@@ -298,20 +300,6 @@ def _flush_quietly(rows: RoundWriter) -> None:
         rows.pending = []
 
 
-def _loop(
-    job: Job,
-    rows: RoundWriter,
-    device: torch.device,
-    start: float,
-    progress: Progress | None,
-    folder: Path,
-    ckpt: checkpoint.Checkpoint | None,
-) -> tuple[str, str | None, int, dict[str, float]]:
-    task, env, alg = build(job, device)
-    with rounds_mode(task.model, job.config["algorithm"]["name"]):
-        return _rounds(job, rows, device, start, progress, folder, ckpt, task, env, alg)
-
-
 def rounds_mode(model: Model, algorithm: str) -> torch.inference_mode:
     """How a job's rounds run: under `torch.inference_mode` when neither the model (a
     hand-batched one, `Model.autograd_free`) nor the algorithm (`extra["autograd"]`, e.g. FedBR's
@@ -321,7 +309,7 @@ def rounds_mode(model: Model, algorithm: str) -> torch.inference_mode:
     return torch.inference_mode(model.autograd_free and not needs)
 
 
-def _rounds(
+def _loop(
     job: Job,
     rows: RoundWriter,
     device: torch.device,

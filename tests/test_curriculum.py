@@ -180,3 +180,37 @@ def test_client_curriculum_is_refused_for_methods_without_it(tmp_path: Path):
         grid.load(p)
     p.write_text(GRID.format(extra='sampling = "anti_curriculum"'))
     assert grid.load(p).jobs[0].config["algorithm"]["sampling"] == "anti_curriculum"
+
+
+def test_every_method_with_local_steps_orders_its_minibatches_and_the_others_refuse(
+    tmp_path: Path,
+):
+    """`ordering` is never silently ignored: each method that takes `local_steps` follows a
+    different trajectory under "curriculum" than under "random" (its local minibatches come
+    from `local_batches`), and a grid asking it of a method without local steps is refused."""
+    from test_algorithms import SWEEP_PARAMS
+
+    from fedbench.algorithms import ALGORITHMS
+
+    task = make_task(model="mlp", n=8, per_client=25)
+    local = [a for a in ALGORITHMS if "local_steps" in ALGORITHMS[a].params]
+    assert len(local) > 30
+    ignored = []
+    for name in local:
+        params = dict(SWEEP_PARAMS.get(name, {"lr": 0.1}))
+        if name == "mifa":
+            params["start"] = "zero"  # the waiting start holds x for these 3 rounds
+        env = make_env(task, participation=0.5, batch_size=8)._replace(rounds=3)
+        finals = []
+        for ordering in ("random", "curriculum"):
+            state, _, alg = run_rounds(name, params, env._replace(ordering=ordering), 3)
+            finals.append(alg.params(state))
+        if torch.equal(*finals):
+            ignored.append(name)
+    assert ignored == []
+    p = tmp_path / "g.toml"
+    for name in sorted(set(ALGORITHMS) - set(local)):
+        text = GRID.format(extra='ordering = "curriculum"\nbatch_size = 8')
+        p.write_text(text.replace('"fedavg"', f'"{name}"'))
+        with pytest.raises(grid.GridError, match=f"{name} takes no local steps"):
+            grid.load(p)

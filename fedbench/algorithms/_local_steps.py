@@ -2,8 +2,10 @@
 correction ∇f_i(y; ζ) − ∇f_i(x; ζ), FedSMOO's dual-corrected SAM perturbation, Entropy-SGD's
 inner Langevin loop. `local_sgd`'s correction hook sees the gradient but not ζ; this loop
 hands ζ to a step function instead. Minibatches are drawn for the whole cohort up front
-exactly as `local_sgd` draws them (with `draws = 1` the same indices for the same generator),
-and clients run in the same blocks, so the result does not depend on the block size.
+exactly as `local_sgd` draws them (`local_batches`: uniform, or ordered by a curriculum over
+the K·draws minibatches; with `draws = 1` the same indices for the same generator), and
+clients run in the same blocks (`block_rows`), so the result does not depend on the block
+size. The blocks run one after another: step functions may draw in call order.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fedbench.algorithms.base import Env
+from fedbench.algorithms.base import Env, block_rows, local_batches
 
 # (y [c, d], ids [c], ζ [c, draws, B] or None for full local data, rows, step k)
 #   -> (loss [c], direction [c, d]); the loop applies y ← y − lr·direction
@@ -35,9 +37,9 @@ def run_local_steps(
     m = ids.numel()
     y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
     full = env.batch_size == "full"
-    idx = None if full else env.task.batch_indices(ids, steps * draws, int(env.batch_size), gen)
+    idx = None if full else local_batches(env, y0, ids, steps * draws, gen)
     width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2] * draws
-    block = env.task.block_size(width)
+    block = block_rows(env, m, width)
     loss_sum = torch.zeros(m, device=y.device)
     for s in range(0, m, block):
         rows = slice(s, min(m, s + block))

@@ -172,7 +172,7 @@ def local_sgd(
     full = env.batch_size == "full"
     idx = None if full else local_batches(env, y0, ids, steps, gen)
     width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2]
-    block = -(-m // -(-m // env.task.block_size(width)))  # as many blocks, of equal sizes
+    block = block_rows(env, m, width)
     loss_sum = torch.zeros(m, device=y.device)
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
@@ -193,6 +193,12 @@ def local_sgd(
     threads = block_threads(y.device, len(starts)) if is_rowwise(correction) else 1
     for_each_block(run_block, starts, threads)
     return y, loss_sum / steps
+
+
+def block_rows(env: Env, m: int, width: int) -> int:
+    """Clients per block of local training for m clients with `width` samples a step: as many
+    blocks as `Task.block_size` asks for, of equal sizes (balanced over block threads)."""
+    return -(-m // -(-m // env.task.block_size(width)))
 
 
 def local_batches(env: Env, y0: Tensor, ids: Tensor, steps: int, gen: torch.Generator) -> Tensor:

@@ -31,6 +31,7 @@ from fedbench.algorithms.base import (
     bits_vector,
     broadcast,
     broadcast_init,
+    local_batches,
     sample_cohort,
     update_compressor,
 )
@@ -106,9 +107,7 @@ def delta_sgd(
         full = env.batch_size == "full"
         idx = None
         if not full:
-            idx = env.task.batch_indices(
-                ids, local_steps, int(env.batch_size), rng(seeding.BATCHES)
-            )
+            idx = local_batches(env, down.x_hat, ids, local_steps, rng(seeding.BATCHES))
 
         def grad(w: Tensor, k: int) -> tuple[Tensor, Tensor]:
             return env.task.loss_grad(w, ids, None if idx is None else idx[:, k])

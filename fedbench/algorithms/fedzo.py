@@ -33,6 +33,7 @@ from fedbench.algorithms.base import (
     broadcast,
     broadcast_init,
     cohort_log,
+    local_batches,
     sample_cohort,
     update_compressor,
 )
@@ -83,11 +84,7 @@ def fedzo(lr: float, local_steps: int, mu: float, directions: int, **server: Any
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         full = env.batch_size == "full"
         H = local_steps
-        idx = (
-            None
-            if full
-            else env.task.batch_indices(ids, H, int(env.batch_size), rng(seeding.BATCHES))
-        )
+        idx = None if full else local_batches(env, down.x_hat, ids, H, rng(seeding.BATCHES))
         v = sphere((H, m, directions, env.d), rng(seeding.ALGORITHM), env.device)
         y = down.x_hat.expand(m, -1).clone()  # [m, d]
         loss = torch.zeros(m, device=env.device)

@@ -42,6 +42,7 @@ from fedbench.algorithms.base import (
     bits_vector,
     broadcast,
     broadcast_init,
+    local_batches,
     sample_cohort,
     update_compressor,
 )
@@ -132,9 +133,7 @@ def fzoos(
         full = env.batch_size == "full"
         idx = None
         if not full:
-            idx = env.task.batch_indices(
-                ids, local_steps, int(env.batch_size), rng(seeding.BATCHES)
-            )
+            idx = local_batches(env, down.x_hat, ids, local_steps, rng(seeding.BATCHES))
         u = torch.randn(
             (local_steps, m, Q - 1, d), generator=rng(seeding.ALGORITHM), device=rng.device
         )
