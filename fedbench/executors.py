@@ -27,6 +27,8 @@ seed give the same numbers in this process or a pool, with 1 or N threads (tests
 
 from __future__ import annotations
 
+import functools
+import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -164,12 +166,19 @@ def job_threads(job: Job, slot: Slot) -> int:
     if slot.fixed or slot.threads == 1:
         return slot.threads
     try:
-        t = job.config["task"]
-        fd = runner.load_dataset(t)  # cached: the job's own build reuses it
-        model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+        d = _model_size(json.dumps(job.config["task"], sort_keys=True))
     except Exception:
         return slot.threads  # the job's own build reports the problem
-    return 1 if model.spec.d < SMALL_MODEL else slot.threads
+    return 1 if d < SMALL_MODEL else slot.threads
+
+
+@functools.lru_cache(maxsize=64)
+def _model_size(task_json: str) -> int:
+    """Parameters d of the model of a resolved [task] section, built once per distinct
+    section (a grid's jobs share a few), not once per job."""
+    t = json.loads(task_json)
+    fd = runner.load_dataset(t)  # cached: the job's own build reuses it
+    return build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary).spec.d
 
 
 def run_job(job: Job, url: str, slot: Slot, emit: Callable[[Event], None]) -> runner.Outcome:

@@ -3,6 +3,7 @@ and that a job's numbers do not depend on it (in this process or a pool, 1 or 2 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,24 @@ def test_auto_runs_one_job_in_this_process_with_every_core_but_small_models_on_o
     assert executors.job_threads(small, slot) == 1
     assert executors.job_threads(big, slot) == 4
     assert executors.job_threads(small, slot._replace(fixed=True)) == 4  # --threads / OMP
+
+
+def test_job_threads_builds_each_distinct_model_once(monkeypatch: pytest.MonkeyPatch):
+    built: list[str] = []
+    real = executors.build_model
+
+    def counting(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "build_model", counting)
+    executors._model_size.cache_clear()
+    slot = executors.Slot("cpu", 4, fixed=False)
+    jobs = gridlib.parse(SIZES, Path("sizes.toml")).jobs
+    threads = [executors.job_threads(j, slot) for j in jobs + jobs]
+    tasks = {json.dumps(j.config["task"], sort_keys=True) for j in jobs}
+    assert len(built) == len(tasks) < len(jobs) * 2
+    assert sorted(set(threads)) == [1, 4]
 
 
 def test_explicit_workers_threads_and_omp_num_threads_are_kept():
