@@ -68,25 +68,22 @@ def for_each_block(run: Callable[[int], None], starts: Sequence[int], threads: i
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             run(s)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers' budget; this thread only waits meanwhile
-    try:
+    with one_thread(torch.device("cpu")):  # the workers' budget; this thread only waits
         futures = [_workers(threads).submit(call, s) for s in starts]
         wait(futures)  # every block is done before any error is raised
         for future in futures:
             future.result()
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager
 def one_thread(device: torch.device) -> Iterator[None]:
     """Run the enclosed ops on one intra-op thread (CPU only), then restore the thread count.
 
-    For batched LU solves: in torch 2.13 on CPU, once `torch.set_num_threads` has been called
-    (every job calls it), a batched `torch.linalg.solve` of 200 x 200 or larger matrices on 2
-    threads gets invalid pivots from MKL and raises ("SLASWP" errors; tests/test_zeroth_order.py).
-    On one thread it is correct."""
+    `for_each_block` waits under it while its workers run. Batched LU solves need it too: in
+    torch 2.13 on CPU, once `torch.set_num_threads` has been called (every job calls it), a
+    batched `torch.linalg.solve` of 200 x 200 or larger matrices on 2 threads gets invalid
+    pivots from MKL and raises ("SLASWP" errors; tests/test_zeroth_order.py). On one thread
+    it is correct."""
     before = torch.get_num_threads()
     if device.type != "cpu" or before == 1:
         yield

@@ -14,6 +14,7 @@ forward/backward over its clients.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ class ClientData:
         )
 
 
+class FullBatch(NamedTuple):
+    """Every client's full local data, padded to the largest client (`Task._everyone_full`)."""
+
+    ids: Tensor  # [n] 0..n−1
+    x: Tensor  # [n, W, *shape]
+    y: Tensor  # [n, W]
+    wt: Tensor  # [n, W] 1/count_i on real samples, 0 on padding
+
+
 def regulariser(w: Tensor, kind: str, lam: float) -> tuple[Tensor, Tensor | None]:
     """Value `[...]` and gradient of the regulariser for `w [..., d]` (None when absent)."""
     if kind == "none" or lam == 0.0:
@@ -105,9 +115,6 @@ class Task:
         self.memory_bytes = memory_gb * 2**30
         self._act_floats = _activation_floats(model, tuple(data.x.shape[1:]))
         self._smoothness: Smoothness | None = None
-        self._full: tuple[Tensor, Tensor, Tensor] | None = None  # see _everyone_full
-        self._full_tried = False
-        self._everyone = torch.empty(0, dtype=torch.int64)
 
     @property
     def d(self) -> int:
@@ -173,14 +180,13 @@ class Task:
         m = w.shape[0]
         g = torch.empty_like(w) if out is None else out
         if idx is None and m == self.n:
-            every = self._everyone_full()
+            every = self._everyone_full
             if (
                 every is not None
-                and self.chunk_size(every[2].shape[1]) >= m
-                and torch.equal(ids, self._everyone)
+                and self.chunk_size(every.wt.shape[1]) >= m
+                and torch.equal(ids, every.ids)
             ):
-                x, y, wt = every
-                loss, _ = self.model.loss_grad(w, x, y, wt, out=g)
+                loss, _ = self.model.loss_grad(w, every.x, every.y, every.wt, out=g)
                 return self._regularised(w, loss, g)
         loss = torch.empty(m, device=w.device)
         width = idx.shape[1] if idx is not None else int(self.data.counts[ids].max())
@@ -204,22 +210,20 @@ class Task:
             g += dr
         return loss, g
 
-    def _everyone_full(self) -> tuple[Tensor, Tensor, Tensor] | None:
-        """Every client's full local batch as `_full_batch(arange(n))` gathers it — samples
-        `[n, W, *shape]`, labels `[n, W]`, weights `[n, W]` — built once and kept when it takes at
-        most FULL_BATCH_CACHE_BYTES (else None). When one chunk holds every client, `loss_grad`
-        over all clients is then the same computation without the per-call gather: the theory
-        papers' setting (full gradients, everyone participating) at a fraction of the cost."""
-        if not self._full_tried:
-            self._full_tried = True
-            width = int(self.data.counts.max())
-            item = self.data.x[:1].numel() * self.data.x.element_size()
-            fits = self.n * width * item <= FULL_BATCH_CACHE_BYTES
-            if fits:
-                self._everyone = torch.arange(self.n, device=self.device)
-                idx, wt = self._full_batch(self._everyone)
-                self._full = (self.data.x[idx], self.data.y[idx], wt)
-        return self._full
+    @functools.cached_property
+    def _everyone_full(self) -> FullBatch | None:
+        """Every client's full local batch as `_full_batch(arange(n))` gathers it, built on
+        first use and kept when it takes at most FULL_BATCH_CACHE_BYTES (else None). When one
+        chunk holds every client, `loss_grad` over all clients is then the same computation
+        without the per-call gather: the theory papers' setting (full gradients, everyone
+        participating) at a fraction of the cost."""
+        width = int(self.data.counts.max())
+        item = self.data.x[:1].numel() * self.data.x.element_size()
+        if self.n * width * item > FULL_BATCH_CACHE_BYTES:
+            return None
+        everyone = torch.arange(self.n, device=self.device)
+        idx, wt = self._full_batch(everyone)
+        return FullBatch(everyone, self.data.x[idx], self.data.y[idx], wt)
 
     # -- evaluation ----------------------------------------------------------------------------
 

@@ -17,35 +17,14 @@ import pytest
 import torch
 from conftest import make_env, make_task, run_rounds
 from test_algorithms import SWEEP_PARAMS, compatible
-from test_leases import _wait_for
+from test_leases import BASE_GRID, _wait_for
 from test_reliability import rows_per_run, status_and_rounds
 
 from fedbench import checkpoint
 from fedbench import grid as gridlib
 from fedbench.algorithms import ALGORITHMS
 
-GRID = """
-[experiment]
-name = "faults"
-seeds = {seeds}
-rounds = {rounds}
-eval_every = 5
-checkpoint_every = {ckpt}
-
-[task]
-dataset = "digits"
-model = "mlp"
-hidden = [16]
-clients = 8
-
-[algorithm]
-lr = 0.1
-local_steps = 1
-batch_size = 16
-
-[grid]
-"algorithm.name" = ["fedavg", "scaffold"]
-"""
+GRID = BASE_GRID.replace('name = "leases"', 'name = "faults"')
 
 
 def fedbench(*args: str) -> list[str]:

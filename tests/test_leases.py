@@ -135,7 +135,9 @@ def test_version_1_database_gains_the_lease_columns(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- real launchers
 
-GRID = """
+# Two algorithms on a small MLP, the seeds, rounds and checkpoints filled in by each test
+# (tests/test_faults.py runs the same grid under its own name).
+BASE_GRID = """
 [experiment]
 name = "leases"
 seeds = {seeds}
@@ -156,8 +158,8 @@ batch_size = 16
 
 [grid]
 "algorithm.name" = ["fedavg", "scaffold"]
-"compressor.name" = ["identity", "topk"]
 """
+GRID = BASE_GRID + '"compressor.name" = ["identity", "topk"]\n'
 
 
 def launch(

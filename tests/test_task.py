@@ -190,7 +190,7 @@ def test_kept_full_batch_of_everyone_gives_the_gathered_result_bit_for_bit(
     net = build_model(model, {"hidden": [8]}, data.x.shape[1:], classes, binary=classes == 2)
     assert type(net).__name__ == ("BinaryLogReg" if classes == 2 else "MLP")
     kept = Task(net, data, reg="nonconvex", lam=0.1)
-    assert kept._everyone_full() is not None  # kept now, under the default limit
+    assert kept._everyone_full is not None  # kept now, under the default limit
     monkeypatch.setattr(task_module, "FULL_BATCH_CACHE_BYTES", 0)  # nothing kept: gathered
     gathered = Task(net, data, reg="nonconvex", lam=0.1)
     gen = torch.Generator().manual_seed(2)
@@ -200,4 +200,4 @@ def test_kept_full_batch_of_everyone_gives_the_gathered_result_bit_for_bit(
         l1, g1 = kept.loss_grad(rows, ids)
         l2, g2 = gathered.loss_grad(rows, ids)
         assert torch.equal(l1, l2) and torch.equal(g1, g2)
-    assert gathered._everyone_full() is None
+    assert gathered._everyone_full is None
