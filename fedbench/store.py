@@ -57,7 +57,6 @@ from sqlalchemy.dialects import postgresql as sa_pg
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
 from fedbench import store_read
-from fedbench.store_read import CHUNK as _CHUNK
 from fedbench.store_read import DEFAULT_URL as DEFAULT_URL
 from fedbench.store_read import ENV_VAR as ENV_VAR
 from fedbench.store_read import EXPERIMENT_COLUMNS as EXPERIMENT_COLUMNS
@@ -71,6 +70,7 @@ from fedbench.store_read import TABLES as TABLES
 from fedbench.store_read import MetricRow as MetricRow
 from fedbench.store_read import Query as Query
 from fedbench.store_read import StoreError as StoreError
+from fedbench.store_read import chunks, first_line
 from fedbench.store_read import flatten_config as flatten_config
 from fedbench.store_read import resolve_url as resolve_url
 
@@ -245,18 +245,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (DBAPI errors: the driver's own)."""
-    orig = getattr(e, "orig", None)
-    text = str(orig if orig is not None else e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
-
-
 def _sqlite_file(url: sa.URL) -> Path | None:
     """The file of a file-backed SQLite URL, None for other backends and in-memory databases."""
     db = url.database
@@ -420,7 +408,7 @@ class Store(store_read.Reads):
         try:
             parsed = sa.make_url(resolved)
         except (sa_exc.ArgumentError, ValueError) as e:
-            raise StoreError(f"bad database URL {resolved!r}: {_first_line(e)}") from None
+            raise StoreError(f"bad database URL {resolved!r}: {first_line(e)}") from None
         self._url = parsed
         self._engine = self._open(parsed)
         try:
@@ -439,7 +427,7 @@ class Store(store_read.Reads):
         return self._url.render_as_string(hide_password=True)
 
     def _fail(self, what: str, e: BaseException) -> StoreError:
-        return StoreError(f"{what} {self.url}: {_first_line(e)}")
+        return StoreError(f"{what} {self.url}: {first_line(e)}")
 
     def _open(self, url: sa.URL) -> Engine:
         """An engine for `url`, with the SQLite settings installed on every connection."""
@@ -646,7 +634,7 @@ class Store(store_read.Reads):
         out: set[str] = set()
         with self._read() as conn:
             now = self._db_now(conn)
-            for part in _chunks(list(keys)):
+            for part in chunks(list(keys)):
                 for r in conn.execute(q.where(RUNS.c.key.in_(part))):
                     if r.status in statuses or (
                         r.status == "running"
@@ -673,7 +661,7 @@ class Store(store_read.Reads):
     def fail_runs(self, keys: Sequence[str], error: str) -> None:
         """Mark the given runs failed with `error` unless they have ended or are running."""
         with self._write() as conn:
-            for part in _chunks(list(keys)):
+            for part in chunks(list(keys)):
                 q = sa.update(RUNS).where(RUNS.c.key.in_(part), RUNS.c.status == "pending")
                 conn.execute(q.values(status="failed", error=error, finished_at=_now()))
 
@@ -803,7 +791,7 @@ class Store(store_read.Reads):
         `token`: only runs still held under it."""
         ids = [int(i) for i in run_ids]
         with self._write() as conn:
-            for part in _chunks(ids):
+            for part in chunks(ids):
                 q = sa.update(RUNS).where(RUNS.c.id.in_(part), RUNS.c.status == "running")
                 if token is not None:
                     q = q.where(RUNS.c.lease_token == token)
@@ -814,7 +802,7 @@ class Store(store_read.Reads):
         ids = [int(i) for i in run_ids]
         gone = 0
         with self._write() as conn:
-            for part in _chunks(ids):
+            for part in chunks(ids):
                 conn.execute(sa.delete(METRICS).where(METRICS.c.run_id.in_(part)))
                 gone += conn.execute(sa.delete(RUNS).where(RUNS.c.id.in_(part))).rowcount
         return gone
@@ -936,7 +924,7 @@ def _runs_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, RunInfo]:
     """The runs with these keys (absent keys are left out), queried in chunks."""
     found: dict[str, RunInfo] = {}
     q = sa.select(RUNS.c.id, RUNS.c.key, RUNS.c.status, RUNS.c.error)
-    for part in _chunks(list(keys)):
+    for part in chunks(list(keys)):
         for r in conn.execute(q.where(RUNS.c.key.in_(part))):
             found[r.key] = RunInfo(int(r.id), r.key, r.status, r.error)
     return found

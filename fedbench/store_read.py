@@ -391,8 +391,10 @@ def check_schema(
         )
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (DBAPI errors: the driver's own)."""
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -501,7 +503,7 @@ class SqliteReader(Reads):
             finally:
                 self._con.execute("COMMIT")
         except sqlite3.Error as e:
-            raise StoreError(f"{what} {self._url}: {_first_line(e)}") from None
+            raise StoreError(f"{what} {self._url}: {first_line(e)}") from None
 
     def close(self) -> None:
         self._con.close()
@@ -520,7 +522,7 @@ def open_sqlite_reader(url: str, path: Path) -> SqliteReader | None:
     try:
         con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     except sqlite3.Error as e:
-        raise StoreError(f"cannot open database {url}: {_first_line(e)}") from None
+        raise StoreError(f"cannot open database {url}: {first_line(e)}") from None
     try:
         present, lease = _read_schema(con, url)
     except BaseException:
@@ -555,6 +557,6 @@ def _read_schema(con: sqlite3.Connection, url: str) -> tuple[set[str], bool]:
         finally:
             con.execute("COMMIT")
     except sqlite3.Error as e:
-        raise StoreError(f"cannot open database {url}: {_first_line(e)}") from None
+        raise StoreError(f"cannot open database {url}: {first_line(e)}") from None
     check_schema(url, present, parse_version(url, value), pk)
     return present, columns.issuperset(LEASE_COLUMNS)
