@@ -57,6 +57,7 @@ from sqlalchemy.dialects import postgresql as sa_pg
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
 from fedbench import store_read
+from fedbench.store_read import BUSY_TIMEOUT_S, chunks, first_line
 from fedbench.store_read import DEFAULT_URL as DEFAULT_URL
 from fedbench.store_read import ENV_VAR as ENV_VAR
 from fedbench.store_read import EXPERIMENT_COLUMNS as EXPERIMENT_COLUMNS
@@ -70,7 +71,6 @@ from fedbench.store_read import TABLES as TABLES
 from fedbench.store_read import MetricRow as MetricRow
 from fedbench.store_read import Query as Query
 from fedbench.store_read import StoreError as StoreError
-from fedbench.store_read import chunks, first_line
 from fedbench.store_read import flatten_config as flatten_config
 from fedbench.store_read import resolve_url as resolve_url
 
@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 FINAL_STATUSES = ("done", "failed", "diverged")
 _WRITE = "fedbench_write"  # execution option: this transaction writes
 _PG_LOCK = 0x6FEDBE  # advisory lock serialising schema creation on PostgreSQL
-_BUSY_TIMEOUT_MS = 30_000
+_BUSY_TIMEOUT_MS = round(BUSY_TIMEOUT_S * 1000)  # the same wait as the read-only reader
 
 
 class LeaseLostError(StoreError):
