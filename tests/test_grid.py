@@ -329,6 +329,32 @@ def test_key_depends_on_seed_and_on_values() -> None:
     )
 
 
+# The keys of experiments/quickstart.toml's jobs as fedbench computed them before grid.py
+# became the fedbench.grid package (issue 24): printed on main at cf905ba with
+#   grid.load("experiments/quickstart.toml").jobs -> (j.algorithm, j.compressor, j.seed): j.key
+# A change here re-runs every finished quickstart run of every user: it must be deliberate.
+QUICKSTART_KEYS = {
+    ("fedavg", "identity", 0): "db9c1121483c503d",
+    ("fedavg", "identity", 1): "a9c044004db939e4",
+    ("fedavg", "ef(topk)", 0): "2aeeaaf4b6047c83",
+    ("fedavg", "ef(topk)", 1): "b80c25d0589953cd",
+    ("scaffold", "identity", 0): "de5e080d5eb99e80",
+    ("scaffold", "identity", 1): "5952e98e192e1b34",
+    ("scaffold", "ef(topk)", 0): "65a786e38fec9947",
+    ("scaffold", "ef(topk)", 1): "e0d612e456010437",
+    ("ef21", "identity", 0): "667984e7868dd80c",
+    ("ef21", "identity", 1): "3c1c78df32134aca",
+    ("ef21", "topk", 0): "245f59ba7e10f4f8",
+    ("ef21", "topk", 1): "f85ef9790bbbd2b5",
+}
+
+
+def test_quickstart_keys_are_pinned() -> None:
+    g = grid.load(ROOT / "experiments" / "quickstart.toml")
+    keys = {(j.algorithm, j.compressor, j.seed): j.key for j in g.jobs}
+    assert keys == QUICKSTART_KEYS
+
+
 ORDERED: dict[str, Any] = {
     "experiment": {"name": "order", "seeds": [0, 3], "rounds": 7, "eval_every": 2},
     "task": {
