@@ -137,6 +137,12 @@ class Component:
     # compressors: "exact" | "unbiased" | "contractive"; datasets: "builtin" | "file"
     kind: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # what the component needs of the rest of the job that its own fields' ranges cannot say (a
+    # method that needs a strongly convex task, a model with known constants, enough layers):
+    # the resolved config -> one line per problem, "section.field = value: why; allowed: ...".
+    # The grid runs it for every chosen component (`fedbench validate` and `run`, before any
+    # job starts), so a job that validates does not fail on it at run time
+    check: Callable[[Mapping[str, Mapping[str, Any]]], list[str]] | None = None
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, values checked; unknown keys are ignored here (the grid

@@ -32,7 +32,8 @@ a deviation under heterogeneous speeds). Evaluated model: x̄ = mean_i X_i; `con
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -240,6 +241,35 @@ def dadao(
     return Algorithm(init, round, params, metrics)
 
 
+def smoothness_known(task: Mapping[str, Any]) -> bool:
+    """Whether `Task.smoothness()` knows L for this [task]: linear models (an mlp without hidden
+    layers is multinomial logistic regression); tests/test_requirements.py pins it."""
+    model = task["model"]
+    return model in ("logreg", "linreg", "robust_linreg") or (
+        model == "mlp" and not task.get("hidden")
+    )
+
+
+def requirements(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """μ = "auto" needs the task's l2 regulariser; L = "auto" a model whose L is known."""
+    a, task = cfg["algorithm"], cfg["task"]
+    problems = []
+    if a["mu"] == "auto" and not (task.get("reg") == "l2" and task.get("lam", 0) > 0):
+        has = f'reg = "{task["reg"]}"' if "reg" in task else "no regulariser"
+        via = ', or [task] reg = "l2" with lam > 0' if "reg" in task else ""
+        problems.append(
+            f'algorithm.mu = "auto": dadao needs strong convexity μ > 0, taken from the task\'s '
+            f"l2 regulariser, and model {task['model']} has {has}; allowed: mu = a number > 0{via}"
+        )
+    if a["L"] == "auto" and not smoothness_known(task):
+        problems.append(
+            f'algorithm.L = "auto": dadao takes L from the model\'s smoothness constant, unknown '
+            f"for model {task['model']}; allowed: L = a number > 0, or model = logreg, linreg, "
+            "robust_linreg (or mlp with hidden = [])"
+        )
+    return problems
+
+
 ALGORITHMS.add(
     Component(
         "dadao",
@@ -274,5 +304,6 @@ ALGORITHMS.add(
         paper="Nabli, Oyallon, ICML 2023 (arXiv 2208.00779)",
         requires="exact",
         extra={"error_feedback": False, "local": False, "availability": False},
+        check=requirements,
     )
 )

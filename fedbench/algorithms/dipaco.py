@@ -31,6 +31,7 @@ and each evaluation also logs what DiPaCo optimises: `routed_train_loss` = mean_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -198,6 +199,33 @@ def dipaco(
     return Algorithm(init, round, lambda s: s.x, metrics)
 
 
+def depth_units(task: Mapping[str, Any]) -> tuple[int, str] | None:
+    """The units `levels_of` splits this [task]'s model into, from its config (None: not known
+    without building it); tests/test_requirements.py pins it against built models."""
+    model = task["model"]
+    if model == "transformer":
+        return int(task["layers"]), "transformer block(s)"
+    if model == "mlp":
+        return len(task["hidden"]) + 1, "layer(s)"
+    if model == "cnn":  # a conv and a GroupNorm per channel entry, then the linear layers
+        return 2 * len(task["channels"]) + len(task["hidden"]) + 1, "layer(s)"
+    if model in ("logreg", "linreg", "robust_linreg", "quadratic_game"):
+        return 1, "layer"
+    return None
+
+
+def requirements(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """L levels need at least L blocks (or layers) to cut the model into."""
+    levels, units = cfg["algorithm"]["levels"], depth_units(cfg["task"])
+    if units is None or units[0] >= levels:
+        return []
+    return [
+        f"algorithm.levels = {levels}: dipaco cuts the model depth-wise into levels and model "
+        f"{cfg['task']['model']} has {units[0]} {units[1]}; allowed: levels <= {units[0]}, or "
+        "a deeper model"
+    ]
+
+
 ALGORITHMS.add(
     Component(
         "dipaco",
@@ -218,5 +246,6 @@ ALGORITHMS.add(
         "DiLoCo over paths through shared modules: each worker trains one path, each module "
         "takes an outer Nesterov step on the mean outer gradient of the paths through it",
         paper="Douillard et al. 2024 (arXiv 2403.10616)",
+        check=requirements,
     )
 )

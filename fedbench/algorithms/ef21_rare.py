@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 
@@ -57,6 +59,21 @@ def ef21_rare(lr: float | str) -> Algorithm:
     return Algorithm(init, base.round, base.params)
 
 
+# models that report (L₊, c) (`rare_constants`); tests/test_requirements.py pins the list
+RARE_MODELS = ("linreg", "robust_linreg")
+
+
+def requirements(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """lr = "theory" needs a model that reports (L₊, c)."""
+    model = cfg["task"]["model"]
+    if cfg["algorithm"]["lr"] != "theory" or model in RARE_MODELS:
+        return []
+    return [
+        f'algorithm.lr = "theory": ef21_rare\'s step needs a model with known (L₊, c) and '
+        f"model {model} has none; allowed: lr = a number > 0, or model = " + ", ".join(RARE_MODELS)
+    ]
+
+
 ALGORITHMS.add(
     Component(
         "ef21_rare",
@@ -66,5 +83,6 @@ ALGORITHMS.add(
         paper="Richtárik, Gasanov, Burlachenko, arXiv 2305.15264",
         requires="contractive",
         extra={"error_feedback": False, "local": False},
+        check=requirements,
     )
 )

@@ -103,5 +103,14 @@ ALGORITHMS.add(
         paper="Kolehmainen et al. 2025 (arXiv 2506.10911)",
         requires="exact",
         extra={"error_feedback": False, "availability": False},  # draws its own clients
+        check=lambda cfg: (
+            []
+            if cfg["task"]["clients"] % cfg["algorithm"]["group_size"] == 0
+            else [
+                f"algorithm.group_size = {cfg['algorithm']['group_size']}: noloco splits the "
+                f"{cfg['task']['clients']} clients into groups of this size; allowed: a divisor "
+                "of task.clients"
+            ]
+        ),
     )
 )

@@ -210,6 +210,12 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
             f"algorithm.ordering = {_show(a['ordering'])}: orders the minibatches of local "
             f'steps; {a["name"]} takes no local steps; allowed: "random"'
         )
+    if not bad:  # what each chosen component declares it needs (Component.check)
+        for s in ("task", "algorithm", "compressor", "downlink"):
+            for reg, name in _components(s, cfg[s]):
+                comp = reg.get(name)
+                if comp is not None and comp.check is not None:
+                    problems.extend(comp.check(cfg))
     if not bad & {"algorithm.participation", "task.clients"}:
         p, n = cfg["algorithm"]["participation"], task["clients"]
         if p * n < 0.5:
