@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # imported where used: `run --help` needs neither torch nor S
     from fedbench.store import Store
 
 TODO = ("pending", "running")
+# most workers, threads or jobs per GPU one launcher starts (each is a process or a thread)
+MAX_COUNT = 1024
 # grid.MAX_JOBS, written out so that --help does not import the grid module (its registries
 # import torch); tests/test_cli_startup.py pins the two equal.
 MAX_JOBS = 100_000
@@ -117,13 +119,19 @@ def run(
 
     if executor not in ("local", "ray"):
         raise CommandError(f"--executor {executor}: allowed: local, ray")
-    n_workers = None if workers == "auto" else int(workers) if workers.isdigit() else 0
-    if n_workers is not None and n_workers < 1:
-        raise CommandError(f"--workers {workers}: allowed: auto or an integer >= 1")
-    if threads < 0:
-        raise CommandError(f"--threads {threads}: allowed: an integer >= 1 (0 = default)")
-    if jobs_per_gpu < 1:
-        raise CommandError(f"--jobs-per-gpu {jobs_per_gpu}: allowed: an integer >= 1")
+    n_workers = None if workers == "auto" else _count(workers)
+    if n_workers == 0:
+        raise CommandError(
+            f"--workers {workers}: allowed: auto or an integer from 1 to {MAX_COUNT}"
+        )
+    if not 0 <= threads <= MAX_COUNT:
+        raise CommandError(
+            f"--threads {threads}: allowed: an integer from 1 to {MAX_COUNT} (0 = default)"
+        )
+    if not 1 <= jobs_per_gpu <= MAX_COUNT:
+        raise CommandError(
+            f"--jobs-per-gpu {jobs_per_gpu}: allowed: an integer from 1 to {MAX_COUNT}"
+        )
     try:
         dev = runner.resolve_device(device)
     except ValueError as e:
@@ -342,12 +350,26 @@ def _lease_timeout(option: float | None) -> float:
         raise CommandError(str(e)) from None
 
 
+def _ascii_int(text: str) -> int | None:
+    """A non-negative integer written in ASCII digits ("²" and "٣" are digits to str.isdigit
+    but not to int), or None."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _count(text: str) -> int:
+    """--workers N: N in 1..MAX_COUNT, else 0 (refused by the caller)."""
+    n = _ascii_int(text)
+    return n if n is not None and 1 <= n <= MAX_COUNT else 0
+
+
 def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     if shard is None:
         return None
     i, sep, n = shard.partition("/")
-    if sep and i.strip().isdigit() and n.strip().isdigit() and 0 <= int(i) < int(n):
-        return int(i), int(n)
+    a, b = _ascii_int(i), _ascii_int(n)
+    if sep and a is not None and b is not None and 0 <= a < b:
+        return a, b
     raise CommandError(f"--shard {shard}: allowed: i/N with integers 0 <= i < N, e.g. 0/4")
 
 

@@ -24,6 +24,7 @@ The package, by concern (each file imports only those above it):
 
 from fedbench.grid.expand import (
     FIXED_PER_GRID,
+    MAX_DEPTH,
     MAX_JOBS,
     MAX_NAME,
     MAX_SEED,
@@ -57,6 +58,7 @@ __all__ = [
     "COMMON",
     "FIELD_ALIASES",
     "FIXED_PER_GRID",
+    "MAX_DEPTH",
     "MAX_JOBS",
     "MAX_NAME",
     "MAX_SEED",

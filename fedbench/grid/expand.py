@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import stat
 import sys
 import unicodedata
 from collections.abc import Mapping
@@ -46,7 +47,11 @@ def load(path: str | Path, max_jobs: int = MAX_JOBS) -> Grid:
     More than `max_jobs` jobs is a problem (checked before anything is expanded)."""
     p = Path(path)
     try:
-        if p.is_file() and p.stat().st_size > 10_000_000:
+        mode = p.stat().st_mode  # of the file a symlink points to
+        if not stat.S_ISREG(mode):  # a device or FIFO would be read forever or wait forever
+            what = _FILE_TYPES.get(stat.S_IFMT(mode), "a special file")
+            raise GridError([f"{p}: not a regular file ({what}); a grid is a TOML file"])
+        if p.stat().st_size > 10_000_000:
             raise GridError([f"{p}: a grid file of {p.stat().st_size} bytes; allowed: < 10 MB"])
         text = p.read_text(encoding="utf-8")
     except OSError as e:
@@ -57,11 +62,51 @@ def load(path: str | Path, max_jobs: int = MAX_JOBS) -> Grid:
         ) from None
     try:
         empty = not tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         empty = False  # parse reports it
     if empty:
         raise GridError([f"{p}: empty grid file; see experiments/quickstart.toml for one"])
     return parse(text, p, max_jobs)
+
+
+_FILE_TYPES = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
+MAX_DEPTH = 32  # levels of nested arrays and tables in a grid file (a grid needs 4 or so)
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and tables nest in a parsed TOML value (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+def _toml(text: str, path: Path) -> dict[str, Any]:
+    """The parsed grid text; GridError for invalid TOML or nesting deeper than MAX_DEPTH (the
+    parser, json.dumps and the job key would recurse past Python's limit)."""
+    too_deep = f"{path}: invalid TOML: nested more than {MAX_DEPTH} levels deep"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise GridError([f"{path}: invalid TOML: {e}"]) from None
+    except RecursionError:
+        raise GridError([too_deep]) from None
+    if _depth(raw) > MAX_DEPTH:
+        raise GridError([too_deep])
+    return raw
 
 
 def name_problem(name: object) -> str | None:
@@ -90,10 +135,7 @@ class Family(NamedTuple):
 
 def parse(text: str, path: Path, max_jobs: int = MAX_JOBS) -> Grid:
     """Expand and validate grid text; every problem of the file is reported at once."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise GridError([f"{path}: invalid TOML: {e}"]) from None
+    raw = _toml(text, path)
     problems: list[str] = []
     say = problems.append
     base = _base_sections(raw, path, say)
