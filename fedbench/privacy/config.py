@@ -53,7 +53,9 @@ PRIVACY_PARAMS: dict[str, Param] = {
         high_open=True,
         low_open=True,
     ),
-    "clip_lr": Param(0.2, "adaptive clipping: learning rate η_C of log C", low=0.0, low_open=True),
+    "clip_lr": Param(  # C·exp(η_C·...) overflows a float long before η_C = 10 would be sensible
+        0.2, "adaptive clipping: learning rate η_C of log C", low=0.0, low_open=True, high=10.0
+    ),
     "accountant": Param(
         "rdp", "privacy accountant of dp-accounting: rdp | pld", "str", choices=ACCOUNTANTS
     ),
@@ -186,4 +188,37 @@ def check(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 'privacy.clip = "inf": secure_aggregation needs a finite clip (the '
                 "field's fixed-point range)"
             )
+        else:
+            out.extend(_secagg_resolution(p, m, up["name"]))
+    refused_inf = p.secure_aggregation or p.adaptive_clip  # their lines already name the clip
+    if math.isinf(p.clip) and p.noise_multiplier > 0 and not refused_inf:
+        out.append(
+            f'privacy.clip = "inf": the Gaussian noise has std σ·C = {p.noise_multiplier:g}·inf '
+            "(the model is inf after one round); allowed: a finite clip, or noise_multiplier = 0 "
+            "for the non-private run"
+        )
     return out
+
+
+# a coordinate of one round's model update this large is already far beyond any trainable
+# model's; a field step that rounds every smaller value to 0 sums every update as 0
+LARGEST_UPDATE = 1.0
+
+
+def _secagg_resolution(p: PrivacyConfig, m: int, compressor: str) -> list[str]:
+    """Refuse a fixed-point step so coarse that updates round to 0: in `fedbench.privacy.secagg`
+    Δ = m·R/2^(b−1) with R = C·gain·(1 + 4σ), and values below Δ/2 encode as 0."""
+    gain = float(m) if compressor == "permk" else 1.0  # secagg.GAIN
+    spread = m * gain * (1.0 + 4.0 * p.noise_multiplier)  # Δ/2 = C·spread/2^b
+    half_step = p.clip * spread / 2.0**p.field_bits
+    if half_step < LARGEST_UPDATE:
+        return []
+    largest_clip = LARGEST_UPDATE * 2.0**p.field_bits / spread
+    bits = math.floor(math.log2(p.clip * spread / LARGEST_UPDATE)) + 1  # 2^b > C·spread
+    more = f", or field_bits >= {bits}" if bits <= 62 else ""
+    return [
+        f"privacy.clip = {p.clip:g}: with secure_aggregation in Z_2^{p.field_bits} and {m} "
+        f"clients the fixed-point step is Δ = m·C·{'m·' if gain > 1 else ''}(1 + 4σ)/2^(b−1) = "
+        f"{2 * half_step:.3g}, so every update coordinate below Δ/2 = {half_step:.3g} sums as 0; "
+        f"allowed: clip < {largest_clip:.3g} (Δ/2 < {LARGEST_UPDATE:g}){more}"
+    ]
