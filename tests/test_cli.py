@@ -358,7 +358,7 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(
     with monkeypatch.context() as m:
         fail_in_round(m, victim, RuntimeError("injected failure in round 3"))
         result = invoke("run", grid_path, "--db", db)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a failed job: exit 1 (issue 23)
     out = words(result.output)
     assert "7 done, 1 failed, 0 diverged" in out
     assert "injected failure in round 3" in out
@@ -421,7 +421,7 @@ def test_build_error_fails_only_that_job(tmp_path: Path, monkeypatch: pytest.Mon
     )
     fail_to_build(monkeypatch, victim.key, ValueError("cannot build this one"))
     result = invoke("run", grid_path, "--db", db)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a failed job: exit 1 (issue 23)
     assert "3 done, 1 failed" in words(result.output)
     frame = runs(db)
     bad = (frame["algorithm"] == "fedprox") & (frame["seed"] == 1)
@@ -665,7 +665,7 @@ def test_job_error_with_brackets_does_not_stop_the_grid(
     victim = gridlib.load(grid_path).jobs[0]
     fail_to_build(monkeypatch, victim.key, RuntimeError("index [/3] out of range"))
     result = invoke("run", grid_path, "--db", db)
-    assert result.exit_code == 0, repr(result.exception)
+    assert result.exit_code == 1, repr(result.exception)  # a failed job: exit 1 (issue 23)
     frame = runs(db).set_index("key")
     assert frame.loc[victim.key, "status"] == "failed"
     assert set(frame.drop(index=victim.key)["status"]) == {"done"}

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # imported where used: `run --help` needs neither torch nor S
     from fedbench.store import Store
 
 TODO = ("pending", "running")
+FAILED_EXIT = 1  # exit status of `run` when any job of the run failed with an error
 # most workers, threads or jobs per GPU one launcher starts (each is a process or a thread)
 MAX_COUNT = 1024
 # grid.MAX_JOBS, written out so that --help does not import the grid module (its registries
@@ -110,6 +111,11 @@ def run(
     ] = None,
 ) -> None:
     """Run every job of a grid that is not done yet; results stream into the database.
+
+    Exit status: 0 when every job that ran ended done or diverged (a diverged run, e.g. a step
+    size too large, is a result); 1 when any job of this run failed with an error (see them
+    with `fedbench ls --status failed`); 2 when the grid or an option is refused and nothing
+    ran; 128 + N when stopped by signal N (130: Ctrl-C).
 
     Example: fedbench run experiments/quickstart.toml --workers 2 --only algorithm.name=fedavg
     """
@@ -223,6 +229,9 @@ def run(
         with display, _signals_as_interrupts():
             _until_finished(store, todo, launch, go, display)
         _summary(g.name, display.outcomes, store, time.perf_counter() - started)
+        # from the database: also the jobs failed for a worker that died twice
+        status = store.statuses([j.key for j in todo])
+        failed = sum(status.get(j.key) == "failed" for j in todo)
     except KeyboardInterrupt as e:
         running = len(display.running)
         store.release(launch.prefix)
@@ -245,6 +254,8 @@ def run(
         raise typer.Exit(128 + signal.SIGPIPE) from None
     finally:
         os.environ.pop(runner.LAUNCH_ENV, None)  # this launch is over (matters in-process)
+    if failed:
+        raise typer.Exit(FAILED_EXIT)
 
 
 class Interrupted(KeyboardInterrupt):
