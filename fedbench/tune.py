@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from fedbench import grid as gridlib
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from fedbench.store import Store
 
+_T = TypeVar("_T")
 HEARTBEAT_ENV = "FEDBENCH_TUNE_HEARTBEAT"  # seconds between a trial's heartbeats
 DEFAULT_HEARTBEAT_S = 10.0
 POLL_S = 0.5  # waiting for another launcher's trial or run
@@ -450,6 +451,19 @@ def summary(study: optuna.Study, cell: Cell, by: str) -> str:
     return f"{head}; best {by} = {best.value:.4f} at {shown}"
 
 
+def _retry(make: Callable[[], _T], what: str, tries: int = 5) -> _T:
+    """`make()`, retried: two launchers starting at once race to create Optuna's tables and
+    the study (one sees "table already exists" or a lock); the loser's next try finds them."""
+    for attempt in range(tries):
+        try:
+            return make()
+        except Exception as e:  # the database driver's error, whichever backend
+            if attempt == tries - 1:
+                raise TuneError(f"cannot {what} the database: {str(e).splitlines()[0]}") from None
+            time.sleep(POLL_S * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def tune(
     grid_path: Path,
     space: Sequence[str],
@@ -489,15 +503,18 @@ def tune(
     store = Store(db)
     try:
         exp_id = store.upsert_experiment(g.name, str(grid_path), g.text)
-        rdb = storage(url, beat)
+        rdb = _retry(lambda: storage(url, beat), "open Optuna's tables in")
         tuner = Tuner(store, exp_id, device, by, trials, say)
         for cell in all_cells:
-            study = optuna.create_study(
-                study_name=cell.study,
-                storage=rdb,
-                direction=goal,
-                pruner=chosen_pruner,
-                load_if_exists=True,
+            study = _retry(
+                lambda c=cell: optuna.create_study(  # type: ignore[misc]
+                    study_name=c.study,
+                    storage=rdb,
+                    direction=goal,
+                    pruner=chosen_pruner,
+                    load_if_exists=True,
+                ),
+                "create the study in",
             )
             tuner.run(cell, study)
             say(summary(study, cell, by))
