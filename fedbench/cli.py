@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "($FEDBENCH_DATA, else ~/.cache/fedbench/data); grids then name them without a "
              "path."),
     "probe": ("probe", "app", "Attacks on what a client's messages reveal."),
+    "tune": ("tune", "tune", "Tune hyperparameters per grid cell with Optuna; each trial is an "
+             "ordinary run."),
 }  # fmt: skip
 
 

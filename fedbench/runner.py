@@ -115,7 +115,9 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
     cfg = job.config
     t, a = cfg["task"], cfg["algorithm"]
     fd = load_dataset(t)
-    data = ClientData.from_numpy(fd.x, fd.y, fd.counts, fd.x_test, fd.y_test, device)
+    data = ClientData.from_numpy(
+        fd.x, fd.y, fd.counts, fd.x_test, fd.y_test, device, fd.x_val, fd.y_val
+    )
     model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary, job.seed)
     task = Task(model, data, reg=t.get("reg", "none"), lam=t.get("lam", 0.0))
     up, down = cfg["compressor"], cfg["downlink"]

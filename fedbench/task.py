@@ -43,6 +43,8 @@ class ClientData:
     client_of: Tensor  # [N] int64 client id of each training sample
     x_test: Tensor  # [N_test, *shape]
     y_test: Tensor  # [N_test]
+    x_val: Tensor | None = None  # [N_val, *shape] held out of training ([task] val_fraction)
+    y_val: Tensor | None = None  # [N_val]
 
     @property
     def n(self) -> int:
@@ -57,6 +59,8 @@ class ClientData:
         x_test: np.ndarray,
         y_test: np.ndarray,
         device: torch.device,
+        x_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
     ) -> ClientData:
         counts_t = torch.as_tensor(counts, dtype=torch.int64)
         offsets = torch.cumsum(counts_t, 0) - counts_t
@@ -69,6 +73,8 @@ class ClientData:
             client_of=client_of.to(device),
             x_test=torch.as_tensor(x_test, dtype=torch.float32).to(device),
             y_test=torch.as_tensor(y_test, dtype=torch.int64).to(device),
+            x_val=None if x_val is None else torch.as_tensor(x_val, dtype=torch.float32).to(device),
+            y_val=None if y_val is None else torch.as_tensor(y_val, dtype=torch.int64).to(device),
         )
 
 
@@ -241,15 +247,24 @@ class Task:
     @torch.no_grad()
     def evaluate(self, w: Tensor) -> dict[str, float]:
         """`test_loss` and `test_accuracy` of `w [d]` on the held-out set (plus `perplexity`
-        for language models)."""
-        if self.data.y_test.numel() == 0:
+        for language models), and the same as `val_loss`, `val_accuracy`, `val_perplexity` on
+        the validation set when the task has one."""
+        out = self._held_out(w, self.data.x_test, self.data.y_test, "test_", "perplexity")
+        if self.data.x_val is not None and self.data.y_val is not None:
+            out.update(self._held_out(w, self.data.x_val, self.data.y_val, "val_"))
+        return out
+
+    def _held_out(
+        self, w: Tensor, x: Tensor, y: Tensor, prefix: str, ppl: str = ""
+    ) -> dict[str, float]:
+        if y.numel() == 0:
             return {}
-        loss, correct = self._sample_losses(w, self.data.x_test, self.data.y_test)
-        out = {"test_loss": float(loss.mean()), "test_accuracy": float(correct.mean())}
+        loss, correct = self._sample_losses(w, x, y)
+        out = {f"{prefix}loss": float(loss.mean()), f"{prefix}accuracy": float(correct.mean())}
         if not getattr(self.model, "reports_accuracy", True):  # regression, games
-            del out["test_accuracy"]
+            del out[f"{prefix}accuracy"]
         if self.model.reports_perplexity:
-            out["perplexity"] = math.exp(min(out["test_loss"], 700.0))
+            out[ppl or f"{prefix}perplexity"] = math.exp(min(out[f"{prefix}loss"], 700.0))
         return out
 
     @torch.no_grad()

@@ -31,8 +31,15 @@ def fetch(
             "[default: $FEDBENCH_DATA_MIRROR, else the official sites]"
         ),
     ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds one dataset's download may take in all; a partial file is "
+            "kept and the next fetch resumes it"
+        ),
+    ] = 3600.0,
 ) -> None:
-    """Download datasets (resumable, checksum-checked) into the cache directory.
+    """Download datasets (resumable, checksum-checked, size-capped) into the cache directory.
 
     Example: fedbench data fetch mnist cifar10
     """
@@ -47,8 +54,10 @@ def fetch(
             raise CommandError(
                 f"no dataset {name!r} to fetch{hint}; allowed: {', '.join(fetchlib.SOURCES)}"
             )
+    if not timeout > 0 or timeout == float("inf"):
+        raise CommandError(f"--timeout {timeout:g}: allowed: a positive number of seconds")
     for name in names:
-        folder = fetchlib.fetch(name, mirror=mirror, say=_say)
+        folder = fetchlib.fetch(name, mirror=mirror, say=_say, timeout_s=timeout)
         use = fetchlib.SOURCES[name].use.format(dir=folder)
         console.print(f"{name}: ready in {folder}; in a grid: {use}", highlight=False, markup=False)
 

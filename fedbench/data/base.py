@@ -63,6 +63,9 @@ class FederatedDataset:
     num_classes: int
     input_shape: tuple[int, ...]
     binary: bool = False  # see RawData.binary
+    # validation samples held out of training by `[task] val_fraction` (data/validation.py)
+    x_val: np.ndarray | None = None  # [N_val, *shape] float32
+    y_val: np.ndarray | None = None  # [N_val] int64
 
     @property
     def n(self) -> int:
@@ -316,7 +319,9 @@ def load_federated(task: Mapping[str, Any], seed: int) -> FederatedDataset:
             f"partition {part.name} returned {owner.shape[0]} ids for {train.size} samples"
         )
     check_assignment(owner, n, part.name)
-    return assemble(raw, train, test, owner, n)
+    from fedbench.data import validation  # val_fraction: a share of the training samples
+
+    return validation.from_task(assemble(raw, train, test, owner, n), task)
 
 
 def lookup(registry: Registry, name: str) -> Component:

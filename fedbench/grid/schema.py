@@ -75,6 +75,23 @@ COMMON: dict[str, dict[str, Param]] = {
             choices=("default", "zeros"),
         ),
         "data_seed": Param(0, "seed of data generation, test split and partition", "int", low=0),
+        # issue 25: a validation split of the training samples (fedbench.data.validation)
+        "val_fraction": Param(
+            0.0,
+            "held-out share of the training data for validation (val_loss, val_accuracy); 0 = none",
+            low=0.0,
+            high=1.0,
+            high_open=True,
+            since="0.4",
+        ),
+        "val": Param(
+            "samples",
+            "validation protocol: samples (a share of every client's samples) or clients "
+            "(whole clients that never train)",
+            "str",
+            choices=("samples", "clients"),
+            since="0.4",
+        ),
     },
     "algorithm": {
         "name": Param("fedavg", "algorithm (see `fedbench algorithms`)", "str"),
