@@ -137,6 +137,8 @@ class Component:
     # compressors: "exact" | "unbiased" | "contractive"; datasets: "builtin" | "file"
     kind: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # "" for a built-in; a plugin's file or module (set by fedbench.plugins when it loads one)
+    source: str = ""
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, values checked; unknown keys are ignored here (the grid
@@ -162,6 +164,10 @@ class Registry(Mapping[str, Component]):
 
     def __getitem__(self, name: str) -> Component:
         return self._items[name]
+
+    def remove(self, name: str) -> None:
+        """Forget a component (fedbench.plugins: a plugin reloaded after an edit)."""
+        self._items.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
