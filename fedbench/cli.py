@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "($FEDBENCH_DATA, else ~/.cache/fedbench/data); grids then name them without a "
              "path."),
     "probe": ("probe", "app", "Attacks on what a client's messages reveal."),
+    "check": ("check", "check", "Conformance report of an algorithm or compressor, built-in "
+              "or plugin."),
 }  # fmt: skip
 
 

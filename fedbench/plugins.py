@@ -52,6 +52,7 @@ class Plugin:
     ref: str
     sha256: str  # of its source file's bytes, 16 hex digits
     components: tuple[tuple[str, str], ...]  # (registry.what, name) it registered
+    module: str = ""  # the module its code runs as (checkpoints may hold its NamedTuples)
 
     def describe(self) -> str:
         names = ", ".join(f"{what} {name}" for what, name in self.components)
@@ -131,7 +132,7 @@ def _execute(ref: str, path: Path, again: bool) -> None:
         else:
             importlib.import_module(ref)
         return
-    name = "fedbench_plugin_" + hashlib.sha256(ref.encode()).hexdigest()[:12]
+    name = module_name(ref)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path} as Python")
@@ -142,6 +143,19 @@ def _execute(ref: str, path: Path, again: bool) -> None:
     except BaseException:
         sys.modules.pop(name, None)
         raise
+
+
+def module_name(ref: str) -> str:
+    """The module a plugin runs as: its own name, or for a file a private name derived from its
+    path (the same in every process, so a worker reads a checkpoint the launcher wrote)."""
+    if not ref.endswith((".py", ".pyw")):
+        return ref
+    return "fedbench_plugin_" + hashlib.sha256(ref.encode()).hexdigest()[:12]
+
+
+def owns_module(module: str) -> bool:
+    """Whether `module` is a loaded plugin's (fedbench.checkpoint restores its NamedTuples)."""
+    return any(module == p.module or module.startswith(p.module + ".") for p in _loaded.values())
 
 
 def load(spec: str, base: Path | str = ".") -> Plugin:
@@ -179,7 +193,7 @@ def load(spec: str, base: Path | str = ".") -> Plugin:
                 "partitions, models)"
             ]
         )
-    plugin = Plugin(ref, sha, added)
+    plugin = Plugin(ref, sha, added, module_name(ref))
     for what, name in added:
         reg = regs[what]
         component = reg[name]
