@@ -203,6 +203,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # 98 s on the loaded 2-core machine (a pool of 2 spawned workers, 3 CLI calls)
 def test_cli_lists_refuses_and_runs_plugins_in_a_pool(project: Path) -> None:
     out = _cli("algorithms", "--plugin", "grid.toml", "--format", "json", cwd=project)
     assert out.returncode == 0, out.stderr
