@@ -83,6 +83,7 @@ __all__ = [
     "bits_vector",
     "broadcast",
     "broadcast_init",
+    "check",
     "client_rows",
     "cohort_log",
     "constant_bits",
@@ -97,6 +98,15 @@ __all__ = [
     "scatter_rows",
     "update_compressor",
 ]
+
+
+def check(name: str, full: bool = True) -> list[Any]:
+    """`fedbench check NAME`'s conformance results (each has `.ok`, `.name` and `.line()`);
+    `full` = False tries one compressor of each kind instead of every admitted one (a plugin's
+    own test file uses that: `fedbench new` writes one)."""
+    from fedbench import conformance
+
+    return conformance.check(name, full)
 
 
 def run_grid(
