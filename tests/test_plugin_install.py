@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -197,3 +198,51 @@ def _stdout(venv: Path, cwd: Path, env: dict[str, str], *args: str) -> object:
     out = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def _readme_blocks(language: str) -> list[str]:
+    """The README section "Bring your own method"'s code blocks in `language`."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Bring your own method", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_example_checks_validates_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's plugin and grid, as printed, pass `fedbench check` and run beside FedAvg."""
+    from fedbench.api import check, run_grid
+
+    (plugin,) = _readme_blocks("python")
+    grid = next(b for b in _readme_blocks("toml") if 'name = "outside"' in b)
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "outside.py").write_text(plugin)
+    (tmp_path / "outside.toml").write_text(grid.replace("rounds = 20", "rounds = 2"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        out = CliRunner().invoke(app, ["validate", "outside.toml"])
+        assert out.exit_code == 0 and "imports plugin" in out.output, out.output
+        for name in ("half_avg", "scaled_sign"):
+            failed = [r.line() for r in check(name, full=False) if not r.ok]
+            assert not failed, failed
+        frame = run_grid(tmp_path / "outside.toml", db=str(tmp_path / "r.db"))
+        last = frame[frame["round"] == 2]
+        assert sorted(zip(last["algorithm"], last["compressor"], strict=True)) == [
+            ("fedavg", "identity"), ("fedavg", "scaled_sign"),
+            ("half_avg", "identity"), ("half_avg", "scaled_sign"),
+        ]  # fmt: skip
+        assert last["status"].eq("done").all()
+    finally:
+        for p in plugins.loaded():
+            plugins._forget(p)
+    # the listed public API is fedbench.api's __all__
+    import fedbench.api as api
+
+    listed = set(re.findall(r"`(\w+)`", _api_paragraph()))
+    assert set(api.__all__) <= listed, set(api.__all__) - listed
+
+
+def _api_paragraph() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Bring your own method", 1)[1]
+    return section.split("The public API, `fedbench.api`", 1)[1].split("\n\n", 1)[0]
