@@ -8,6 +8,7 @@ when one of them exists, the name is taken, or it is not a usable identifier.
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import re
 from dataclasses import dataclass
@@ -64,9 +65,14 @@ def name_problem(name: str) -> str | None:
     """Why `name` cannot name a new algorithm (None when it can)."""
     import importlib.util
 
+    from fedbench import plugins
     from fedbench.algorithms import ALGORITHMS
     from fedbench.compressors import COMPRESSORS
 
+    # installed packages' components (entry points) count as taken names too; a broken
+    # installed plugin is reported where it is used, not here
+    with contextlib.suppress(plugins.PluginError):
+        plugins.load_all([], ".")
     if not NAME.match(name) or keyword.iskeyword(name):
         return "not a valid name; allowed: a lowercase Python identifier, e.g. my_alg"
     if name in ALGORITHMS or name in COMPRESSORS:
