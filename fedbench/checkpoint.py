@@ -72,7 +72,7 @@ def encode(obj: Any, tensors: list[torch.Tensor]) -> Any:
         return obj
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         cls = type(obj)
-        if not cls.__module__.startswith("fedbench."):
+        if not _trusted(cls.__module__):
             raise TypeError(f"cannot checkpoint a {cls.__module__}.{cls.__qualname__}")
         return {"N": f"{cls.__module__}:{cls.__qualname__}", "v": [encode(v, tensors) for v in obj]}
     if isinstance(obj, (tuple, list)):
@@ -101,9 +101,16 @@ def decode(data: Any, tensors: list[torch.Tensor]) -> Any:
     raise ValueError("malformed checkpoint structure")
 
 
+def _trusted(module: str) -> bool:
+    """fedbench's modules, and those of the plugins this process loaded (issue 27)."""
+    from fedbench import plugins
+
+    return module.startswith("fedbench.") or plugins.owns_module(module)
+
+
 def _named_tuple(name: str) -> Any:
     module, _, qualname = name.partition(":")
-    if not module.startswith("fedbench.") or not qualname.isidentifier():
+    if not _trusted(module) or not qualname.isidentifier():
         raise ValueError(f"checkpoint names class {name!r}: only fedbench NamedTuples load")
     cls = getattr(importlib.import_module(module), qualname, None)
     if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):

@@ -44,6 +44,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "probe": ("probe", "app", "Attacks on what a client's messages reveal."),
     "tune": ("tune", "tune", "Tune hyperparameters per grid cell with Optuna; each trial is an "
              "ordinary run."),
+    "check": ("check", "check", "Conformance report of an algorithm or compressor, built-in "
+              "or plugin."),
+    "new": ("new", "app", "Write a method from a template: plugin, test file and grid."),
 }  # fmt: skip
 
 

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fedbench import runner
+from fedbench import plugins, runner
 from fedbench.grid import Job
 from fedbench.models import build_model
 from fedbench.store import Store
@@ -183,6 +183,7 @@ def _model_size(task_json: str) -> int:
 
 def run_job(job: Job, url: str, slot: Slot, emit: Callable[[Event], None]) -> runner.Outcome:
     """Run one job on `slot`, writing to the database at `url`; events go to `emit`."""
+    plugins.ensure(job.config)  # issue 27: a worker imports the plugins the job uses
     torch.set_num_threads(job_threads(job, slot))
     last = [0.0]
 

@@ -143,6 +143,8 @@ class Component:
     # The grid runs it for every chosen component (`fedbench validate` and `run`, before any
     # job starts), so a job that validates does not fail on it at run time
     check: Callable[[Mapping[str, Mapping[str, Any]]], list[str]] | None = None
+    # "" for a built-in; a plugin's file or module (set by fedbench.plugins when it loads one)
+    source: str = ""
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, values checked; unknown keys are ignored here (the grid
@@ -168,6 +170,10 @@ class Registry(Mapping[str, Component]):
 
     def __getitem__(self, name: str) -> Component:
         return self._items[name]
+
+    def remove(self, name: str) -> None:
+        """Forget a component (fedbench.plugins: a plugin reloaded after an edit)."""
+        self._items.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))

@@ -48,6 +48,10 @@ ALGORITHMS.add(
         {**LOCAL_PARAMS, "mu": Param(0.01, "proximal coefficient μ", low=0.0), **SERVER_PARAMS},
         "FedAvg with a proximal term (μ/2)‖y − x‖² in the local objective",
         paper="Li et al., MLSys 2020 (arXiv 1812.06127)",
-        extra={"sampling": ("importance", "power_of_choice", *CLIENT_CURRICULA), "deadline": True},
+        extra={
+            "sampling": ("importance", "power_of_choice", *CLIENT_CURRICULA),
+            "deadline": True,
+            "reduces_to": ("fedavg", {"mu": 0.0}),
+        },
     )
 )

@@ -35,6 +35,22 @@ def _params(params: Mapping[str, Param]) -> None:
         )
 
 
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin",
+        help="also load a plugin: a .py file, a module, or a grid whose [experiment] plugins "
+        "load (repeatable; installed fedbench.plugins entry points always load)",
+    ),
+]
+
+
+def _load_plugins(specs: list[str] | None) -> None:
+    from fedbench import plugins
+
+    plugins.load_specs(specs or [])
+
+
 def _emit(
     registries: list[tuple[str, Registry]],
     fmt: str,
@@ -71,7 +87,8 @@ def _emit(
         for title, reg in registries:
             out[title] = [
                 {"name": c.name, "summary": c.summary, "paper": c.paper, "kind": c.kind,
-                 "requires": c.requires, "params": _param_json(c.params)}
+                 "requires": c.requires, "source": c.source or "built-in",
+                 "params": _param_json(c.params)}
                 for c in (reg[n] for n in reg)
             ]  # fmt: skip
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -85,7 +102,11 @@ def _emit(
             c = reg[name]
             tags = " ".join(
                 t
-                for t in (c.kind, f"needs {c.requires} compressor" if c.requires != "any" else "")
+                for t in (
+                    c.kind,
+                    f"needs {c.requires} compressor" if c.requires != "any" else "",
+                    f"plugin {c.source}" if c.source else "",
+                )
                 if t
             )
             console.print(
@@ -99,7 +120,7 @@ def _emit(
 
 
 @one_line_errors
-def algorithms(fmt: FormatOption = "table") -> None:
+def algorithms(fmt: FormatOption = "table", plugin: PluginOption = None) -> None:
     """List the algorithms, their papers and parameters ([algorithm] fields).
 
     Example: fedbench algorithms --format json
@@ -107,11 +128,12 @@ def algorithms(fmt: FormatOption = "table") -> None:
     from fedbench.algorithms import ALGORITHMS
     from fedbench.grid import COMMON
 
+    _load_plugins(plugin)
     _emit([("algorithms", ALGORITHMS)], fmt, {"algorithm": COMMON["algorithm"]})
 
 
 @one_line_errors
-def compressors(fmt: FormatOption = "table") -> None:
+def compressors(fmt: FormatOption = "table", plugin: PluginOption = None) -> None:
     """List the compressors, what they guarantee and their parameters ([compressor] fields).
 
     Example: fedbench compressors
@@ -119,6 +141,7 @@ def compressors(fmt: FormatOption = "table") -> None:
     from fedbench.compressors import COMPRESSORS
     from fedbench.grid import COMMON
 
+    _load_plugins(plugin)
     _emit(
         [("compressors", COMPRESSORS)],
         fmt,

@@ -64,6 +64,7 @@ _KNOWN_ERRORS = (
     ("fedbench.data.base", "DataError", lambda e: [str(e)]),
     ("fedbench.store_read", "StoreError", lambda e: [str(e)]),  # fedbench.store's too
     ("fedbench.report.labels", "ReportError", lambda e: [str(e)]),
+    ("fedbench.plugins", "PluginError", lambda e: list(e.problems)),
 )
 
 

@@ -41,12 +41,31 @@ def export(
         ),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="csv | parquet")] = "csv",
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            help="write every run's metrics as TensorBoard scalars into this directory instead "
+            "(one subdirectory per run; needs fedbench[tensorboard])",
+        ),
+    ] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            help="log every run as an MLflow run (config as params, metrics per round) to this "
+            "tracking URI instead, e.g. sqlite:///mlflow.db (needs fedbench[mlflow])",
+        ),
+    ] = None,
 ) -> None:
     """Write database tables, or one experiment's tidy frame, as CSV or Parquet files
     (Parquet needs pyarrow).
 
     Example: fedbench export results/export --format parquet --table runs --table metrics
     """
+    if tensorboard is not None or mlflow is not None:  # experiment tracking (fedbench.tracking)
+        _track(db, experiment, table, tensorboard, mlflow)
+        return
     for t in table or []:
         if t not in TABLES:
             raise CommandError(f"--table {t}: allowed: {', '.join(TABLES)}")
@@ -88,3 +107,17 @@ def export(
         else:
             frame.to_parquet(path, index=False)
         console.print(f"wrote {path}", highlight=False, markup=False)
+
+
+def _track(db: str | None, experiment: str | None, table: list[str] | None,
+           tensorboard: Path | None, mlflow: str | None) -> None:  # fmt: skip
+    """--tensorboard / --mlflow: every run of the experiment (or of every experiment)."""
+    from fedbench import tracking
+
+    if table:
+        raise CommandError("--tensorboard and --mlflow export runs' metrics: give no --table")
+    try:
+        for line in tracking.export(open_store(db), experiment, tensorboard, mlflow):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+    except tracking.TrackingError as e:
+        raise CommandError(str(e)) from None

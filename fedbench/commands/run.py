@@ -109,6 +109,9 @@ def run(
             "over [default: $FEDBENCH_LEASE_TIMEOUT or 60]"
         ),
     ] = None,
+    no_plugins: Annotated[
+        bool, typer.Option("--no-plugins", help="refuse a grid that names plugins (code)")
+    ] = False,
 ) -> None:
     """Run every job of a grid that is not done yet; results stream into the database.
 
@@ -144,6 +147,10 @@ def run(
         raise CommandError(str(e)) from None
     timeout = _lease_timeout(lease_timeout)
     shard_of = _parse_shard(shard)
+    if no_plugins:
+        from fedbench import plugins
+
+        plugins.forbid()
     g = gridlib.load(grid, max_jobs)
     for note in g.notes:
         err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)

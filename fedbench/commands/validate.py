@@ -28,6 +28,9 @@ def validate(
     data: Annotated[
         bool, typer.Option(help="also load every dataset/partition and build every model")
     ] = True,
+    no_plugins: Annotated[
+        bool, typer.Option("--no-plugins", help="refuse a grid that names plugins (code)")
+    ] = False,
 ) -> None:
     """Check a grid (names, types, ranges, algorithm × compressor, data) and list its jobs.
 
@@ -37,6 +40,10 @@ def validate(
     from fedbench import runner
 
     check_format(fmt, ("table", "json", "csv"))
+    if no_plugins:
+        from fedbench import plugins
+
+        plugins.forbid()
     g = gridlib.load(grid)
     if data:
         problems = runner.preflight(g.jobs, str(grid))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fedbench import plugins
 from fedbench.grid.keys import job_key
 from fedbench.grid.resolution import resolve
 from fedbench.grid.schema import (
@@ -136,10 +137,15 @@ class Family(NamedTuple):
 def parse(text: str, path: Path, max_jobs: int = MAX_JOBS) -> Grid:
     """Expand and validate grid text; every problem of the file is reported at once."""
     raw = _toml(text, path)
+    try:  # issue 27: before validation, so plugin components validate like built-ins
+        imported = plugins.for_grid(raw, path)
+    except plugins.PluginError as e:
+        raise GridError(e.problems) from None
     problems: list[str] = []
     say = problems.append
     base = _base_sections(raw, path, say)
     given_seeds = base["experiment"].pop("seeds", [0])
+    base["experiment"].pop("plugins", None)  # issue 27: not keyed; jobs get config["plugins"]
     seeds = _seeds(given_seeds, path, say, max_jobs)
     if not base["experiment"].get("name"):
         base["experiment"]["name"] = path.stem
@@ -160,7 +166,8 @@ def parse(text: str, path: Path, max_jobs: int = MAX_JOBS) -> Grid:
     jobs, ignored = _expand(base, families, seeds, path, say)
     if problems:
         raise GridError(list(dict.fromkeys(problems)))
-    return Grid(path, text, jobs, ignored, _notes(jobs, path, given_seeds))
+    notes = [*plugins.describe(imported, path), *_notes(jobs, path, given_seeds)]
+    return Grid(path, text, jobs, ignored, notes)
 
 
 def _notes(jobs: list[Job], path: Path, seeds: Any) -> list[str]:
@@ -194,7 +201,7 @@ def _base_sections(raw: Mapping[str, Any], path: Path, say: Any) -> dict[str, di
         if not isinstance(sec, dict):
             say(f"{path}: {s} must be a table [{s}]")
             sec = {}
-        allowed = allowed_fields(s) + (["seeds"] if s == "experiment" else [])
+        allowed = allowed_fields(s) + (["seeds", "plugins"] if s == "experiment" else [])
         for k in sec:
             if k not in allowed:
                 taken = (
@@ -259,6 +266,7 @@ def _expand(
                 continue
             for k, who in dropped.items():
                 ignored.setdefault(k, set()).update(who)
+            plugins.stamp(resolved)  # issue 27: plugin jobs key their plugin's source hash
             for seed in seeds:
                 key = job_key(resolved, seed)
                 jobs.setdefault(key, Job(key, seed, resolved))

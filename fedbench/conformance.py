@@ -1,0 +1,244 @@
+"""Conformance checks of a registered algorithm or compressor, built-in or plugin
+(`fedbench check NAME`): the properties every method of the benchmark must have, one line
+each, so a plugin author learns what is wrong before a grid runs it.
+
+An algorithm: deterministic per seed; its training loss decreases on a small convex task
+(full gradients, its default parameters); it runs with every compressor its `requires`
+admits; every uplink message is counted (the logged uplink bits of a round are at least the
+bits of every message its uplink compressor produced, and every logged message costs > 0
+bits); its state survives a checkpoint round trip (fedbench.checkpoint); the special cases it
+declares in `extra["reduces_to"] = (other, params)` hold bit for bit. A compressor:
+deterministic per generator seed, exact-sized bits `[m]` > 0, the value's shape, its kind's
+bound on one draw where it is deterministic (contractive), and FedAvg runs with it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedbench import checkpoint, runner
+from fedbench import grid as gridlib
+from fedbench.algorithms import ALGORITHMS
+from fedbench.compressors import COMPRESSORS, Compressor, compressor_kind
+from fedbench.seeding import RoundRng, generator
+
+ROUNDS = 6
+# small tasks tried in order until one resolves for the method (convex first)
+TASKS: tuple[dict[str, Any], ...] = (
+    {"dataset": "digits", "model": "logreg", "clients": 4, "reg": "l2", "lam": 0.01},
+    {"dataset": "digits", "model": "mlp", "clients": 4, "hidden": [8]},
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str  # the property
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+def _job(algorithm: str, params: Mapping[str, Any], up: str = "identity",
+         up_params: Mapping[str, Any] | None = None, **algo: Any) -> gridlib.Job:  # fmt: skip
+    """The first small task on which the method's config resolves."""
+    errors: list[str] = []
+    for task in TASKS:
+        cfg = {
+            "experiment": {"rounds": ROUNDS},
+            "task": dict(task),
+            "algorithm": {"name": algorithm, "batch_size": "full", **params, **algo},
+            "compressor": {"name": up, **(up_params or {})},
+        }
+        try:
+            resolved, _ = gridlib.resolve(cfg)
+        except gridlib.GridError as e:
+            errors += e.problems
+            continue
+        return gridlib.Job(gridlib.job_key(resolved, 0), 0, resolved)
+    raise gridlib.GridError(errors[:1])
+
+
+def _run(job: gridlib.Job, rounds: int = ROUNDS, seed: int = 0) -> tuple[Any, list[Any], Any, Any]:
+    """(state, logs, algorithm, task) after `rounds` rounds."""
+    task, env, alg = runner.build(job, torch.device("cpu"))
+    with runner.rounds_mode(task.model, job.algorithm):
+        state = alg.init(task.init_params(generator(seed, 0, "init")), env, RoundRng(seed, 0))
+        logs = []
+        for t in range(1, rounds + 1):
+            state, log = alg.round(state, env, RoundRng(seed, t))
+            logs.append(log)
+    return state, logs, alg, task
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool(torch.equal(a, b)) if isinstance(a, torch.Tensor) else a == b
+
+
+def check_algorithm(name: str, full: bool = True) -> Iterator[Result]:
+    """The properties of algorithm `name`; `full` = False tries one compressor per kind."""
+    comp = ALGORITHMS[name]
+    try:
+        job = _job(name, {})
+        s1, logs1, alg, task = _run(job)
+    except Exception as e:
+        yield Result("builds and runs", False, _why(e))
+        return
+    yield Result("builds and runs", True, f"{ROUNDS} rounds on {job.dataset}/{job.model}")
+    s2, logs2, _, _ = _run(job)
+    same = _same(alg.params(s1), alg.params(s2)) and all(
+        _same(a.bits_up, b.bits_up) for a, b in zip(logs1, logs2, strict=True)
+    )
+    yield Result("deterministic per seed", same, "same seed, same model and bits" if same
+                 else "two runs with seed 0 differ")  # fmt: skip
+    x0 = task.init_params(generator(0, 0, "init"))
+    before, after = task.train_loss(x0), task.train_loss(alg.params(s1))
+    yield Result("loss decreases", after < before, f"train loss {before:.4g} -> {after:.4g}")
+    yield _bits(job)
+    yield _checkpoint(job)
+    yield from _compressors(name, comp.requires, full)
+    reduces = comp.extra.get("reduces_to")
+    if reduces:
+        yield _reduces(name, *reduces)
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+def _counting(compressor: Compressor, seen: list[int]) -> Compressor:
+    def compress(x: Any, ids: Any, state: Any, gen: Any) -> Any:
+        msg, state = compressor.compress(x, ids, state, gen)
+        seen.append(int(msg.bits.sum()))
+        return msg, state
+
+    return compressor._replace(compress=compress)
+
+
+def _bits(job: gridlib.Job) -> Result:
+    """Logged uplink bits ≥ the bits of the uplink messages the compressor produced."""
+    seen: list[int] = []
+    per_round: list[int] = []
+
+    def hook(env: Any) -> Any:
+        return env._replace(uplink=_counting(env.uplink, seen))
+
+    task, env, alg = runner.build(job, torch.device("cpu"))
+    env = hook(env)
+    with runner.rounds_mode(task.model, job.algorithm):
+        state = alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0))
+        for t in range(1, ROUNDS + 1):
+            mark = len(seen)
+            state, log = alg.round(state, env, RoundRng(0, t))
+            sent, logged = sum(seen[mark:]), int(log.bits_up.sum())
+            if logged < sent or (log.bits_up.numel() and int(log.bits_up.min()) <= 0):
+                return Result("bits counted", False, f"round {t}: logged {logged} uplink bits "
+                              f"for messages of {sent} bits (or a message of 0 bits)")  # fmt: skip
+            per_round.append(logged)
+    return Result("bits counted", True, f"uplink bits per round {per_round[-1]} ≥ messages")
+
+
+def _checkpoint(job: gridlib.Job) -> Result:
+    """Round k's state saved and loaded, then more rounds: the same model as without."""
+    task, env, alg = runner.build(job, torch.device("cpu"))
+    k = ROUNDS // 2
+    with runner.rounds_mode(task.model, job.algorithm), tempfile.TemporaryDirectory() as tmp:
+        s = alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0))
+        for t in range(1, k + 1):
+            s, _ = alg.round(s, env, RoundRng(0, t))
+        try:
+            checkpoint.save(Path(tmp), job.key, checkpoint.Checkpoint(k, s, 0.0, 0.0, 0.0, {}))
+            loaded = checkpoint.load(Path(tmp), job.key, torch.device("cpu"))
+        except Exception as e:
+            return Result("checkpoint round trip", False, _why(e))
+        if loaded is None:
+            return Result("checkpoint round trip", False, "the saved state does not load back")
+        a, b = s, loaded.state
+        for t in range(k + 1, ROUNDS + 1):
+            a, _ = alg.round(a, env, RoundRng(0, t))
+            b, _ = alg.round(b, env, RoundRng(0, t))
+    ok = _same(alg.params(a), alg.params(b))
+    return Result("checkpoint round trip", ok, f"resumed at round {k}: "
+                  + ("same model" if ok else "a different model"))  # fmt: skip
+
+
+def _compressors(name: str, requires: str, full: bool) -> Iterator[Result]:
+    admitted = [c for c in COMPRESSORS
+                if requires == "any" or compressor_kind(c, {}) in ("exact", requires)]  # fmt: skip
+    if not full:  # one per kind
+        admitted = list({compressor_kind(c, {}): c for c in admitted}.values())
+    bad = []
+    for c in admitted:
+        try:
+            s, _, alg, _ = _run(_job(name, {}, c), rounds=2)
+            if not bool(torch.isfinite(alg.params(s)).all()):
+                bad.append(f"{c} (non-finite model)")
+        except Exception as e:
+            bad.append(f"{c} ({_why(e)})")
+    yield Result("runs with every admitted compressor", not bad,
+                 "; ".join(bad) if bad else f"{len(admitted)}: {', '.join(admitted)}")  # fmt: skip
+
+
+def _reduces(name: str, other: str, params: Mapping[str, Any]) -> Result:
+    """Equal bit for bit to `other` at `params`, with minibatches, partial participation and
+    a compressor with error feedback (the setting of tests/test_algorithms.py)."""
+    shared = {k: v for k, v in ALGORITHMS[name].resolve({}).items()
+              if k in ALGORITHMS[other].params}  # fmt: skip
+    setting = {"batch_size": 4, "participation": 0.5}
+    up, up_params = "topk", {"ratio": 0.3, "error_feedback": True}
+    try:
+        a = _run(_job(name, {**shared, **params}, up, up_params, **setting))
+        b = _run(_job(other, shared, up, up_params, **setting))
+    except Exception as e:
+        return Result(f"reduces to {other}", False, _why(e))
+    ok = _same(a[2].params(a[0]), b[2].params(b[0]))
+    return Result(f"reduces to {other} at {dict(params)}", ok,
+                  "equal bit for bit" if ok else "the models differ")  # fmt: skip
+
+
+def check_compressor(name: str) -> Iterator[Result]:
+    comp = COMPRESSORS[name]
+    d, m = 50, 3
+    try:
+        c = comp.build(d, values_only=False, **comp.resolve({}))
+    except Exception as e:
+        yield Result("builds", False, _why(e))
+        return
+    x = torch.randn(m, d, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(m)
+    outs = []
+    for _ in range(2):
+        state = c.init(m, d, torch.device("cpu"))
+        outs.append(c.compress(x.clone(), ids, state, torch.Generator().manual_seed(1))[0])
+    same = torch.equal(outs[0].value, outs[1].value) and torch.equal(outs[0].bits, outs[1].bits)
+    yield Result("deterministic per seed", same, "same generator seed, same message"
+                 if same else "two draws with one seed differ")  # fmt: skip
+    msg = outs[0]
+    shape_ok = tuple(msg.value.shape) == (m, d) and tuple(msg.bits.shape) == (m,)
+    bits_ok = shape_ok and msg.bits.dtype == torch.int64 and bool((msg.bits > 0).all())
+    yield Result("bits counted", bits_ok, f"bits {msg.bits.tolist()} for [{m}, {d}] messages")
+    if c.kind == "contractive":
+        err = float((msg.value - x).square().sum() / x.square().sum())
+        yield Result("contractive", err <= 1.0 + 1e-6, f"‖C(x) − x‖²/‖x‖² = {err:.3f} ≤ 1")
+    try:
+        s, _, alg, _ = _run(_job("fedavg", {}, name), rounds=2)
+        ok = bool(torch.isfinite(alg.params(s)).all())
+        yield Result("runs with fedavg", ok, "finite model" if ok else "non-finite model")
+    except Exception as e:
+        yield Result("runs with fedavg", False, _why(e))
+
+
+def check(name: str, full: bool = True) -> list[Result]:
+    """Every property of the algorithm or compressor `name` (an algorithm if both)."""
+    if name in ALGORITHMS:
+        return list(check_algorithm(name, full))
+    if name in COMPRESSORS:
+        return list(check_compressor(name))
+    raise KeyError(name)

@@ -1,0 +1,102 @@
+"""`fedbench check` (issue 27): built-ins pass; deliberately broken plugins fail on the property
+they break, with a clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedbench import conformance, plugins
+from fedbench.algorithms import ALGORITHMS
+from fedbench.compressors import COMPRESSORS
+
+# a representative subset by default; the whole registry under `slow`
+FAST = ["fedavg", "fedprox", "scaffold", "ef21", "diana", "marina"]
+FAST_COMPRESSORS = ["identity", "topk", "qsgd", "randk"]
+
+BASE = """
+from typing import Any, NamedTuple
+import torch
+from fedbench.api import (ALGORITHMS, LOCAL_PARAMS, Algorithm, Component, broadcast,
+    broadcast_init, cohort_log, local_sgd, sample_cohort, update_compressor)
+
+class S(NamedTuple):
+    x: Any
+    down: Any
+    up: Any
+
+def build(lr, local_steps):
+    def init(x0, env, rng):
+        return S(x0, broadcast_init(env, x0), update_compressor(env).init(env.n, env.d, env.device))
+
+    def round(s, env, rng):
+        ids = sample_cohort(env, rng)
+        down, bd = broadcast(env, s.x, s.down, rng("downlink"))
+        y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng("batches"))
+        c = update_compressor(env)
+        msg, up = c.compress(y - down.x_hat, ids, s.up, rng("uplink"))
+        {body}
+        return S(x, down, up), cohort_log(env, msg.bits, ids.numel(), bd, loss)
+
+    return Algorithm(init, round, lambda s: s.x)
+
+ALGORITHMS.add(Component("{name}", build, dict(LOCAL_PARAMS), "broken on purpose"{extra}))
+"""
+
+BROKEN = {
+    "uncounted": (
+        "extra, up = c.compress(y - down.x_hat, ids, up, rng('extra'))\n"
+        "        x = s.x + 0.5 * (msg.value.mean(0) + extra.value.mean(0))",
+        "",
+        "bits counted",
+    ),
+    "noisy": (
+        "x = s.x + msg.value.mean(0) + 1e-3 * torch.randn(env.d)",
+        "",
+        "deterministic per seed",
+    ),
+    "false_case": (
+        "x = s.x + 0.9 * msg.value.mean(0)",
+        ', extra={"reduces_to": ("fedavg", {})}',
+        "reduces to fedavg",
+    ),
+}
+
+
+@pytest.mark.parametrize("alg", FAST)
+def test_built_in_methods_conform(alg: str) -> None:
+    bad = [r.line() for r in conformance.check(alg, full=False) if not r.ok]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("comp", FAST_COMPRESSORS)
+def test_built_in_compressors_conform(comp: str) -> None:
+    bad = [r.line() for r in conformance.check(comp) if not r.ok]
+    assert not bad, bad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted({*ALGORITHMS, *COMPRESSORS} - {*FAST, *FAST_COMPRESSORS}))
+def test_every_registered_component_conforms(name: str) -> None:
+    bad = [r.line() for r in conformance.check(name, full=False) if not r.ok]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_plugin_fails_on_the_property_it_breaks(tmp_path: Path, case: str) -> None:
+    body, extra, failing = BROKEN[case]
+    name = f"broken_{case}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(BASE.replace("{body}", body).replace("{name}", name).replace("{extra}", extra))
+    plugin = plugins.load(str(path))
+    try:
+        results = conformance.check(name, full=False)
+    finally:
+        plugins._forget(plugin)
+    failed = [r for r in results if not r.ok]
+    names = [r.name.split(" at ")[0] for r in failed]
+    # a nondeterministic method also resumes to another model: its first failure names it
+    assert names[:1] == [failing], [r.line() for r in results]
+    assert set(names) <= {failing, "checkpoint round trip"}
+    assert failed[0].line().startswith(f"FAIL {failing}")
