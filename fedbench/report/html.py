@@ -89,18 +89,25 @@ def default_figures(
     bits: str,
     per_client: bool,
     band: str,
+    skip: Sequence[str] = (),
+    **options: Any,
 ) -> list[tuple[str, Figure]]:
     """Every named plot kind these runs have the metrics for, then one figure with a panel per
-    other logged result metric against rounds."""
+    other logged result metric against rounds; kinds in ``skip`` (figures the page already
+    has) are left out, so each figure appears once. ``options``: :func:`figure`'s
+    at_common_round and shape."""
     out: list[tuple[str, Figure]] = []
     common: dict[str, Any] = {
         "group_by": group_by,
         "bits": bits,
         "per_client": per_client,
         "band": band,
+        **options,
     }
     used: set[str] = set()
     for kind in PLOTS:
+        if kind in skip:
+            continue
         try:
             fig = figure(runs, metrics, kind, **common)
         except ReportError:
@@ -114,7 +121,7 @@ def default_figures(
         m for m in logged_metrics(runs, metrics)
         if m not in AXIS_METRICS and m not in covered and Y_LABELS.get(m, m) not in used
     ]  # fmt: skip
-    if rest:
+    if rest and "+".join(rest) not in skip:
         with contextlib.suppress(ReportError):  # e.g. every value non-finite
             out.append(
                 (f"{', '.join(rest)} vs round", figure(runs, metrics, None, y=rest, **common))
@@ -133,14 +140,23 @@ def html_page(
     per_client: bool = True,
     band: str = "minmax",
     target_accuracy: float | None = None,
-    extra: Sequence[Figure] = (),
+    extra: Sequence[tuple[str, Figure]] = (),
+    at_common_round: bool = False,
+    shape: Any = None,
+    tables: Sequence[pd.DataFrame] = (),
 ) -> str:
-    """The HTML page of experiment ``name`` (see the module docstring) as a string."""
+    """The HTML page of experiment ``name`` (see the module docstring) as a string.
+
+    ``extra``: (kind, figure) pairs asked for on the command line, shown first; the default
+    figures of the same kinds are not repeated. ``tables``: more tables (a comparison)."""
     if table is None:
         table = summary(
             runs, metrics, group_by=group_by, target_accuracy=target_accuracy, bits=bits,
-            per_client=per_client,
+            per_client=per_client, at_common_round=at_common_round,
         )  # fmt: skip
+    options: dict[str, Any] = {"at_common_round": at_common_round}
+    if shape is not None:
+        options["shape"] = shape
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -153,11 +169,18 @@ def html_page(
     parts.append(f'<p class="note">{len(runs)} runs; generated {when}</p>')
     if shared:
         parts.append(f"<p>All runs: {e(shared)}</p>")
+    if target_accuracy is not None:
+        parts.append(f"<p>Target: test accuracy ≥ {target_accuracy:g}</p>")
     parts.append("<h2>Summary over seeds</h2>")
     parts.append(table_html(table))
+    for more in tables:
+        parts.append("<h2>Comparison</h2>")
+        parts.append(table_html(more))
     parts.append("<h2>Plots</h2>")
-    figures = [(str(f.axes[0].get_title() or f.get_suptitle()), f) for f in extra]
-    figures += default_figures(runs, metrics, group_by, bits, per_client, band)
+    figures = [(str(f.axes[0].get_title() or f.get_suptitle()), f) for _, f in extra]
+    figures += default_figures(
+        runs, metrics, group_by, bits, per_client, band, skip=[k for k, _ in extra], **options
+    )
     for title, fig in figures:
         parts.append(
             f'<figure><img alt="{e(title)}" src="{png_data_uri(fig)}">'
