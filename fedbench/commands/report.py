@@ -6,6 +6,7 @@ written, then the table is printed and the figures saved.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -269,7 +270,9 @@ def report(
         tables.append(_comparison(runs, metrics, groups, pairs, baseline, table, at_common_round))
     width = None if wide or fmt != "table" else _terminal_width()
     texts = [
-        rep.render(fit_columns(t, width)[0], fmt, title=shown_name if i == 0 else "comparison")
+        rep.render(
+            fit_columns(t, width)[0], fmt, title=shown_name if i == 0 else "comparison", width=width
+        )
         for i, t in enumerate(tables)
     ]
     text = printable_lines("\n\n".join(texts))
@@ -312,14 +315,17 @@ def report(
     from fedbench.report.safe import atomic_write
 
     for path, _, fig in figures:
-        fmt_out = path.suffix.lstrip(".") or "png"
-        atomic_write(path, lambda p, fig=fig, f=fmt_out: fig.savefig(p, format=f))
+        atomic_write(path, functools.partial(_save, fig, path.suffix.lstrip(".") or "png"))
         note.print(f"wrote {printable(path)}", highlight=False, markup=False)
     if page is not None:
         assert html is not None
         path = html / f"{stem}.html"
-        atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
+        atomic_write(path, functools.partial(Path.write_text, data=page, encoding="utf-8"))
         note.print(f"wrote {printable(path)}", highlight=False, markup=False)
+
+
+def _save(fig: Any, fmt: str, path: Path) -> None:
+    fig.savefig(path, format=fmt)
 
 
 def printable_lines(text: str) -> str:

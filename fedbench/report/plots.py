@@ -261,7 +261,9 @@ def _default_title(runs: pd.DataFrame, ys: Sequence[str], x: str, bits: str) -> 
         list(runs["experiment"].dropna().unique()) if "experiment" in runs.columns else []
     )
     what = f"{' / '.join(_y_label(y).split(' (')[0] for y in ys)} vs {_x_short(x, bits)}"
-    return f"{exps[0]}: {what}" if len(exps) == 1 else what
+    from fedbench.report_options import printable
+
+    return f"{printable(exps[0])}: {what}" if len(exps) == 1 else what
 
 
 def _panel(

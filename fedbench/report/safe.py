@@ -19,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedbench.report.labels import ReportError
+from fedbench.report_options import printable
+
+__all__ = ["atomic_write", "printable", "slug"]
 
 SLUG_MAX = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]+")
@@ -30,24 +33,12 @@ def slug(name: object, fallback: str = "experiment") -> str:
     option, never "." or ".."), at most :data:`SLUG_MAX` characters; ``fallback`` when nothing
     is left. "../../OUTSIDE/pwn" -> "_OUTSIDE_pwn"."""
     text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
-    out = _UNSAFE.sub("_", text).lstrip(".-")[:SLUG_MAX].rstrip(".")
+    text = re.sub(r"\.{2,}", "_", text)  # no ".." even inside a name
+    out = re.sub("_+", "_", _UNSAFE.sub("_", text)).lstrip(".-")[:SLUG_MAX].rstrip(".")
     return out if out.strip("_") else fallback
 
 
-def printable(text: object) -> str:
-    """``text`` with every control or format character (C0, DEL, C1, bidi overrides) written
-    as a Python escape ("\\x1b[31m" stays visible text, never an escape the terminal acts on).
-    Tabs and newlines are escaped too: one name stays on one line."""
-    out = []
-    for ch in str(text):
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(ascii(ch)[1:-1])
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Write ``path`` through ``write(temp_path)`` into a temp file in the same directory, then
     rename it over ``path``: readers see the old file or the whole new one, and a failed write
     (a full disk, a killed process) leaves no partial file. The directory is created. A target

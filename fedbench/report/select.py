@@ -126,7 +126,7 @@ def drop_stale(
             f"none of the {n} runs is in the current grid ({source}): all shown; "
             "fedbench prune removes runs a grid no longer has"
         )
-    what = _describe(runs[stale])
+    what = _describe(runs, stale.to_numpy())
     if keep:
         return runs, f"{n} runs no longer in the grid ({source}) kept (--all-runs): {what}"
     return runs[~stale], (
@@ -135,12 +135,13 @@ def drop_stale(
     )
 
 
-def _describe(runs: pd.DataFrame, most: int = 6) -> str:
-    """Short names of some runs: "fedavg mu=0.1 seed 0, ...", the rest counted."""
+def _describe(runs: pd.DataFrame, mask: Any, most: int = 6) -> str:
+    """Short names of the runs under ``mask``, labelled among all runs (so that they name
+    what sets them apart): "fedprox, mu=0.1 seed 0, ...", the rest counted."""
     from fedbench.report.labels import config_labels
 
-    labels = config_labels(runs).tolist()
-    seeds = runs["seed"].tolist() if "seed" in runs.columns else [None] * len(runs)
+    labels = config_labels(runs)[mask].tolist()
+    seeds = runs["seed"][mask].tolist() if "seed" in runs.columns else [None] * len(labels)
     names = [
         f"{lab} seed {s}" if s is not None else lab for lab, s in zip(labels, seeds, strict=True)
     ]

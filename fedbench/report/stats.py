@@ -172,9 +172,12 @@ def compare(
         for name in (a, b):
             ids = runs.loc[(labels == name).to_numpy(), "run_id"]
             v = finals.reindex(ids)
-            v.index = seeds.reindex(ids).to_numpy() if seeds is not None else range(len(v))
+            v.index = pd.Index(
+                seeds.reindex(ids).to_numpy() if seeds is not None else range(len(v))
+            )
             vals.append(v)
-        rows.append({"a": a, "b": b, "metric": metric, **compare_values(*vals, metric, n_boot)})
+        result = compare_values(vals[0], vals[1], metric, n_boot)
+        rows.append({"a": a, "b": b, "metric": metric, **result})
     table = pd.DataFrame(rows)
     table.attrs["notes"] = [
         f"diff = mean {metric} of a − b (final values); paired t-test when a and b ran the same "

@@ -199,7 +199,7 @@ def summary(
             per_run[name] = col.reindex(per_run.index)
     label_of = dict(zip(runs["run_id"], labels, strict=True))
     per_run["label"] = [label_of[r] for r in per_run.index]
-    stats = [c for c in per_run.columns if c.startswith(("final_", "best_", "at_"))]
+    stats = [c for c in per_run.columns if c.startswith(("final_", "best_")) or "_at_" in c]
     rows: list[dict[str, Any]] = []
     for label in _label_order(runs, labels):
         g = per_run[per_run["label"] == label]
@@ -470,15 +470,20 @@ def fit_columns(table: pd.DataFrame, width: int | None) -> tuple[pd.DataFrame, l
     return out, dropped
 
 
-def _rich(table: pd.DataFrame, title: str) -> str:
+def _rich(table: pd.DataFrame, title: str, fit: int | None = None) -> str:
+    """The table for a terminal; wider than ``fit`` characters, its cells wrap."""
     cells = _cells(table, " ± ", lambda s: s)
-    t = Table(title=title or None, box=box.SIMPLE_HEAVY)
-    for h, r in zip(cells.headers, cells.right, strict=True):
-        t.add_column(Text(h), justify="right" if r else "left", no_wrap=True)
-    for row in cells.rows:
-        t.add_row(*(Text(c) for c in row))
     widths = _widths(cells)
     width = max(sum(widths) + 3 * len(widths) + 4, len(title) + 4, 40)
+    wrap = fit is not None and width > fit
+    t = Table(title=title or None, box=box.SIMPLE_HEAVY, expand=False)
+    for h, r in zip(cells.headers, cells.right, strict=True):
+        t.add_column(Text(h), justify="right" if r else "left", no_wrap=not wrap)
+    for row in cells.rows:
+        t.add_row(*(Text(c) for c in row))
+    if wrap:
+        assert fit is not None
+        width = fit
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False, highlight=False).print(
         t
@@ -539,7 +544,7 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
+def render(table: pd.DataFrame, fmt: str, title: str = "", width: int | None = None) -> str:
     """A table as text: "table" (rich), "markdown", "csv", "json" or "latex".
 
     table, markdown and latex are for people: X_mean/X_std columns become one "mean ± std" cell
@@ -564,5 +569,5 @@ def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
     elif fmt == "latex":
         text = _latex(table, title)
     else:
-        text = _rich(table, title)
+        text = _rich(table, title, width)
     return text.rstrip("\n")
