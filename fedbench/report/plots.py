@@ -513,8 +513,20 @@ def plain_text(fig: Figure) -> None:
     are built from names in the database, where "$^$" is text, not a formula to parse."""
     from matplotlib.text import Text
 
+    ticks = (
+        {  # tick labels are matplotlib's own ("$10^{6}$" on a log axis): keep math
+            id(t)
+            for ax in fig.axes
+            for axis in (ax.xaxis, ax.yaxis)
+            for tick in (*axis.get_major_ticks(), *axis.get_minor_ticks())
+            for t in (tick.label1, tick.label2)
+        }
+        | {id(ax.xaxis.get_offset_text()) for ax in fig.axes}
+        | {id(ax.yaxis.get_offset_text()) for ax in fig.axes}
+    )
     for text in fig.findobj(Text):
-        text.set_parse_math(False)
+        if id(text) not in ticks:
+            text.set_parse_math(False)
 
 
 def plot(

@@ -184,7 +184,8 @@ def compare(
         f"seeds, else Welch; ci95: percentile bootstrap, B = {n_boot}, seed {BOOTSTRAP_SEED}",
         *[n for n in table["note"] if n],
     ]
-    return table.drop(columns="note")
+    keep = ["a", "b", "test", "n_a", "n_b", "diff", "ci95_low", "ci95_high", "p_value"]
+    return table[keep]
 
 
 def _row(runs: pd.DataFrame, labels: pd.Series, name: str) -> str:

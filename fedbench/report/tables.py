@@ -424,6 +424,8 @@ def _notes(table: pd.DataFrame) -> list[str]:
 
 # What goes first when a table is wider than the terminal: least important first.
 DROP_ORDER = (
+    "train_loss_at_",
+    "test_loss_at_",
     "best_accuracy",
     "final_grad_norm_sq",
     "rounds",
@@ -455,7 +457,12 @@ def fit_columns(table: pd.DataFrame, width: int | None) -> tuple[pd.DataFrame, l
         cells = _cells(out, " ± ", lambda s: s)
         if sum(_widths(cells)) + 3 * len(cells.headers) + 4 <= width:
             break
-        cols = [c for c in out.columns if c in (base, f"{base}_mean", f"{base}_std")]
+        cols = [
+            c
+            for c in out.columns
+            if c in (base, f"{base}_mean", f"{base}_std")
+            or (base.endswith("_at_") and c.startswith(base))
+        ]
         if cols:
             out = out.drop(columns=cols)
             dropped.append(base.replace("_", " "))
@@ -478,7 +485,7 @@ def _rich(table: pd.DataFrame, title: str, fit: int | None = None) -> str:
     wrap = fit is not None and width > fit
     t = Table(title=title or None, box=box.SIMPLE_HEAVY, expand=False)
     for h, r in zip(cells.headers, cells.right, strict=True):
-        t.add_column(Text(h), justify="right" if r else "left", no_wrap=not wrap)
+        t.add_column(Text(h, overflow="fold"), justify="right" if r else "left", no_wrap=not wrap)
     for row in cells.rows:
         t.add_row(*(Text(c) for c in row))
     if wrap:
