@@ -180,12 +180,38 @@ def report(
     wide: Annotated[
         bool, typer.Option(help="keep every table column even when wider than the terminal")
     ] = False,
+    select_fields: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--select",
+            help="FIELD[,FIELD]: per compared group (algorithm, compressor, ...: whatever "
+            "else differs) keep the value(s) of these fields whose mean over seeds is best on "
+            "--by; test metrics and bits are reported at that choice, e.g. --select algorithm.lr",
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="validation metric --select chooses on: val_accuracy | val_loss | "
+            "val_perplexity ... [default: val_accuracy, else val_loss, else val_perplexity]; "
+            "test and train metrics are refused"
+        ),
+    ] = None,
+    at: Annotated[
+        str,
+        typer.Option(
+            help="where --select reads --by: last (the last evaluation) | best (the best round "
+            "of each mean curve: early stopping, test metrics at that round)"
+        ),
+    ] = "last",
 ) -> None:
     """Table of mean ± std over seeds per configuration, comparison plots and an HTML page.
 
     Example: fedbench report -e quickstart --plot bits-vs-accuracy --target-accuracy 0.8
 
     Any logged metric, one panel each: fedbench report --metric train_loss,test_loss --x steps
+
+    Tuned on validation data: fedbench report --select algorithm.lr --by val_accuracy
     """
     # 1. options that need no data
     from fedbench.report.safe import printable, slug
@@ -211,6 +237,8 @@ def report(
         raise CommandError(f"--html {html}: is a file; give a directory for the page")
     if x is not None and not kinds and not ys:
         raise CommandError("--x sets the x axis of plots: give --plot or --metric with it")
+    fields = _split(select_fields)
+    _check_select(fields, by, at, at_common_round)
 
     from fedbench import report as rep
     from fedbench.report import select
@@ -251,9 +279,19 @@ def report(
                 f"--metric {y}: not logged by the runs of {name}; logged: {', '.join(logged)}{hint}"
             )
     groups = [g.strip() for g in group_by.split(",") if g.strip()] if group_by else None
+    # the choice on validation data (--select): the table, plots and page show only it
+    sel = None
+    table_metrics, labels = metrics, None
+    if fields:
+        from fedbench.report.choice import choose, pick_by
+
+        metric_by = pick_by(by, logged, printable(name))
+        sel = choose(runs, metrics, fields, metric_by, at, at_common_round, groups)
+        runs, table_metrics, labels = sel.runs, sel.metrics, sel.labels
+        metrics = metrics[metrics["run_id"].isin(runs["run_id"])]
     table = rep.summary(
         runs,
-        metrics,
+        table_metrics,
         group_by=groups,
         target_accuracy=target_accuracy,
         bits=bits,
@@ -261,13 +299,22 @@ def report(
         baseline=baseline,
         at_common_round=at_common_round,
         budgets=budgets,
+        labels=labels,
     )
+    if sel is not None:
+        from fedbench.report.choice import with_choice
+
+        table = with_choice(table, sel)
     if stale_note:
         table.attrs["notes"] = [*table.attrs["notes"], stale_note]
     shown_name = printable(name)  # a stored name may hold terminal escapes
     tables = [table]
     if pairs is not None:
-        tables.append(_comparison(runs, metrics, groups, pairs, baseline, table, at_common_round))
+        tables.append(
+            _comparison(
+                runs, table_metrics, groups, pairs, baseline, table, at_common_round, labels
+            )
+        )
     width = None if wide or fmt != "table" else _terminal_width()
     texts = [
         rep.render(
@@ -287,6 +334,7 @@ def report(
         "band": band,
         "at_common_round": at_common_round,
         "shape": shape,
+        "notes": [f"selection: {sel.protocol}"] if sel is not None else [],
     }
     stem = slug(name)  # a stored name never picks the directory a file lands in
     for kind in kinds:
@@ -304,7 +352,7 @@ def report(
             store, name, runs, metrics, table=table, group_by=groups, bits=bits,
             per_client=per_client, band=band, target_accuracy=target_accuracy,
             extra=[(kind, fig) for _, kind, fig in figures], at_common_round=at_common_round,
-            shape=shape, tables=tables[1:],
+            shape=shape, tables=tables[1:], protocol=sel.protocol if sel is not None else "",
         )  # fmt: skip
 
     # 3. output
@@ -322,6 +370,23 @@ def report(
         path = html / f"{stem}.html"
         atomic_write(path, functools.partial(Path.write_text, data=page, encoding="utf-8"))
         note.print(f"wrote {printable(path)}", highlight=False, markup=False)
+
+
+def _check_select(fields: list[str], by: str | None, at: str, at_common_round: bool) -> None:
+    """--select, --by and --at, before any data is read: a test or train metric is refused
+    with the reason, --by and --at need --select, and the best round is each configuration's
+    own, which --at-common-round would cut."""
+    from fedbench.report.choice import AT, check_by
+
+    _allowed("--at", at, AT)
+    if not fields and (by is not None or at != "last"):
+        raise CommandError(f"{'--by' if by is not None else '--at'} says how --select chooses: "
+                           "give --select FIELD with it, e.g. --select algorithm.lr")  # fmt: skip
+    if by is not None:
+        check_by(by)
+    if at == "best" and at_common_round:
+        raise CommandError("--at best stops each configuration at its own best round: "
+                           "leave out --at-common-round")  # fmt: skip
 
 
 def _save(fig: Any, fmt: str, path: Path) -> None:
@@ -386,15 +451,18 @@ def _comparison(
     baseline: str | None,
     table: Any,
     at_common_round: bool,
+    labels: Any = None,
 ) -> Any:
-    """The comparison table: the pairs asked for, or every row against the baseline."""
+    """The comparison table: the pairs asked for, or every row against the baseline;
+    ``labels`` (per run) override those of ``groups`` (--select)."""
     from fedbench.report.labels import config_labels
     from fedbench.report.select import comparable
     from fedbench.report.stats import compare
     from fedbench.report.tables import baseline_row
 
     chosen = comparable(runs, metrics, at_common_round)
-    labels = config_labels(runs, groups)
+    if labels is None:
+        labels = config_labels(runs, groups)
     if not pairs:
         assert baseline is not None
         base = str(table.at[baseline_row(table, runs, labels, baseline), "label"])

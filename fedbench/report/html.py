@@ -64,6 +64,13 @@ def table_html(table: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
 
+def figure_title(fig: Figure) -> str:
+    """What a figure shows, as its title says it ("quickstart: test accuracy vs uplink
+    bits"), for its caption and alt text; never a plot kind's option name."""
+    title = fig.axes[0].get_title() if fig.axes else ""
+    return str(title or fig.get_suptitle() or "figure")
+
+
 def _records_html(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>none</p>"
@@ -144,11 +151,14 @@ def html_page(
     at_common_round: bool = False,
     shape: Any = None,
     tables: Sequence[pd.DataFrame] = (),
+    protocol: str = "",
 ) -> str:
     """The HTML page of experiment ``name`` (see the module docstring) as a string.
 
     ``extra``: (kind, figure) pairs asked for on the command line, shown first; the default
-    figures of the same kinds are not repeated. ``tables``: more tables (a comparison)."""
+    figures of the same kinds are not repeated. ``tables``: more tables (a comparison).
+    ``protocol``: how --select chose the settings, one sentence stated above the table and
+    under each figure."""
     if table is None:
         table = summary(
             runs, metrics, group_by=group_by, target_accuracy=target_accuracy, bits=bits,
@@ -157,6 +167,8 @@ def html_page(
     options: dict[str, Any] = {"at_common_round": at_common_round}
     if shape is not None:
         options["shape"] = shape
+    if protocol:
+        options["notes"] = [f"selection: {protocol}"]
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -171,17 +183,20 @@ def html_page(
         parts.append(f"<p>All runs: {e(shared)}</p>")
     if target_accuracy is not None:
         parts.append(f"<p>Target: test accuracy ≥ {target_accuracy:g}</p>")
+    if protocol:
+        parts.append(f'<p class="protocol">Selection: {e(protocol)}.</p>')
     parts.append("<h2>Summary over seeds</h2>")
     parts.append(table_html(table))
     for more in tables:
         parts.append("<h2>Comparison</h2>")
         parts.append(table_html(more))
     parts.append("<h2>Plots</h2>")
-    figures = [(str(f.axes[0].get_title() or f.get_suptitle()), f) for _, f in extra]
-    figures += default_figures(
+    figures = [f for _, f in extra]
+    figures += [f for _, f in default_figures(
         runs, metrics, group_by, bits, per_client, band, skip=[k for k, _ in extra], **options
-    )
-    for title, fig in figures:
+    )]  # fmt: skip
+    for fig in figures:
+        title = figure_title(fig)
         parts.append(
             f'<figure><img alt="{e(title)}" src="{png_data_uri(fig)}">'
             f"<figcaption>{e(title)}</figcaption></figure>"

@@ -362,8 +362,9 @@ def no_dp_labels(
     runs: pd.DataFrame, metrics: pd.DataFrame, labels: pd.Series, uses_epsilon: bool
 ) -> pd.Series:
     """Labels with " (no DP)" for configurations that logged no finite ε (σ = 0 or no
-    [privacy] section) when the figure plots ε: their curve is missing from the ε panel
-    because they spend no privacy budget, and the legend says so."""
+    [privacy] section) when other runs did (``uses_epsilon``): every figure of a DP
+    comparison names the non-private curves the same way, and in an ε panel, where their
+    curve is missing because they spend no privacy budget, the legend says why."""
     if not uses_epsilon:
         return labels
     eps = metrics[(metrics["name"] == "epsilon") & np.isfinite(metrics["value"])]
@@ -390,6 +391,7 @@ def figure(
     band: str = "minmax",
     at_common_round: bool = False,
     shape: Shape = Shape(),
+    notes: Sequence[str] = (),
 ) -> Figure:
     """The figure :func:`plot` saves: per configuration the mean over seeds and a band.
 
@@ -409,7 +411,8 @@ def figure(
     (:func:`plot_labels`), with what every run shares on a caption line under the axes; the
     legend sits outside the axes, right of the last panel. Each curve has its own marker and
     line style; a diverged run ends in an ×. Bits axes are log-scale, so is the y axis of
-    squared norms (grad_norm_sq, consensus_sq) and gap. Uses no pyplot state.
+    squared norms (grad_norm_sq, consensus_sq) and gap. ``notes``: more caption lines (the
+    --select protocol). Uses no pyplot state.
     """
     _check(bits, BITS, "bits")
     _check(band, BANDS, "band")
@@ -441,7 +444,7 @@ def figure(
     if shape.smooth < 1:
         raise ReportError(f"--smooth {shape.smooth}: allowed: a whole number ≥ 1")
     labels = plot_labels(runs, group_by)
-    labels = no_dp_labels(runs, metrics, labels, "epsilon" in (*ys, xv))
+    labels = no_dp_labels(runs, metrics, labels, "epsilon" in logged_metrics(runs, metrics))
     order = _label_order(runs, labels)
     if shape.color_by is not None or shape.style_by is not None:
         styles = _factor_styles(runs, labels, order, shape)
@@ -500,6 +503,7 @@ def figure(
         lines.append(f"smoothed: trailing moving average over {shape.smooth} evaluations")
     if chosen.note:
         lines.append(chosen.note.split(" (--at")[0])
+    lines += list(notes)
     if lines:
         width = int(18 * (4.4 * cols + 2.8))
         text = "\n".join(textwrap.fill(line, width) for line in lines)

@@ -152,6 +152,7 @@ def summary(
     baseline: str | None = None,
     at_common_round: bool = False,
     budgets: Sequence[tuple[str, float]] = (),
+    labels: pd.Series | None = None,
 ) -> pd.DataFrame:
     """One row per configuration label, aggregated over its seeds.
 
@@ -176,12 +177,15 @@ def summary(
     (a row label, or an algorithm name with one row) adds ``x_fewer_bits`` (baseline bits /
     row bits: to the target with ``target_accuracy``, else at the last round) and
     ``delta_final_accuracy`` (row − baseline). ``target_accuracy`` must be in (0, 1].
+    ``labels`` (per run) overrides those of ``group_by`` (--select: rows are the compared
+    groups, the selected fields their own columns).
     """
     _check(bits, BITS, "bits")
     check_target(target_accuracy)
     from fedbench.report.select import comparable
 
-    labels = config_labels(runs, group_by)
+    if labels is None:
+        labels = config_labels(runs, group_by)
     pooled = pooled_fields(runs, group_by)
     count = "runs" if pooled else "seeds"
     statuses = runs["status"].tolist() if "status" in runs.columns else ["done"] * len(runs)
