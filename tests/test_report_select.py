@@ -256,3 +256,35 @@ def test_no_dp_label_in_every_figure_of_a_dp_comparison() -> None:
     assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == [
         "dp_fedavg, noise_multiplier=0", "dp_fedavg, noise_multiplier=1"
     ]  # fmt: skip
+
+
+def test_html_captions_are_titles_of_single_and_multi_panel_figures() -> None:
+    from fedbench.report.html import figure_title
+
+    runs = pd.DataFrame({"run_id": [1], "seed": [0], "status": ["done"], "experiment": ["q"],
+                         "algorithm.name": ["fedavg"], "task.clients": [4]})  # fmt: skip
+    ms = [(1, t, n, 0.1 * t) for t in range(3) for n in ("test_accuracy", "local_loss", "gap")]
+    metrics = pd.DataFrame(ms, columns=["run_id", "round", "name", "value"])
+    one = plots.figure(runs, metrics, "rounds-vs-accuracy")
+    assert figure_title(one) == "q: test accuracy vs round"
+    two = plots.figure(runs, metrics, None, y=["local_loss", "gap"])
+    assert figure_title(two) == "q: local loss / gap vs round"
+
+
+def test_at_best_plots_stop_at_the_chosen_round_and_name_the_choice(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both groups choose lr = 1 with --at best: lr no longer tells curves apart, yet each
+    legend entry names it; fedavg's curve ends at its chosen round 1, fedprox's at T."""
+    drawn: list[Figure] = []
+    real = plots.figure
+    monkeypatch.setattr(plots, "figure", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    r = invoke("report", "--db", db, "--select", "lr", "--at", "best", "-p",
+               "rounds-vs-accuracy", "--out", tmp_path / "b.png")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (fig,) = drawn
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert sorted(lines) == ["fedavg, lr=1", "fedprox, lr=1"]
+    assert list(lines["fedavg, lr=1"].get_xdata()) == [0, 1]
+    assert list(lines["fedprox, lr=1"].get_xdata()) == list(range(T + 1))
+    assert lines["fedavg, lr=1"].get_ydata()[-1] == pytest.approx(0.65 / T)

@@ -280,18 +280,18 @@ def report(
             )
     groups = [g.strip() for g in group_by.split(",") if g.strip()] if group_by else None
     # the choice on validation data (--select): the table, plots and page show only it
+    # (with --at best, metrics end at each group's chosen round, in the table and plots)
     sel = None
-    table_metrics, labels = metrics, None
+    labels = None
     if fields:
         from fedbench.report.choice import choose, pick_by
 
         metric_by = pick_by(by, logged, printable(name))
         sel = choose(runs, metrics, fields, metric_by, at, at_common_round, groups)
-        runs, table_metrics, labels = sel.runs, sel.metrics, sel.labels
-        metrics = metrics[metrics["run_id"].isin(runs["run_id"])]
+        runs, metrics, labels = sel.runs, sel.metrics, sel.labels
     table = rep.summary(
         runs,
-        table_metrics,
+        metrics,
         group_by=groups,
         target_accuracy=target_accuracy,
         bits=bits,
@@ -311,9 +311,7 @@ def report(
     tables = [table]
     if pairs is not None:
         tables.append(
-            _comparison(
-                runs, table_metrics, groups, pairs, baseline, table, at_common_round, labels
-            )
+            _comparison(runs, metrics, groups, pairs, baseline, table, at_common_round, labels)
         )
     width = None if wide or fmt != "table" else _terminal_width()
     texts = [
@@ -335,6 +333,7 @@ def report(
         "at_common_round": at_common_round,
         "shape": shape,
         "notes": [f"selection: {sel.protocol}"] if sel is not None else [],
+        "labels": sel.curve_labels if sel is not None else None,
     }
     stem = slug(name)  # a stored name never picks the directory a file lands in
     for kind in kinds:
@@ -353,6 +352,7 @@ def report(
             per_client=per_client, band=band, target_accuracy=target_accuracy,
             extra=[(kind, fig) for _, kind, fig in figures], at_common_round=at_common_round,
             shape=shape, tables=tables[1:], protocol=sel.protocol if sel is not None else "",
+            labels=common["labels"],
         )  # fmt: skip
 
     # 3. output

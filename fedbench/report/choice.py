@@ -41,6 +41,7 @@ class Selection(NamedTuple):
     runs: pd.DataFrame  # runs of the chosen configurations (every status: the table counts them)
     metrics: pd.DataFrame  # their metrics; at="best": each cut at its group's chosen round
     labels: pd.Series  # per run of ``runs`` its row label (the selected fields left out)
+    curve_labels: pd.Series  # per run its curve label: the row label and the chosen values
     choices: pd.DataFrame  # per row label: the chosen values, the score mean and std, the round
     protocol: str  # the protocol in one sentence
     notes: list[str]  # edge-of-range and left-out groups, one line each
@@ -215,7 +216,19 @@ def choose(
     notes += _edge_notes(order, best, cols, tried, label_of_group)
     choices = _choices(kept, labels, cols, by, best, cand_of, at)
     protocol = _protocol(runs, order, cols, tried, groups, by, at, seeds)
-    return Selection(kept, m, labels, choices, protocol, notes)
+    chosen = [
+        ", ".join(
+            f"{_short(c, cols)}={_show(v)}" for c, v in zip(cols, cand_of[r][1], strict=True)
+            if v is not None
+        )
+        for r in kept["run_id"]
+    ]  # fmt: skip
+    curves = pd.Series(
+        [f"{lab}, {c}" if c else lab for lab, c in zip(labels, chosen, strict=True)],
+        index=kept.index,
+        dtype=object,
+    )
+    return Selection(kept, m, labels, curves, choices, protocol, notes)
 
 
 def _row_keys(runs: pd.DataFrame, cols: Sequence[str]) -> list[tuple[Hashable, ...]]:

@@ -66,9 +66,11 @@ def table_html(table: pd.DataFrame) -> str:
 
 def figure_title(fig: Figure) -> str:
     """What a figure shows, as its title says it ("quickstart: test accuracy vs uplink
-    bits"), for its caption and alt text; never a plot kind's option name."""
-    title = fig.axes[0].get_title() if fig.axes else ""
-    return str(title or fig.get_suptitle() or "figure")
+    bits", "quickstart: local loss / participants vs round"), for its caption and alt text;
+    never a plot kind's option name."""
+    if fig.get_suptitle():  # several panels: the figure's title, not the first panel's
+        return str(fig.get_suptitle())
+    return str((fig.axes[0].get_title() if fig.axes else "") or "figure")
 
 
 def _records_html(rows: list[dict[str, Any]]) -> str:
@@ -152,13 +154,14 @@ def html_page(
     shape: Any = None,
     tables: Sequence[pd.DataFrame] = (),
     protocol: str = "",
+    labels: pd.Series | None = None,
 ) -> str:
     """The HTML page of experiment ``name`` (see the module docstring) as a string.
 
     ``extra``: (kind, figure) pairs asked for on the command line, shown first; the default
     figures of the same kinds are not repeated. ``tables``: more tables (a comparison).
     ``protocol``: how --select chose the settings, one sentence stated above the table and
-    under each figure."""
+    under each figure; ``labels``: its curve labels per run."""
     if table is None:
         table = summary(
             runs, metrics, group_by=group_by, target_accuracy=target_accuracy, bits=bits,
@@ -169,6 +172,8 @@ def html_page(
         options["shape"] = shape
     if protocol:
         options["notes"] = [f"selection: {protocol}"]
+    if labels is not None:
+        options["labels"] = labels
     e = html.escape
     parts = [
         "<!DOCTYPE html>",

@@ -198,10 +198,13 @@ def _pick_y(runs: pd.DataFrame, metrics: pd.DataFrame, kind: str) -> str:
     raise ReportError(f"{kind}: nothing to plot: no {missing} metric in these runs")
 
 
-def plot_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> pd.Series:
-    """Per run its curve label: :func:`config_labels`, with "(diverged)" when every seed of the
-    configuration diverged and "(k/n diverged)" when some did."""
-    labels = config_labels(runs, group_by)
+def plot_labels(
+    runs: pd.DataFrame, group_by: Sequence[str] | None = None, labels: pd.Series | None = None
+) -> pd.Series:
+    """Per run its curve label: :func:`config_labels` (or ``labels``, per run), with
+    "(diverged)" when every seed of the configuration diverged and "(k/n diverged)" when
+    some did."""
+    labels = config_labels(runs, group_by) if labels is None else labels.loc[runs.index]
     if "status" not in runs.columns:
         return labels
     diverged = runs["status"].astype(str).eq("diverged").to_numpy()
@@ -325,6 +328,10 @@ def _panel(
             ax.scatter([xv], [yv], marker="x", s=60, color=colour, zorder=5, linewidths=2)
     if x == "bits":
         ax.set_xscale("log")
+    elif x in ("round", "steps"):  # whole rounds: no tick at 0.5
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     positive = bool((data["y_mean"] > 0).all())
     want_log = (
         shape.logy if shape.logy is not None else (log_y if log_y is not None else y in LOG_Y)
@@ -392,6 +399,7 @@ def figure(
     at_common_round: bool = False,
     shape: Shape = Shape(),
     notes: Sequence[str] = (),
+    labels: pd.Series | None = None,
 ) -> Figure:
     """The figure :func:`plot` saves: per configuration the mean over seeds and a band.
 
@@ -412,7 +420,8 @@ def figure(
     legend sits outside the axes, right of the last panel. Each curve has its own marker and
     line style; a diverged run ends in an ×. Bits axes are log-scale, so is the y axis of
     squared norms (grad_norm_sq, consensus_sq) and gap. ``notes``: more caption lines (the
-    --select protocol). Uses no pyplot state.
+    --select protocol); ``labels`` (per run of ``runs``) replace the curve labels (--select:
+    each group with its chosen values). Uses no pyplot state.
     """
     _check(bits, BITS, "bits")
     _check(band, BANDS, "band")
@@ -443,7 +452,7 @@ def figure(
     runs, metrics = chosen.runs, chosen.metrics
     if shape.smooth < 1:
         raise ReportError(f"--smooth {shape.smooth}: allowed: a whole number ≥ 1")
-    labels = plot_labels(runs, group_by)
+    labels = plot_labels(runs, group_by, labels)
     labels = no_dp_labels(runs, metrics, labels, "epsilon" in logged_metrics(runs, metrics))
     order = _label_order(runs, labels)
     if shape.color_by is not None or shape.style_by is not None:
@@ -505,7 +514,7 @@ def figure(
         lines.append(chosen.note.split(" (--at")[0])
     lines += list(notes)
     if lines:
-        width = int(18 * (4.4 * cols + 2.8))
+        width = int(14 * (4.4 * cols + 2.8))  # characters of "small" text the figure holds
         text = "\n".join(textwrap.fill(line, width) for line in lines)
         fig.supxlabel(text, fontsize="small")
     plain_text(fig)
