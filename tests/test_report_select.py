@@ -288,3 +288,18 @@ def test_at_best_plots_stop_at_the_chosen_round_and_name_the_choice(
     assert list(lines["fedavg, lr=1"].get_xdata()) == [0, 1]
     assert list(lines["fedprox, lr=1"].get_xdata()) == list(range(T + 1))
     assert lines["fedavg, lr=1"].get_ydata()[-1] == pytest.approx(0.65 / T)
+
+
+def test_two_runs_one_seed_each() -> None:
+    """The smallest sweep: one algorithm, two lrs, one seed; the loss is minimised."""
+    runs = pd.DataFrame({"run_id": [1, 2], "seed": [0, 0], "status": ["done"] * 2,
+                         "algorithm.name": ["fedavg"] * 2, "algorithm.lr": [0.1, 0.3]})  # fmt: skip
+    ms = [(r, t, "val_loss", [0.5, 0.4][r - 1] * (3 - t)) for r in (1, 2) for t in range(3)]
+    sel = choose(runs, pd.DataFrame(ms, columns=["run_id", "round", "name", "value"]),
+                 ["lr"], "val_loss")  # fmt: skip
+    assert sel.runs["run_id"].tolist() == [2]
+    assert sel.protocol.startswith(
+        "lr chosen from {0.1, 0.3} by the lowest mean val_loss over 1 seed"
+    )
+    assert sel.notes == ["fedavg: lr = 0.3 is the largest tried (0.1–0.3); the best may lie "
+                         "beyond the sweep"]  # fmt: skip

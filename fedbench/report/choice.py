@@ -120,7 +120,8 @@ def _scores(
     if at == "last":
         last = m.sort_values(["run_id", "round"]).groupby("run_id")["value"].last()
         values = last.reindex(runs["run_id"]).astype(float)
-        diverged = runs["status"].astype(str).eq("diverged").to_numpy()
+        status = runs["status"] if "status" in runs.columns else pd.Series("done", runs.index)
+        diverged = status.astype(str).eq("diverged").to_numpy()
         values[~np.isfinite(values.to_numpy()) | diverged] = worst
         v = values.to_numpy(dtype=float)  # [seeds]
         with np.errstate(invalid="ignore"):
@@ -189,10 +190,12 @@ def choose(
         )
     best: dict[tuple[Hashable, ...], tuple[tuple[Hashable, ...], float, float, int | None]] = {}
     seeds: set[int] = set()
+    values_by = usable.metrics[usable.metrics["name"] == by]  # filtered once, not per candidate
+    cand = [cand_of[r] for r in usable.runs["run_id"]]
     for g, c in order:
-        mine = usable.runs[[cand_of[r] == (g, c) for r in usable.runs["run_id"]]]
+        mine = usable.runs[np.array([k == (g, c) for k in cand], dtype=bool)]
         seeds.add(len(mine))
-        mean, std, rnd = _scores(mine, usable.metrics, by, at)
+        mean, std, rnd = _scores(mine, values_by, by, at)
         if not math.isfinite(mean):
             continue
         if g not in best or _better(mean, best[g][1], by):
