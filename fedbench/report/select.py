@@ -1,5 +1,6 @@
 """Which runs a report may use: the selection step between the loaded frame and the table or
-figure (``load`` -> :func:`where` -> :func:`drop_stale` -> :func:`comparable` -> summary/plot).
+figure (``load`` -> :func:`where` -> :func:`drop_stale` -> :func:`comparable` ->
+:func:`fedbench.report.choice.choose` with --select -> summary/plot).
 
 A number in a report rests on runs that can be compared: finished runs (done, or diverged:
 a step size too large is a result), or, when asked, every run cut at the last round all of
