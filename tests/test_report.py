@@ -258,8 +258,32 @@ def test_summary_counts_statuses_of_unfinished_runs(runs: pd.DataFrame) -> None:
     s = rep.summary(runs, metrics)
     assert by_label(s, "ef21 + identity")["status"] == "1 done, 1 running"
     assert by_label(s, "fedavg + topk")["status"] == "2 done"
-    # final accuracy of the running seed is its last evaluated one (round 2: 0.1)
-    assert by_label(s, "ef21 + identity")["final_accuracy_mean"] == pytest.approx(0.2)
+    # issue 26: the running seed (at round 2) is never averaged with the done one (round 3)
+    row = by_label(s, "ef21 + identity")
+    assert row["final_accuracy_mean"] == pytest.approx(0.3) and row["seeds"] == 1
+    assert math.isnan(row["final_accuracy_std"]) and row["rounds"] == 3
+    assert any("left out: 1 running" in n for n in s.attrs["notes"])
+    # --at-common-round: every run at round 2, the last round all of them reached
+    c = rep.summary(runs, metrics, at_common_round=True)
+    row = by_label(c, "ef21 + identity")
+    assert row["final_accuracy_mean"] == pytest.approx(0.15) and row["seeds"] == 2
+    assert by_label(c, "fedavg + topk")["final_accuracy_mean"] == pytest.approx(0.6)
+    assert set(c["rounds"]) == {2}
+    assert any("every run at round 2" in n for n in c.attrs["notes"])
+
+
+def test_summary_of_an_all_pending_row_shows_no_numbers(runs: pd.DataFrame) -> None:
+    """Issue 26: an all-pending row showed one seed's numbers; now it has none, and says so."""
+    ids = [run_id(runs, "fedavg", "topk", s) for s in (0, 1)]
+    runs.loc[runs["run_id"] == ids[0], "status"] = "pending"
+    runs.loc[runs["run_id"] == ids[1], "status"] = "failed"
+    metrics = make_metrics(runs)
+    metrics = metrics[~(metrics["run_id"].isin(ids) & (metrics["round"] > 2))]
+    s = rep.summary(runs, metrics, target_accuracy=0.5)
+    row = by_label(s, "fedavg + topk")
+    assert row["seeds"] == 0 and row["status"] == "1 pending, 1 failed"
+    assert math.isnan(row["final_accuracy_mean"]) and row["reached"] == "0/0"
+    assert "1 pending, 1 failed" in s.attrs["notes"][-1]
 
 
 def test_summary_without_accuracy_sorts_by_loss(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
@@ -317,7 +341,7 @@ def test_render_latex_tabular_escapes(table: pd.DataFrame) -> None:
     assert "\\begin{tabular}" in text and "\\end{tabular}" in text
     assert r"0.700 $\pm$ 0.141" in text
     titled = rep.render(table.assign(label=table["label"] + " 5%_"), "latex", title="a_b")
-    assert r"\caption{a\_b}" in titled and r"5\%\_" in titled
+    assert r"\caption{a\_b (target accuracy 0.7)}" in titled and r"5\%\_" in titled
 
 
 def test_render_unknown_format(table: pd.DataFrame) -> None:

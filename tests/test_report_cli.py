@@ -173,7 +173,8 @@ def test_strict_group_by_names_what_it_pools(db: Path) -> None:
     rows = {row["label"]: row for row in json.loads(r.stdout)}
     # ratio only for topk: identity runs are their own row, never named after an algorithm
     assert set(rows) == {"ratio=0.01", "(no ratio)"}
-    assert rows["ratio=0.01"]["seeds"] == 4  # fedavg and ef21 pooled
+    assert rows["ratio=0.01"]["runs"] == 4  # fedavg and ef21 pooled: runs, not seeds (issue 26)
+    assert all("seeds" not in row for row in rows.values())
     topk = [a[1] for k, a in ACC.items() if k[1] == "topk"]
     assert rows["ratio=0.01"]["final_accuracy_mean"] == pytest.approx(np.mean(topk))
     assert rows["ratio=0.01"]["final_accuracy_std"] == pytest.approx(np.std(topk, ddof=1))
@@ -318,8 +319,10 @@ def test_html_page_is_self_contained(db: Path, tmp_path: Path) -> None:
     parsed = _Page()
     parsed.feed(page.read_text(encoding="utf-8"))
     # the extra --metric figure and every plot kind the runs have metrics for (not gradnorm,
-    # not time: no grad_norm_sq, no sim_time_s), then the other metrics against rounds
-    assert len(parsed.imgs) == 1 + 5 + 1
+    # not time: no grad_norm_sq, no sim_time_s); the other metrics against rounds are the
+    # --metric figure itself (consensus_sq), shown once (issue 26: no repeated figure)
+    assert len(parsed.imgs) == 1 + 5
+    assert len({img["src"] for img in parsed.imgs}) == len(parsed.imgs)
     for img in parsed.imgs:
         src = img["src"] or ""
         assert src.startswith("data:image/png;base64,"), src[:40]

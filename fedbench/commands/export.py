@@ -3,8 +3,9 @@ Parquet files for other tools."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -100,13 +101,18 @@ def export(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CommandError(f"{out}: cannot create the directory ({e.strerror or e})") from None
+    from fedbench.report.safe import atomic_write, printable, slug
+
     for name, frame in frames:
-        path = out / f"{name}.{fmt}"
-        if fmt == "csv":
-            frame.to_csv(path, index=False)
-        else:
-            frame.to_parquet(path, index=False)
-        console.print(f"wrote {path}", highlight=False, markup=False)
+        # a temp file renamed into place: a full disk or a kill leaves no partial file
+        path = out / f"{slug(name)}.{fmt}"
+        write = frame.to_csv if fmt == "csv" else frame.to_parquet
+        atomic_write(path, functools.partial(_write, write))
+        console.print(f"wrote {printable(path)}", highlight=False, markup=False)
+
+
+def _write(write: Any, path: Path) -> None:
+    write(path, index=False)
 
 
 def _track(db: str | None, experiment: str | None, table: list[str] | None,

@@ -123,7 +123,11 @@ def _table(rows: list[dict[str, Any]], title: str, cols: list[str], note: str) -
     from rich import box
     from rich.table import Table
 
-    t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+    from fedbench.report_options import printable
+
+    # names come from the database, which may come from elsewhere: no terminal escapes
+    t = Table(title=escape(printable(title)), box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+              show_edge=False,
               collapse_padding=True, header_style="bold")  # fmt: skip
     for c in cols:
         wide = max([len(c)] + [len(str(r.get(c) or "")) for r in rows])
@@ -137,7 +141,7 @@ def _table(rows: list[dict[str, Any]], title: str, cols: list[str], note: str) -
             min_width=None if c == "grid" else min(wide, SHORT.get(c, wide), 10),
         )
     for r in rows:
-        t.add_row(*("" if r.get(c) is None else escape(str(r[c])) for c in cols))
+        t.add_row(*("" if r.get(c) is None else escape(printable(r[c])) for c in cols))
     console.print(t)
     if note:
         console.print(note, style="dim", highlight=False)

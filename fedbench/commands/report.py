@@ -6,6 +6,7 @@ written, then the table is printed and the figures saved.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -129,15 +130,96 @@ def report(
             "host, failed runs) into this directory"
         ),
     ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            "-w",
+            help="only runs with FIELD=VALUE[,VALUE] (repeatable: all must hold); any config "
+            "field, per-run column or status, e.g. --where compressor.name=topk,identity",
+        ),
+    ] = None,
+    at_common_round: Annotated[
+        bool,
+        typer.Option(
+            help="compare every run (unfinished too) at the last round all of them reached "
+            "[default: finished runs only]"
+        ),
+    ] = False,
+    all_runs: Annotated[
+        bool,
+        typer.Option(help="keep runs the experiment's current grid file no longer produces"),
+    ] = False,
+    budget: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="accuracy and loss at an equal budget, repeatable: bits=1e6 | time=100 "
+            "(simulated s) | epsilon=4 (interpolated between evaluations)"
+        ),
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="A,B: is row A better than row B? paired t-test over seeds (Welch when the "
+            "seeds differ) and a bootstrap CI of the difference of final test accuracy; "
+            "with --baseline and no --compare value, use 'baseline' to test each row against it"
+        ),
+    ] = None,
+    color_by: Annotated[
+        str | None, typer.Option(help="one colour per value of this config field")
+    ] = None,
+    style_by: Annotated[
+        str | None, typer.Option(help="one line style and marker per value of this field")
+    ] = None,
+    logy: Annotated[bool, typer.Option(help="log-scale y axis")] = False,
+    xlim: Annotated[str | None, typer.Option(help="x axis limits LO,HI")] = None,
+    ylim: Annotated[str | None, typer.Option(help="y axis limits LO,HI")] = None,
+    smooth: Annotated[
+        int, typer.Option(help="trailing moving average over K evaluations (said in the caption)")
+    ] = 1,
+    wide: Annotated[
+        bool, typer.Option(help="keep every table column even when wider than the terminal")
+    ] = False,
+    select_fields: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--select",
+            help="FIELD[,FIELD]: per compared group (algorithm, compressor, ...: whatever "
+            "else differs) keep the value(s) of these fields whose mean over seeds is best on "
+            "--by; test metrics and bits are reported at that choice, e.g. --select algorithm.lr",
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="validation metric --select chooses on: val_accuracy | val_loss | "
+            "val_perplexity ... [default: val_accuracy, else val_loss, else val_perplexity]; "
+            "test and train metrics are refused"
+        ),
+    ] = None,
+    at: Annotated[
+        str,
+        typer.Option(
+            help="where --select reads --by: last (the last evaluation) | best (the best round "
+            "of each mean curve: early stopping, test metrics at that round)"
+        ),
+    ] = "last",
 ) -> None:
     """Table of mean ± std over seeds per configuration, comparison plots and an HTML page.
 
     Example: fedbench report -e quickstart --plot bits-vs-accuracy --target-accuracy 0.8
 
     Any logged metric, one panel each: fedbench report --metric train_loss,test_loss --x steps
+
+    Tuned on validation data: fedbench report --select algorithm.lr --by val_accuracy
     """
     # 1. options that need no data
+    from fedbench.report.safe import printable, slug
+
     _allowed("--bits", bits, ("up", "down", "total"))
+    if smooth < 1:
+        raise CommandError(f"--smooth {smooth}: allowed: a whole number of evaluations ≥ 1")
+    limits = {"--xlim": _limits("--xlim", xlim), "--ylim": _limits("--ylim", ylim)}
     _allowed("--band", band, BANDS)
     _allowed("--format", fmt, TABLE_FORMATS)
     check_target(target_accuracy)
@@ -155,13 +237,28 @@ def report(
         raise CommandError(f"--html {html}: is a file; give a directory for the page")
     if x is not None and not kinds and not ys:
         raise CommandError("--x sets the x axis of plots: give --plot or --metric with it")
+    fields = _split(select_fields)
+    _check_select(fields, by, at, at_common_round)
 
     from fedbench import report as rep
+    from fedbench.report import select
+    from fedbench.report.plots import Shape
+    from fedbench.report.tables import fit_columns, parse_budget
+
+    budgets = [parse_budget(b) for b in _split(budget)]
+    pairs = _pairs(compare, baseline)
+    for clause in where or []:
+        select.parse_where(clause)
 
     # 2. options checked against the data
     store = open_store(db)
     name = experiment or latest_experiment(store)
     runs, metrics = rep.load(store, name)
+    # the selection step: --where, then runs the current grid no longer produces
+    if where:
+        runs = select.where(runs, where)
+    runs, stale_note = select.drop_stale(store, name, runs, keep=all_runs)
+    metrics = metrics[metrics["run_id"].isin(runs["run_id"])]
     logged = rep.logged_metrics(runs, metrics)
     if x is not None and x not in X_CHOICES and x != "round" and x not in logged:
         import difflib
@@ -182,6 +279,16 @@ def report(
                 f"--metric {y}: not logged by the runs of {name}; logged: {', '.join(logged)}{hint}"
             )
     groups = [g.strip() for g in group_by.split(",") if g.strip()] if group_by else None
+    # the choice on validation data (--select): the table, plots and page show only it
+    # (with --at best, metrics end at each group's chosen round, in the table and plots)
+    sel = None
+    labels = None
+    if fields:
+        from fedbench.report.choice import choose, pick_by
+
+        metric_by = pick_by(by, logged, printable(name))
+        sel = choose(runs, metrics, fields, metric_by, at, at_common_round, groups)
+        runs, metrics, labels = sel.runs, sel.metrics, sel.labels
     table = rep.summary(
         runs,
         metrics,
@@ -190,29 +297,62 @@ def report(
         bits=bits,
         per_client=per_client,
         baseline=baseline,
+        at_common_round=at_common_round,
+        budgets=budgets,
+        labels=labels,
     )
-    text = rep.render(table, fmt, title=name)
+    if sel is not None:
+        from fedbench.report.choice import with_choice
+
+        table = with_choice(table, sel)
+    if stale_note:
+        table.attrs["notes"] = [*table.attrs["notes"], stale_note]
+    shown_name = printable(name)  # a stored name may hold terminal escapes
+    tables = [table]
+    if pairs is not None:
+        tables.append(
+            _comparison(runs, metrics, groups, pairs, baseline, table, at_common_round, labels)
+        )
+    width = None if wide or fmt != "table" else _terminal_width()
+    texts = [
+        rep.render(
+            fit_columns(t, width)[0], fmt, title=shown_name if i == 0 else "comparison", width=width
+        )
+        for i, t in enumerate(tables)
+    ]
+    text = printable_lines("\n\n".join(texts))
     xs = None if x is None else ("round" if x == "rounds" else x)
-    figures: list[tuple[Path, Any]] = []  # built before any output: a bad plot prints nothing
+    figures: list[tuple[Path, str, Any]] = []  # built before output: a bad plot prints nothing
+    shape = Shape(color_by, style_by, True if logy else None, limits["--xlim"],
+                  limits["--ylim"], smooth)  # fmt: skip
     common: dict[str, Any] = {
         "group_by": groups,
         "bits": bits,
         "per_client": per_client,
         "band": band,
+        "at_common_round": at_common_round,
+        "shape": shape,
+        "notes": [f"selection: {sel.protocol}"] if sel is not None else [],
+        "labels": sel.curve_labels if sel is not None else None,
     }
+    stem = slug(name)  # a stored name never picks the directory a file lands in
     for kind in kinds:
         suffix = kind if xs is None else f"{kind.split('-vs-')[1]}-vs-{x}"
-        path = out or Path("results") / "plots" / f"{name}-{suffix}.png"
-        figures.append((path, rep.figure(runs, metrics, kind, x=xs, **common)))
+        path = out or Path("results") / "plots" / f"{stem}-{slug(suffix)}.png"
+        figures.append((path, kind, rep.figure(runs, metrics, kind, x=xs, **common)))
     if ys:
-        path = out or Path("results") / "plots" / f"{name}-{'+'.join(ys)}-vs-{x or 'rounds'}.png"
-        figures.append((path, rep.figure(runs, metrics, None, y=ys, x=xs or "round", **common)))
+        what = slug(f"{'+'.join(ys)}-vs-{x or 'rounds'}")
+        path = out or Path("results") / "plots" / f"{stem}-{what}.png"
+        fig = rep.figure(runs, metrics, None, y=ys, x=xs or "round", **common)
+        figures.append((path, "+".join(ys), fig))
     page = None
     if html is not None:
         page = rep.html_page(
             store, name, runs, metrics, table=table, group_by=groups, bits=bits,
             per_client=per_client, band=band, target_accuracy=target_accuracy,
-            extra=[fig for _, fig in figures],
+            extra=[(kind, fig) for _, kind, fig in figures], at_common_round=at_common_round,
+            shape=shape, tables=tables[1:], protocol=sel.protocol if sel is not None else "",
+            labels=common["labels"],
         )  # fmt: skip
 
     # 3. output
@@ -220,13 +360,111 @@ def report(
     sys.stdout.flush()
     # stdout stays machine-readable for --format json|csv: notes go to stderr then
     note = console if fmt == "table" else err_console
-    for path, fig in figures:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        note.print(f"wrote {path}", highlight=False, markup=False)
+    from fedbench.report.safe import atomic_write
+
+    for path, _, fig in figures:
+        atomic_write(path, functools.partial(_save, fig, path.suffix.lstrip(".") or "png"))
+        note.print(f"wrote {printable(path)}", highlight=False, markup=False)
     if page is not None:
         assert html is not None
-        html.mkdir(parents=True, exist_ok=True)
-        path = html / f"{name}.html"
-        path.write_text(page, encoding="utf-8")
-        note.print(f"wrote {path}", highlight=False, markup=False)
+        path = html / f"{stem}.html"
+        atomic_write(path, functools.partial(Path.write_text, data=page, encoding="utf-8"))
+        note.print(f"wrote {printable(path)}", highlight=False, markup=False)
+
+
+def _check_select(fields: list[str], by: str | None, at: str, at_common_round: bool) -> None:
+    """--select, --by and --at, before any data is read: a test or train metric is refused
+    with the reason, --by and --at need --select, and the best round is each configuration's
+    own, which --at-common-round would cut."""
+    from fedbench.report.choice import AT, check_by
+
+    _allowed("--at", at, AT)
+    if not fields and (by is not None or at != "last"):
+        raise CommandError(f"{'--by' if by is not None else '--at'} says how --select chooses: "
+                           "give --select FIELD with it, e.g. --select algorithm.lr")  # fmt: skip
+    if by is not None:
+        check_by(by)
+    if at == "best" and at_common_round:
+        raise CommandError("--at best stops each configuration at its own best round: "
+                           "leave out --at-common-round")  # fmt: skip
+
+
+def _save(fig: Any, fmt: str, path: Path) -> None:
+    fig.savefig(path, format=fmt)
+
+
+def printable_lines(text: str) -> str:
+    """Every line of ``text`` with its control characters spelled out, newlines kept."""
+    from fedbench.report.safe import printable
+
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width (or $COLUMNS) the table should fit; None when stdout is no
+    terminal and COLUMNS is unset (a file or a pipe keeps every column)."""
+    import os
+    import shutil
+
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size().columns)
+    return None
+
+
+def _limits(option: str, value: str | None) -> tuple[float, float] | None:
+    """ "LO,HI" -> (LO, HI) with LO < HI, finite; refused in one line otherwise."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise CommandError(f"{option} {value}: allowed: LO,HI (two numbers), e.g. 0,1") from None
+    import math
+
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise CommandError(f"{option} {value}: allowed: finite LO < HI")
+    return lo, hi
+
+
+def _pairs(compare: str | None, baseline: str | None) -> list[tuple[str, str]] | None:
+    """--compare A,B -> [(A, B)]; --compare baseline (with --baseline): [] (each row against
+    the baseline, filled in once rows are known); None without --compare."""
+    if compare is None:
+        return None
+    if compare.strip() == "baseline":
+        if baseline is None:
+            raise CommandError("--compare baseline needs --baseline ROW")
+        return []
+    parts = [p.strip() for p in compare.split(",")]
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise CommandError(f"--compare {compare}: allowed: A,B (two different row labels or "
+                           "algorithms), or 'baseline' with --baseline")  # fmt: skip
+    return [(parts[0], parts[1])]
+
+
+def _comparison(
+    runs: Any,
+    metrics: Any,
+    groups: list[str] | None,
+    pairs: list[tuple[str, str]],
+    baseline: str | None,
+    table: Any,
+    at_common_round: bool,
+    labels: Any = None,
+) -> Any:
+    """The comparison table: the pairs asked for, or every row against the baseline;
+    ``labels`` (per run) override those of ``groups`` (--select)."""
+    from fedbench.report.labels import config_labels
+    from fedbench.report.select import comparable
+    from fedbench.report.stats import compare
+    from fedbench.report.tables import baseline_row
+
+    chosen = comparable(runs, metrics, at_common_round)
+    if labels is None:
+        labels = config_labels(runs, groups)
+    if not pairs:
+        assert baseline is not None
+        base = str(table.at[baseline_row(table, runs, labels, baseline), "label"])
+        pairs = [(str(lab), base) for lab in table["label"] if lab != base]
+    return compare(chosen.runs, chosen.metrics, labels.loc[chosen.runs.index], pairs)

@@ -64,6 +64,15 @@ def table_html(table: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
 
+def figure_title(fig: Figure) -> str:
+    """What a figure shows, as its title says it ("quickstart: test accuracy vs uplink
+    bits", "quickstart: local loss / participants vs round"), for its caption and alt text;
+    never a plot kind's option name."""
+    if fig.get_suptitle():  # several panels: the figure's title, not the first panel's
+        return str(fig.get_suptitle())
+    return str((fig.axes[0].get_title() if fig.axes else "") or "figure")
+
+
 def _records_html(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>none</p>"
@@ -89,18 +98,25 @@ def default_figures(
     bits: str,
     per_client: bool,
     band: str,
+    skip: Sequence[str] = (),
+    **options: Any,
 ) -> list[tuple[str, Figure]]:
     """Every named plot kind these runs have the metrics for, then one figure with a panel per
-    other logged result metric against rounds."""
+    other logged result metric against rounds; kinds in ``skip`` (figures the page already
+    has) are left out, so each figure appears once. ``options``: :func:`figure`'s
+    at_common_round and shape."""
     out: list[tuple[str, Figure]] = []
     common: dict[str, Any] = {
         "group_by": group_by,
         "bits": bits,
         "per_client": per_client,
         "band": band,
+        **options,
     }
     used: set[str] = set()
     for kind in PLOTS:
+        if kind in skip:
+            continue
         try:
             fig = figure(runs, metrics, kind, **common)
         except ReportError:
@@ -114,7 +130,7 @@ def default_figures(
         m for m in logged_metrics(runs, metrics)
         if m not in AXIS_METRICS and m not in covered and Y_LABELS.get(m, m) not in used
     ]  # fmt: skip
-    if rest:
+    if rest and "+".join(rest) not in skip:
         with contextlib.suppress(ReportError):  # e.g. every value non-finite
             out.append(
                 (f"{', '.join(rest)} vs round", figure(runs, metrics, None, y=rest, **common))
@@ -133,14 +149,31 @@ def html_page(
     per_client: bool = True,
     band: str = "minmax",
     target_accuracy: float | None = None,
-    extra: Sequence[Figure] = (),
+    extra: Sequence[tuple[str, Figure]] = (),
+    at_common_round: bool = False,
+    shape: Any = None,
+    tables: Sequence[pd.DataFrame] = (),
+    protocol: str = "",
+    labels: pd.Series | None = None,
 ) -> str:
-    """The HTML page of experiment ``name`` (see the module docstring) as a string."""
+    """The HTML page of experiment ``name`` (see the module docstring) as a string.
+
+    ``extra``: (kind, figure) pairs asked for on the command line, shown first; the default
+    figures of the same kinds are not repeated. ``tables``: more tables (a comparison).
+    ``protocol``: how --select chose the settings, one sentence stated above the table and
+    under each figure; ``labels``: its curve labels per run."""
     if table is None:
         table = summary(
             runs, metrics, group_by=group_by, target_accuracy=target_accuracy, bits=bits,
-            per_client=per_client,
+            per_client=per_client, at_common_round=at_common_round,
         )  # fmt: skip
+    options: dict[str, Any] = {"at_common_round": at_common_round}
+    if shape is not None:
+        options["shape"] = shape
+    if protocol:
+        options["notes"] = [f"selection: {protocol}"]
+    if labels is not None:
+        options["labels"] = labels
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -153,12 +186,22 @@ def html_page(
     parts.append(f'<p class="note">{len(runs)} runs; generated {when}</p>')
     if shared:
         parts.append(f"<p>All runs: {e(shared)}</p>")
+    if target_accuracy is not None:
+        parts.append(f"<p>Target: test accuracy ≥ {target_accuracy:g}</p>")
+    if protocol:
+        parts.append(f'<p class="protocol">Selection: {e(protocol)}.</p>')
     parts.append("<h2>Summary over seeds</h2>")
     parts.append(table_html(table))
+    for more in tables:
+        parts.append("<h2>Comparison</h2>")
+        parts.append(table_html(more))
     parts.append("<h2>Plots</h2>")
-    figures = [(str(f.axes[0].get_title() or f.get_suptitle()), f) for f in extra]
-    figures += default_figures(runs, metrics, group_by, bits, per_client, band)
-    for title, fig in figures:
+    figures = [f for _, f in extra]
+    figures += [f for _, f in default_figures(
+        runs, metrics, group_by, bits, per_client, band, skip=[k for k, _ in extra], **options
+    )]  # fmt: skip
+    for fig in figures:
+        title = figure_title(fig)
         parts.append(
             f'<figure><img alt="{e(title)}" src="{png_data_uri(fig)}">'
             f"<figcaption>{e(title)}</figcaption></figure>"

@@ -127,6 +127,8 @@ def _show(v: Any) -> str:
     v = _key(v)
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))  # 16, not 16.0 (a column with a missing value holds floats)
     if isinstance(v, tuple):
         return "[" + ", ".join(_show(i) for i in v) + "]"
     return str(v)
@@ -179,6 +181,8 @@ def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> 
         ))  # fmt: skip
     runs = with_ef_names(runs)
     fields = varying_fields(runs) if group_by is None else _resolve_group_by(runs, group_by)
+    if group_by is None:
+        fields = _without_bookkeeping(runs, fields)
     named = "algorithm.name" in fields or "algorithm" in fields
     if group_by is None and fields and "algorithm.name" in runs.columns and not named:
         fields = ["algorithm.name", *fields]  # the curve names its method: "diloco, H=10"
@@ -225,6 +229,28 @@ def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> 
     return pd.Series(labels, index=runs.index, name="label", dtype=object)
 
 
+# Fields that say how a run was run, not what was compared: left out of default labels when
+# the other varying fields already tell the configurations apart.
+QUIET = ("eval_every", "deadline_s", "log_every", "checkpoint_every", "rounds")
+
+
+def _without_bookkeeping(runs: pd.DataFrame, fields: list[str]) -> list[str]:
+    """``fields`` without bookkeeping ones (experiment.*, :data:`QUIET`) that do not matter:
+    dropping one keeps as many distinct configurations. When they are the axis of
+    comparison (the only thing that differs), they stay."""
+    out = list(fields)
+    quiet = [f for f in fields if f.startswith("experiment.") or f.rpartition(".")[2] in QUIET]
+
+    def distinct(cols: list[str]) -> int:
+        return len({tuple(_keys(runs, c)[i] for c in cols) for i in range(len(runs))})
+
+    for f in quiet:
+        rest = [c for c in out if c != f]
+        if rest and distinct(rest) == distinct(out):
+            out = rest
+    return out
+
+
 def pooled_fields(runs: pd.DataFrame, group_by: Sequence[str] | None) -> dict[str, list[str]]:
     """The varying config fields an explicit ``group_by`` leaves out, with the values each
     pools within some row: {"algorithm.name": ["fedavg", "scaffold"]}; {} when nothing is
@@ -253,24 +279,31 @@ def _label_order(runs: pd.DataFrame, labels: pd.Series) -> list[str]:
 SHARED_TASK = ("task.dataset", "task.model", "task.clients", "task.partition", "task.alpha")
 
 
+def shared_fields(runs: pd.DataFrame) -> dict[str, Any]:
+    """The config fields every run has, with one value: {"compressor.ratio": 0.05, ...}. A
+    field some runs lack (their component does not take it) is not shared."""
+    out: dict[str, Any] = {}
+    for col in _config_columns(runs):
+        keys = _keys(runs, col)
+        if keys and all(k is not None for k in keys) and len(set(keys)) == 1:
+            out[col] = runs[col].iloc[0]
+    return out
+
+
 def shared_settings(runs: pd.DataFrame) -> str:
     """What every run shares, as one caption line: "fedavg · compressor ef(topk) (ratio=0.05)
     · digits, mlp, clients=20, dirichlet, alpha=0.3"; "" when nothing is.
 
     Names the algorithm, every compressor / downlink field (but the bit convention, which the
-    bits axis names) and the main task fields that hold one value wherever present (a field
-    present only for some runs, e.g. ``compressor.ratio`` of the topk runs, counts as shared
-    when its present values agree)."""
+    bits axis names) and the main task fields that every run has, with one value. A field
+    some runs lack (their component does not take it, e.g. ``compressor.ratio`` when half
+    the runs use identity) is not shared: the caption states only what is true of every
+    plotted run."""
     runs = with_ef_names(runs)
-    varying = set(varying_fields(runs))
+    shared = shared_fields(runs)
 
     def one(col: str) -> Any | None:
-        if col not in runs.columns or col in varying:
-            return None
-        keys = [k for k in _keys(runs, col) if k is not None]
-        if len(set(keys)) != 1:
-            return None
-        return runs[col].loc[runs[col].map(lambda v: not _absent(v))].iloc[0]
+        return shared.get(col)
 
     def field(col: str, v: Any) -> str:
         last = col.rpartition(".")[2]

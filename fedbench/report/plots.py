@@ -117,7 +117,54 @@ def _component(runs: pd.DataFrame, section: str) -> list[str]:
     return [MISSING] * len(runs)
 
 
-def _styles(runs: pd.DataFrame, labels: pd.Series, order: list[str]) -> dict[str, tuple[Any, Any]]:
+Style = tuple[Any, Any, Any]  # (colour, line style, marker or None: one per curve in turn)
+
+
+class Shape(NamedTuple):
+    """How a figure is shaped beyond its data (the report's --color-by ... --smooth)."""
+
+    color_by: str | None = None  # one colour per value of this field
+    style_by: str | None = None  # one line style and marker per value of this field
+    logy: bool | None = None  # None: the metric's default
+    xlim: tuple[float, float] | None = None
+    ylim: tuple[float, float] | None = None
+    smooth: int = 1  # moving average over this many evaluations (1: none)
+
+
+def _factor_styles(
+    runs: pd.DataFrame, labels: pd.Series, order: list[str], shape: Shape
+) -> dict[str, Style]:
+    """Per label a colour from its value of ``shape.color_by`` and a line style and marker
+    from its value of ``shape.style_by`` (values in grid order); a field not given keeps the
+    default: a colour per label, the first line style, markers in turn."""
+    from fedbench.report.labels import _resolve_group_by
+
+    def values(field: str | None) -> dict[str, str] | None:
+        if field is None:
+            return None
+        col = _resolve_group_by(runs, [field])[0]
+        shown = [MISSING if _absent(v) else _show(v) for v in runs[col].tolist()]
+        first: dict[str, str] = {}
+        for label, v in zip(labels.tolist(), shown, strict=True):
+            first.setdefault(label, v)
+        return first
+
+    by_colour, by_style = values(shape.color_by), values(shape.style_by)
+    colours = list(dict.fromkeys(by_colour[lab] for lab in order)) if by_colour else order
+    palette = dict(zip(colours, _colors(len(colours)), strict=True))
+    kinds = list(dict.fromkeys(by_style[lab] for lab in order)) if by_style else []
+    out: dict[str, Style] = {}
+    for label in order:
+        colour = palette[by_colour[label] if by_colour else label]
+        if by_style:
+            i = kinds.index(by_style[label])
+            out[label] = (colour, LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+        else:
+            out[label] = (colour, "-", None)
+    return out
+
+
+def _styles(runs: pd.DataFrame, labels: pd.Series, order: list[str]) -> dict[str, Style]:
     """Per label (colour, linestyle): colour per algorithm and style per compressor when both
     vary and that tells every configuration apart; else a distinct colour per label and the
     line styles in turn, so curves that coincide stay apart by style (and by marker)."""
@@ -132,9 +179,11 @@ def _styles(runs: pd.DataFrame, labels: pd.Series, order: list[str]) -> dict[str
     if len(unique) == len(order) == len(set(unique)) and len(algos) > 1 and len(comps) > 1:
         colour = dict(zip(algos, _colors(len(algos)), strict=True))
         style = {c: LINESTYLES[i % len(LINESTYLES)] for i, c in enumerate(comps)}
-        return {label: (colour[a], style[c]) for label, (a, c) in zip(order, unique, strict=True)}
+        return {
+            label: (colour[a], style[c], None) for label, (a, c) in zip(order, unique, strict=True)
+        }
     return {
-        label: (col, LINESTYLES[i % len(LINESTYLES)])
+        label: (col, LINESTYLES[i % len(LINESTYLES)], None)
         for i, (label, col) in enumerate(zip(order, _colors(len(order)), strict=True))
     }
 
@@ -149,10 +198,13 @@ def _pick_y(runs: pd.DataFrame, metrics: pd.DataFrame, kind: str) -> str:
     raise ReportError(f"{kind}: nothing to plot: no {missing} metric in these runs")
 
 
-def plot_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> pd.Series:
-    """Per run its curve label: :func:`config_labels`, with "(diverged)" when every seed of the
-    configuration diverged and "(k/n diverged)" when some did."""
-    labels = config_labels(runs, group_by)
+def plot_labels(
+    runs: pd.DataFrame, group_by: Sequence[str] | None = None, labels: pd.Series | None = None
+) -> pd.Series:
+    """Per run its curve label: :func:`config_labels` (or ``labels``, per run), with
+    "(diverged)" when every seed of the configuration diverged and "(k/n diverged)" when
+    some did."""
+    labels = config_labels(runs, group_by) if labels is None else labels.loc[runs.index]
     if "status" not in runs.columns:
         return labels
     diverged = runs["status"].astype(str).eq("diverged").to_numpy()
@@ -187,16 +239,17 @@ def band_limits(data: pd.DataFrame, band: str) -> tuple[np.ndarray, np.ndarray] 
     return mean - std, mean + std
 
 
-def _band_title(data: list[pd.DataFrame], band: str) -> str:
-    """The legend title: how many seeds the means are over and what the band is."""
+def _band_title(data: list[pd.DataFrame], band: str, what: str = "seed") -> str:
+    """The legend title: how many seeds (``what`` "run" when rows pool configurations) the
+    means are over and what the band is."""
     seeds = sorted({int(n) for d in data for n in d.groupby("label")["n_seeds"].max()})
     over = (
-        "mean over seeds"
+        f"mean over {what}s"
         if not seeds
         else (
-            f"mean over {seeds[0]} seed{'s' if seeds[0] > 1 else ''}"
+            f"mean over {seeds[0]} {what}{'s' if seeds[0] > 1 else ''}"
             if len(seeds) == 1
-            else f"mean over {seeds[0]}–{seeds[-1]} seeds"
+            else f"mean over {seeds[0]}–{seeds[-1]} {what}s"
         )
     )
     if band == "none":
@@ -211,7 +264,9 @@ def _default_title(runs: pd.DataFrame, ys: Sequence[str], x: str, bits: str) -> 
         list(runs["experiment"].dropna().unique()) if "experiment" in runs.columns else []
     )
     what = f"{' / '.join(_y_label(y).split(' (')[0] for y in ys)} vs {_x_short(x, bits)}"
-    return f"{exps[0]}: {what}" if len(exps) == 1 else what
+    from fedbench.report_options import printable
+
+    return f"{printable(exps[0])}: {what}" if len(exps) == 1 else what
 
 
 def _panel(
@@ -221,11 +276,12 @@ def _panel(
     x: str,
     y: str,
     labels: pd.Series,
-    styles: dict[str, tuple[Any, Any]],
+    styles: dict[str, Style],
     bits: str,
     per_client: bool,
     band: str,
     log_y: bool | None,
+    shape: Shape = Shape(),
 ) -> pd.DataFrame:
     """Draw one metric against x on ``ax``: per label the mean line, a marker every few points
     (offset per curve, so coinciding curves stay visible), the band, and an × where each
@@ -235,14 +291,16 @@ def _panel(
         data = data[data["x_mean"] > 0]  # a log axis cannot show round 0 (no bits sent yet)
     if data.empty:
         raise ReportError(f"nothing to plot: no round has both {y!r} and its x value ({x})")
+    if shape.smooth > 1:
+        data = smoothed(data, shape.smooth)
     order = [label for label in _label_order(runs, labels) if label in set(data["label"])]
     for i, label in enumerate(order):
         d = data[data["label"] == label]
-        colour, style = styles[label]
+        colour, style, marker = styles[label]
         step = max(1, math.ceil(len(d) / 8))
         ax.plot(
             d["x_mean"], d["y_mean"], color=colour, linestyle=style,
-            marker=MARKERS[i % len(MARKERS)], markevery=(i % step, step),
+            marker=marker or MARKERS[i % len(MARKERS)], markevery=(i % step, step),
             # curves drawn first get bigger markers, every other one hollow: a curve that
             # coincides with a later one still shows around it
             markersize=7 - 3 * i / max(len(order) - 1, 1),
@@ -250,6 +308,8 @@ def _panel(
             linewidth=1.6, label=label,
         )  # fmt: skip
         edges = band_limits(d, band)
+        if edges is not None and "accuracy" in y:  # an accuracy is a fraction: so is its band
+            edges = (np.clip(edges[0], 0.0, 1.0), np.clip(edges[1], 0.0, 1.0))
         if edges is not None and (d["n_seeds"] > 1).any():
             ax.fill_between(d["x_mean"], *edges, color=colour, alpha=0.2, linewidth=0)
     if "status" in runs.columns and runs["status"].astype(str).eq("diverged").any():
@@ -268,13 +328,60 @@ def _panel(
             ax.scatter([xv], [yv], marker="x", s=60, color=colour, zorder=5, linewidths=2)
     if x == "bits":
         ax.set_xscale("log")
+    elif x in ("round", "steps"):  # whole rounds: no tick at 0.5
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     positive = bool((data["y_mean"] > 0).all())
-    if (log_y if log_y is not None else y in LOG_Y) and positive:
+    want_log = (
+        shape.logy if shape.logy is not None else (log_y if log_y is not None else y in LOG_Y)
+    )
+    if want_log and positive:
         ax.set_yscale("log")
+    elif shape.logy and not positive:
+        raise ReportError(f"--logy: {y} has values ≤ 0, which a log axis cannot show")
+    if shape.xlim is not None:
+        ax.set_xlim(*shape.xlim)
+    if shape.ylim is not None:
+        ax.set_ylim(*shape.ylim)
     ax.set_xlabel(_x_label(x, bits, per_client, bits_convention(runs, bits) if x == "bits" else ""))
     ax.set_ylabel(_y_label(y))
     ax.grid(True, which="major", alpha=0.3)
     return data
+
+
+def smoothed(data: pd.DataFrame, k: int) -> pd.DataFrame:
+    """:func:`curves`' output with y_mean and its band columns replaced by their trailing
+    moving average over ``k`` evaluations of each curve (fewer at a curve's start)."""
+    out = data.copy()
+    cols = ["y_mean", "y_std", "y_min", "y_max"]
+    out[cols] = (
+        data.groupby("label", sort=False)[cols]
+        .rolling(k, min_periods=1)
+        .mean()
+        .reset_index(level=0, drop=True)
+        .reindex(data.index)
+    )
+    return out
+
+
+def no_dp_labels(
+    runs: pd.DataFrame, metrics: pd.DataFrame, labels: pd.Series, uses_epsilon: bool
+) -> pd.Series:
+    """Labels with " (no DP)" for configurations that logged no finite ε (σ = 0 or no
+    [privacy] section) when other runs did (``uses_epsilon``): every figure of a DP
+    comparison names the non-private curves the same way, and in an ε panel, where their
+    curve is missing because they spend no privacy budget, the legend says why."""
+    if not uses_epsilon:
+        return labels
+    eps = metrics[(metrics["name"] == "epsilon") & np.isfinite(metrics["value"])]
+    has = runs["run_id"].isin(eps["run_id"]).to_numpy()
+    out = labels.copy()
+    for label in set(labels):
+        mask = (labels == label).to_numpy()
+        if not has[mask].any():
+            out[mask] = f"{label} (no DP)"
+    return out
 
 
 def figure(
@@ -289,8 +396,18 @@ def figure(
     y: Sequence[str] | None = None,
     x: str | None = None,
     band: str = "minmax",
+    at_common_round: bool = False,
+    shape: Shape = Shape(),
+    notes: Sequence[str] = (),
+    labels: pd.Series | None = None,
 ) -> Figure:
     """The figure :func:`plot` saves: per configuration the mean over seeds and a band.
+
+    Curves use comparable runs only (:func:`fedbench.report.select.comparable`): finished
+    runs, or with ``at_common_round`` every run cut at the last round all reached. ``shape``
+    sets colours and line styles by factor, log y, axis limits and smoothing (stated in the
+    caption). Every text is drawn without math text: a "$" in a name from the database is a
+    dollar sign.
 
     ``kind`` is one of :data:`PLOTS` (a named x and metric: accuracy plots use test_accuracy,
     loss plots train_loss, else test_loss); or give ``y`` (one or more logged metric names, one
@@ -302,7 +419,9 @@ def figure(
     (:func:`plot_labels`), with what every run shares on a caption line under the axes; the
     legend sits outside the axes, right of the last panel. Each curve has its own marker and
     line style; a diverged run ends in an ×. Bits axes are log-scale, so is the y axis of
-    squared norms (grad_norm_sq, consensus_sq) and gap. Uses no pyplot state.
+    squared norms (grad_norm_sq, consensus_sq) and gap. ``notes``: more caption lines (the
+    --select protocol); ``labels`` (per run of ``runs``) replace the curve labels (--select:
+    each group with its chosen values). Uses no pyplot state.
     """
     _check(bits, BITS, "bits")
     _check(band, BANDS, "band")
@@ -324,8 +443,22 @@ def figure(
     else:
         assert kind is not None
         ys = [_pick_y(runs, metrics, kind)]
-    labels = plot_labels(runs, group_by)
-    styles = _styles(runs, labels, _label_order(runs, labels))
+    from fedbench.report.labels import pooled_fields
+    from fedbench.report.select import comparable
+
+    chosen = comparable(runs, metrics, at_common_round)
+    if chosen.runs.empty:
+        raise ReportError(f"nothing to plot: {chosen.note}")
+    runs, metrics = chosen.runs, chosen.metrics
+    if shape.smooth < 1:
+        raise ReportError(f"--smooth {shape.smooth}: allowed: a whole number ≥ 1")
+    labels = plot_labels(runs, group_by, labels)
+    labels = no_dp_labels(runs, metrics, labels, "epsilon" in logged_metrics(runs, metrics))
+    order = _label_order(runs, labels)
+    if shape.color_by is not None or shape.style_by is not None:
+        styles = _factor_styles(runs, labels, order, shape)
+    else:
+        styles = _styles(runs, labels, order)
     n = len(ys)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -337,7 +470,20 @@ def figure(
         log_y = spec.log_y if spec is not None and not y else None
         try:
             drawn.append(
-                _panel(ax, runs, metrics, xv, name, labels, styles, bits, per_client, band, log_y)
+                _panel(
+                    ax,
+                    runs,
+                    metrics,
+                    xv,
+                    name,
+                    labels,
+                    styles,
+                    bits,
+                    per_client,
+                    band,
+                    log_y,
+                    shape,
+                )
             )
         except ReportError as e:
             raise ReportError(f"{kind or name}: {e}") from e
@@ -350,7 +496,8 @@ def figure(
                 handles.append(h)
                 names.append(name)
     axes[-1].legend(
-        handles, names, title=_band_title(drawn, band), fontsize="small",
+        handles, names, fontsize="small",
+        title=_band_title(drawn, band, "run" if pooled_fields(runs, group_by) else "seed"),
         title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
     )  # fmt: skip
     if title is None:
@@ -360,10 +507,39 @@ def figure(
     else:
         fig.suptitle(title)
     caption = shared_settings(runs)
-    if caption:
-        width = int(18 * (4.4 * cols + 2.8))
-        fig.supxlabel(textwrap.fill(f"all runs: {caption}", width), fontsize="small")
+    lines = [f"all runs: {caption}"] if caption else []
+    if shape.smooth > 1:
+        lines.append(f"smoothed: trailing moving average over {shape.smooth} evaluations")
+    if chosen.note:
+        lines.append(chosen.note.split(" (--at")[0])
+    lines += list(notes)
+    if lines:
+        width = int(14 * (4.4 * cols + 2.8))  # characters of "small" text the figure holds
+        text = "\n".join(textwrap.fill(line, width) for line in lines)
+        fig.supxlabel(text, fontsize="small")
+    plain_text(fig)
     return fig
+
+
+def plain_text(fig: Figure) -> None:
+    """Turn math text off for every text of ``fig`` (titles, labels, legend, caption): they
+    are built from names in the database, where "$^$" is text, not a formula to parse."""
+    from matplotlib.text import Text
+
+    ticks = (
+        {  # tick labels are matplotlib's own ("$10^{6}$" on a log axis): keep math
+            id(t)
+            for ax in fig.axes
+            for axis in (ax.xaxis, ax.yaxis)
+            for tick in (*axis.get_major_ticks(), *axis.get_minor_ticks())
+            for t in (tick.label1, tick.label2)
+        }
+        | {id(ax.xaxis.get_offset_text()) for ax in fig.axes}
+        | {id(ax.yaxis.get_offset_text()) for ax in fig.axes}
+    )
+    for text in fig.findobj(Text):
+        if id(text) not in ticks:
+            text.set_parse_math(False)
 
 
 def plot(
@@ -379,13 +555,17 @@ def plot(
     y: Sequence[str] | None = None,
     x: str | None = None,
     band: str = "minmax",
+    at_common_round: bool = False,
+    shape: Shape = Shape(),
 ) -> Path:
-    """Write :func:`figure` to ``out`` (format from its suffix), creating its directory."""
+    """Write :func:`figure` to ``out`` (format from its suffix) atomically, creating its
+    directory."""
+    from fedbench.report.safe import atomic_write
+
     fig = figure(
         runs, metrics, kind, group_by=group_by, bits=bits, per_client=per_client, title=title,
-        y=y, x=x, band=band,
+        y=y, x=x, band=band, at_common_round=at_common_round, shape=shape,
     )  # fmt: skip
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    fmt = out.suffix.lstrip(".") or "png"
+    return atomic_write(out, lambda p: fig.savefig(p, format=fmt))

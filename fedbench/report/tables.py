@@ -53,14 +53,85 @@ def _per_run(
     b = _bits(wide, runs, bits, per_client) if set(bits_ok) <= set(wide.columns) else None
     if b is not None:
         out["bits"] = b.groupby(level="run_id").last().reindex(ids)
+    time = wide["sim_time_s"].astype(float) if "sim_time_s" in wide.columns else None
+    if time is not None:  # simulated seconds: asynchronous methods and [network] grids
+        out["time"] = time.groupby(level="run_id").last().reindex(ids)
+    if "epsilon" in wide.columns:  # DP: the privacy spent by the last evaluation
+        out["epsilon"] = by_run["epsilon"].last().reindex(ids)
     if target is not None:
         acc = _need(wide, "test_accuracy", f" (target accuracy {target:g})")
         hit = acc[acc >= target].reset_index().groupby("run_id")["round"].min()
         out["rounds_to_target"] = hit.reindex(ids).astype(float)
-        if b is not None:
-            at = pd.MultiIndex.from_arrays([hit.index, hit.to_numpy()], names=["run_id", "round"])
-            at_hit = pd.Series(b.reindex(at).to_numpy(), index=hit.index)
-            out["bits_to_target"] = at_hit.reindex(ids)
+        at = pd.MultiIndex.from_arrays([hit.index, hit.to_numpy()], names=["run_id", "round"])
+        for name, series in (("bits_to_target", b), ("time_to_target", time)):
+            if series is not None:
+                at_hit = pd.Series(series.reindex(at).to_numpy(), index=hit.index)
+                out[name] = at_hit.reindex(ids)
+    return out
+
+
+BUDGETS = ("bits", "time", "epsilon")
+BUDGET_METRICS = ("test_accuracy", "test_loss", "train_loss")
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """ "bits=1e6" -> ("bits", 1e6); refused in one line otherwise."""
+    axis, eq, value = text.partition("=")
+    axis = axis.strip()
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not eq or axis not in BUDGETS or not (v > 0 and np.isfinite(v)):
+        raise ReportError(
+            f"--budget {text}: allowed: AXIS=VALUE with AXIS one of "
+            f"{', '.join(BUDGETS)} and VALUE a positive number, e.g. bits=1e6"
+        )
+    return axis, v
+
+
+def budget_column(y: str, axis: str, value: float) -> str:
+    """The table column of metric ``y`` at a budget: "test_accuracy_at_bits=1e+06"."""
+    return f"{y}_at_{axis}={value:g}"
+
+
+def at_budget(
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    axis: str,
+    value: float,
+    bits: str = "up",
+    per_client: bool = True,
+) -> dict[str, pd.Series]:
+    """Per run the value of each evaluated metric (test accuracy, test and train loss) when
+    the run had spent ``value`` of ``axis``: bits (cumulative, as the bits columns count
+    them), time (simulated seconds) or epsilon (privacy spent), interpolated linearly
+    between the two evaluations around the budget. NaN for a run whose evaluations do not
+    reach the budget (it stopped before spending it) or that lacks the axis."""
+    if axis not in BUDGETS:
+        raise ReportError(f"budget axis {axis!r}: allowed: {', '.join(BUDGETS)}")
+    ids = pd.Index(runs["run_id"], name="run_id")
+    if runs.empty:
+        return {}
+    wide = _wide(runs, metrics)
+    name = {"time": "sim_time_s", "epsilon": "epsilon"}.get(axis)
+    if name is not None and name not in wide.columns:
+        raise ReportError(f"--budget {axis}={value:g}: no run logged {name}"
+                          + (" (give the grid a [network] section)" if axis == "time" else
+                             " (the runs use no differential privacy)"))  # fmt: skip
+    xs = _bits(wide, runs, bits, per_client) if axis == "bits" else wide[name].astype(float)
+    out: dict[str, pd.Series] = {}
+    for y in BUDGET_METRICS:
+        if y not in wide.columns:
+            continue
+        vals: dict[int, float] = {}
+        pair = pd.DataFrame({"x": xs, "y": wide[y].astype(float)}).dropna()
+        pair = pair[np.isfinite(pair["x"]) & np.isfinite(pair["y"])]
+        for rid, g in pair.groupby(level="run_id"):
+            x, v = g["x"].to_numpy(), g["y"].to_numpy()
+            ok = x[0] <= value <= x[-1] and bool(np.all(np.diff(x) >= 0))
+            vals[int(rid)] = float(np.interp(value, x, v)) if ok else float("nan")
+        out[budget_column(y, axis, value)] = pd.Series(vals, dtype=float).reindex(ids)
     return out
 
 
@@ -79,8 +150,18 @@ def summary(
     bits: str = "up",
     per_client: bool = True,
     baseline: str | None = None,
+    at_common_round: bool = False,
+    budgets: Sequence[tuple[str, float]] = (),
+    labels: pd.Series | None = None,
 ) -> pd.DataFrame:
     """One row per configuration label, aggregated over its seeds.
+
+    Numbers rest on comparable runs only (:func:`fedbench.report.select.comparable`): the
+    finished ones, or with ``at_common_round`` every run cut at the last round all reached;
+    ``seeds`` (``runs`` when configurations are pooled) counts them, ``status`` counts every
+    run of the row, and a note names what was left out. ``budgets`` ((axis, value) pairs,
+    axis bits | time | epsilon) add accuracy and loss at that budget per row
+    (:func:`at_budget`).
 
     Columns: label, seeds, status (only when some run is not done, e.g. "1 done, 1 running"),
     final_accuracy / best_accuracy mean and std (test_accuracy, when present), final_train_loss,
@@ -96,37 +177,58 @@ def summary(
     (a row label, or an algorithm name with one row) adds ``x_fewer_bits`` (baseline bits /
     row bits: to the target with ``target_accuracy``, else at the last round) and
     ``delta_final_accuracy`` (row − baseline). ``target_accuracy`` must be in (0, 1].
+    ``labels`` (per run) overrides those of ``group_by`` (--select: rows are the compared
+    groups, the selected fields their own columns).
     """
     _check(bits, BITS, "bits")
     check_target(target_accuracy)
-    labels = config_labels(runs, group_by)
-    per_run = _per_run(runs, _wide(runs, metrics), target_accuracy, bits, per_client)
-    per_run["label"] = labels.to_numpy()
+    from fedbench.report.select import comparable
+
+    if labels is None:
+        labels = config_labels(runs, group_by)
+    pooled = pooled_fields(runs, group_by)
+    count = "runs" if pooled else "seeds"
     statuses = runs["status"].tolist() if "status" in runs.columns else ["done"] * len(runs)
-    per_run["status"] = statuses
+    status_of = pd.Series([str(s) for s in statuses], index=runs.index)
     show_status = any(s != "done" for s in statuses)
-    stats = [c for c in per_run.columns if c.startswith(("final_", "best_"))]
+    chosen = comparable(runs, metrics, at_common_round)
+    used = chosen.runs
+    per_run = (
+        _per_run(used, _wide(used, chosen.metrics), target_accuracy, bits, per_client)
+        if len(used)
+        else pd.DataFrame(index=pd.Index([], name="run_id"), columns=["rounds"], dtype=float)
+    )
+    for axis, value in budgets:
+        for name, col in at_budget(used, chosen.metrics, axis, value, bits, per_client).items():
+            per_run[name] = col.reindex(per_run.index)
+    label_of = dict(zip(runs["run_id"], labels, strict=True))
+    per_run["label"] = [label_of[r] for r in per_run.index]
+    stats = [c for c in per_run.columns if c.startswith(("final_", "best_")) or "_at_" in c]
     rows: list[dict[str, Any]] = []
     for label in _label_order(runs, labels):
         g = per_run[per_run["label"] == label]
-        row: dict[str, Any] = {"label": label, "seeds": len(g)}
+        row: dict[str, Any] = {"label": label, count: len(g)}
         if show_status:
-            row["status"] = _status_counts(g["status"])
+            row["status"] = _status_counts(status_of[(labels == label).to_numpy()])
         with np.errstate(invalid="ignore"):  # std of a diverged (inf) value: NaN
             for c in stats:
                 row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
         if "bits" in g.columns:
             row["bits_mean"] = g["bits"].mean()
+        if "time" in g.columns:
+            row["time_mean"] = g["time"].mean()
+        if "epsilon" in g.columns:
+            row["epsilon_mean"] = g["epsilon"].mean()
         row["rounds"] = g["rounds"].max()
         if target_accuracy is not None:
-            reached = g["rounds_to_target"].notna()
+            reached = g["rounds_to_target"].notna() if "rounds_to_target" in g else g["rounds"] < 0
             row["reached"] = f"{int(reached.sum())}/{len(g)}"
-            for c in ("rounds_to_target", "bits_to_target"):
+            for c in ("rounds_to_target", "bits_to_target", "time_to_target"):
                 if c in g.columns:
                     row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["rounds"] = table["rounds"].astype("Int64")
+    table["rounds"] = pd.to_numeric(table["rounds"]).astype("Int64")
     sort = next(
         (
             (c, c.endswith("accuracy_mean"))
@@ -140,16 +242,34 @@ def summary(
     table = table.reset_index(drop=True)
     if baseline is not None:
         table = _relative(table, runs, labels, baseline, target_accuracy is not None)
-    pooled = pooled_fields(runs, group_by)
     notes = [
         "± = sample std over "
         + ("the runs of a row (seeds and pooled configurations)" if pooled else "seeds")
     ]
+    if chosen.note:
+        notes.append(chosen.note)
     if pooled:
         notes.append(
             "pooled in rows: " + "; ".join(f"{c} ({', '.join(v)})" for c, v in pooled.items())
         )
     table.attrs["bits"] = bits_axis_label(bits, per_client)
+    if target_accuracy is not None:
+        table.insert(len(table.columns), "target_accuracy", float(target_accuracy))
+        table.attrs["target"] = f"target: test accuracy ≥ {target_accuracy:g}"
+        table.attrs["target_value"] = float(target_accuracy)
+    if budgets:
+        notes.append(
+            "X at AXIS=B: X when the run had spent B, interpolated linearly between "
+            "the two evaluations around B; - where a run stopped before B"
+        )
+    if "epsilon_mean" in table.columns:
+        deltas = sorted(
+            {_show(v) for v in runs.get("privacy.delta", pd.Series([])).tolist() if not _absent(v)}
+        )
+        at = f" at δ = {', '.join(deltas)}" if deltas else ""
+        notes.append(f"ε: privacy spent by the last evaluation{at}")
+    if "time_mean" in table.columns:
+        notes.append("sim time: simulated seconds at the last round ([network] / async clock)")
     table.attrs["notes"] = notes
     return table
 
@@ -216,6 +336,7 @@ def _fmt(col: str, v: Any, std: bool = False) -> str:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         return _show(v)
     f = float(v)
+    col = col.partition("_at_")[0]  # "test_accuracy_at_bits=1e+06": an accuracy
     if col.startswith("x_fewer"):
         return f"{f:.3g}×"
     if col.startswith("delta_"):
@@ -224,7 +345,9 @@ def _fmt(col: str, v: Any, std: bool = False) -> str:
         return f"{f:.1e}"
     if "accuracy" in col:
         return f"{f:.3f}"
-    if f.is_integer() and (isinstance(v, (int, np.integer)) or "round" in col or col == "seeds"):
+    if f.is_integer() and (
+        isinstance(v, (int, np.integer)) or "round" in col or col in ("seeds", "runs")
+    ):
         return str(int(f))
     if "round" in col:
         return f"{f:.1f}"
@@ -238,6 +361,21 @@ HEADERS = {
 }
 
 
+def _header(col: str, target: float | None) -> str:
+    """A column's header: "rounds to acc ≥ 0.8" (the target in the header itself, so that a
+    copied table still says it), "ε", "time (s, simulated)"."""
+    if col in HEADERS:
+        return HEADERS[col]
+    if col == "epsilon":
+        return "ε"
+    if col == "time":
+        return "sim time (s)"
+    text = col.replace("_", " ").replace("epsilon", "ε")
+    if target is not None and text.endswith("to target"):
+        text = text.removesuffix("target") + f"acc ≥ {target:g}"
+    return text.replace("time to acc", "sim s to acc")
+
+
 class _Cells(NamedTuple):
     headers: list[str]
     right: list[bool]  # right-align (numbers)
@@ -249,12 +387,15 @@ def _cells(table: pd.DataFrame, pm: str, escape: Callable[[str], str]) -> _Cells
     cols = [str(c) for c in table.columns]
     merged: list[tuple[str, str, str | None]] = []  # (header, value column, std column)
     for c in cols:
+        if c == "target_accuracy":  # for scripts; people read it in the title and headers
+            continue
         base = c.removesuffix("_mean")
         if c.endswith("_std") and f"{c.removesuffix('_std')}_mean" in cols:
             continue
         std = f"{base}_std" if c.endswith("_mean") and f"{base}_std" in cols else None
         merged.append((base if c.endswith("_mean") else c, c, std))
-    headers = [escape(HEADERS.get(h, h.replace("_", " "))) for h, _, _ in merged]
+    target = table.attrs.get("target_value")
+    headers = [escape(_header(h, target)) for h, _, _ in merged]
     right = [
         pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
         for _, c, _ in merged
@@ -275,6 +416,8 @@ def _cells(table: pd.DataFrame, pm: str, escape: Callable[[str], str]) -> _Cells
 def _notes(table: pd.DataFrame) -> list[str]:
     """The lines under a table: what ± is, what rows pool, the bits unit, the baseline."""
     notes = list(table.attrs.get("notes", []))
+    if table.attrs.get("target"):
+        notes.insert(0, table.attrs["target"])
     what = table.attrs.get("bits")
     if what and any("bits" in str(c) for c in table.columns):
         notes.append(f"bits: {what}")
@@ -283,17 +426,75 @@ def _notes(table: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _rich(table: pd.DataFrame, title: str) -> str:
-    cells = _cells(table, " ± ", lambda s: s)
-    t = Table(title=title or None, box=box.SIMPLE_HEAVY)
-    for h, r in zip(cells.headers, cells.right, strict=True):
-        t.add_column(Text(h), justify="right" if r else "left", no_wrap=True)
-    for row in cells.rows:
-        t.add_row(*(Text(c) for c in row))
+# What goes first when a table is wider than the terminal: least important first.
+DROP_ORDER = (
+    "train_loss_at_",
+    "test_loss_at_",
+    "best_accuracy",
+    "final_grad_norm_sq",
+    "rounds",
+    "final_test_loss",
+    "time",
+    "bits_down",
+    "final_train_loss",
+    "reached",
+    "status",
+)
+
+
+def _widths(cells: _Cells) -> list[int]:
     widths = [len(h) for h in cells.headers]
     for row in cells.rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    return widths
+
+
+def fit_columns(table: pd.DataFrame, width: int | None) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` without its least important columns (:data:`DROP_ORDER`) until its text
+    rendering fits ``width`` characters, and the display names it dropped; the label column
+    and the numbers asked for (targets, budgets, baselines) stay. ``width`` None: unchanged."""
+    if width is None:
+        return table, []
+    dropped: list[str] = []
+    out = table
+    for base in DROP_ORDER:
+        cells = _cells(out, " ± ", lambda s: s)
+        if sum(_widths(cells)) + 3 * len(cells.headers) + 4 <= width:
+            break
+        cols = [
+            c
+            for c in out.columns
+            if c in (base, f"{base}_mean", f"{base}_std")
+            or (base.endswith("_at_") and c.startswith(base))
+        ]
+        if cols:
+            out = out.drop(columns=cols)
+            dropped.append(base.replace("_", " "))
+    if dropped:
+        out.attrs = {
+            **table.attrs,
+            "notes": [
+                *table.attrs.get("notes", []),
+                f"left out to fit {width} columns: {', '.join(dropped)} (--wide shows all)",
+            ],
+        }
+    return out, dropped
+
+
+def _rich(table: pd.DataFrame, title: str, fit: int | None = None) -> str:
+    """The table for a terminal; wider than ``fit`` characters, its cells wrap."""
+    cells = _cells(table, " ± ", lambda s: s)
+    widths = _widths(cells)
     width = max(sum(widths) + 3 * len(widths) + 4, len(title) + 4, 40)
+    wrap = fit is not None and width > fit
+    t = Table(title=title or None, box=box.SIMPLE_HEAVY, expand=False)
+    for h, r in zip(cells.headers, cells.right, strict=True):
+        t.add_column(Text(h, overflow="fold"), justify="right" if r else "left", no_wrap=not wrap)
+    for row in cells.rows:
+        t.add_row(*(Text(c) for c in row))
+    if wrap:
+        assert fit is not None
+        width = fit
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False, highlight=False).print(
         t
@@ -354,7 +555,7 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
+def render(table: pd.DataFrame, fmt: str, title: str = "", width: int | None = None) -> str:
     """A table as text: "table" (rich), "markdown", "csv", "json" or "latex".
 
     table, markdown and latex are for people: X_mean/X_std columns become one "mean ± std" cell
@@ -363,6 +564,8 @@ def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
     title. No trailing newline.
     """
     _check(fmt, FORMATS, "format")
+    if title and table.attrs.get("target_value") is not None:
+        title = f"{title} (target accuracy {table.attrs['target_value']:g})"
     if fmt == "csv":
         text = table.to_csv(index=False)
     elif fmt == "json":
@@ -377,5 +580,5 @@ def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
     elif fmt == "latex":
         text = _latex(table, title)
     else:
-        text = _rich(table, title)
+        text = _rich(table, title, width)
     return text.rstrip("\n")
