@@ -118,6 +118,9 @@ class SyntheticDraw(NamedTuple):
     b: np.ndarray  # [K, classes]
 
 
+ROWS = 1 << 16  # samples per chunk of the synthetic generator: bounds its float64 working set
+
+
 def make_synthetic(
     rng: np.random.Generator,
     clients: int,
@@ -127,7 +130,12 @@ def make_synthetic(
     classes: int,
     max_samples: int,
 ) -> SyntheticDraw:
-    """Draw Synthetic(α, β) for `clients` clients (see the module docstring)."""
+    """Draw Synthetic(α, β) for `clients` clients (see the module docstring).
+
+    Vectorised over clients and memory-bounded: the feature noise is drawn in chunks of
+    `ROWS` samples (numpy's stream is the same as one [N, dim] draw, so the data equal those
+    of the per-client definition) and written straight into the float32 result; labels come
+    from batched [n_k, dim] @ [dim, classes] products over blocks of equal-sized clients."""
     K = clients
     sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)  # [K]
     u = rng.normal(0.0, alpha, K)  # [K]
@@ -137,14 +145,38 @@ def make_synthetic(
     v = B[:, None] + rng.standard_normal((K, dim))  # [K, dim]
     sd = np.arange(1, dim + 1, dtype=np.float64) ** -0.6  # [dim] sqrt of Σ_jj = (j+1)^-1.2
     client = np.repeat(np.arange(K, dtype=np.int64), sizes)  # [N]
-    x = (v[client] + rng.standard_normal((client.shape[0], dim)) * sd).astype(np.float32)
-    x64 = x.astype(np.float64)  # label the float32 samples that are returned
-    y = np.empty(client.shape[0], dtype=np.int64)
-    starts = np.cumsum(sizes) - sizes
-    for k in range(K):  # loop over clients: one [n_k, dim] @ [dim, classes] each
-        s, e = starts[k], starts[k] + sizes[k]
-        y[s:e] = np.argmax(x64[s:e] @ W[k] + b[k], axis=1)
+    x = np.empty((client.shape[0], dim), dtype=np.float32)  # [N, dim]
+    for s in range(0, client.shape[0], ROWS):  # chunks of samples (not a loop over clients)
+        e = min(client.shape[0], s + ROWS)
+        x[s:e] = v[client[s:e]] + rng.standard_normal((e - s, dim)) * sd
+    y = synthetic_labels(x, sizes, W, b)
     return SyntheticDraw(x=x, y=y, client=client, W=W, b=b)
+
+
+def synthetic_labels(x: np.ndarray, sizes: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """y = argmax(x W_k + b_k) in float64 for samples `x [N, dim]` grouped by client (`sizes
+    [K]`). Clients are sorted by size and cut into blocks of at most ~`ROWS` samples; a block is
+    one batched matmul [k, width, dim] @ [k, dim, classes], its clients padded to its largest
+    (padding repeats a client's last sample and is never written). [N] int64"""
+    K = sizes.shape[0]
+    starts = np.cumsum(sizes) - sizes  # [K]
+    order = np.argsort(sizes, kind="stable")  # [K] smallest first: little padding per block
+    y = np.empty(x.shape[0], dtype=np.int64)
+    lo = 0
+    while lo < K:  # blocks of clients: at most ROWS padded samples each (or one client)
+        hi = min(K, lo + max(1, ROWS // int(sizes[order[lo]])))
+        width = int(sizes[order[hi - 1]])  # sorted: the block's largest client
+        hi = lo + max(1, min(hi - lo, ROWS // width))
+        width = int(sizes[order[hi - 1]])
+        ks = order[lo:hi]  # [k]
+        pos = np.arange(width)  # [width]
+        n_k = sizes[ks][:, None]  # [k, 1]
+        idx = starts[ks][:, None] + np.minimum(pos, n_k - 1)  # [k, width]
+        logits = x[idx].astype(np.float64) @ W[ks] + b[ks][:, None, :]  # [k, width, classes]
+        mask = pos < n_k  # [k, width]
+        y[idx[mask]] = np.argmax(logits, axis=2)[mask]
+        lo = hi
+    return y
 
 
 def synthetic(
