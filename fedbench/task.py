@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedbench import seeding
 from fedbench.models import Model
 
 DEFAULT_MEMORY_GB = 2.0
@@ -104,6 +105,8 @@ class Task:
         reg: str = "none",
         lam: float = 0.0,
         memory_gb: float | None = None,
+        eval_clients: int = 0,
+        eval_seed: int = 0,
     ) -> None:
         self.model = model
         self.data = data
@@ -115,6 +118,8 @@ class Task:
         self.memory_bytes = memory_gb * 2**30
         self._act_floats = _activation_floats(model, tuple(data.x.shape[1:]))
         self._smoothness: Smoothness | None = None
+        # `[experiment] eval_clients`: train_loss on this fixed sample of clients (None = all)
+        self.eval_ids = eval_sample(data.n, eval_clients, eval_seed, self.device)
 
     @property
     def d(self) -> int:
@@ -255,10 +260,28 @@ class Task:
     @torch.no_grad()
     def train_loss(self, w: Tensor) -> float:
         """The objective f(w) = (1/n) Σ_i f_i(w): each client's mean loss, averaged over clients,
-        regulariser included."""
+        regulariser included; with `eval_ids` (`[experiment] eval_clients`), the same average
+        over that fixed random sample of clients, as cross-device papers evaluate."""
+        if self.eval_ids is not None:
+            return self.sampled_train_loss(w, self.eval_ids)
         loss, _ = self._sample_losses(w, self.data.x, self.data.y)
         per_client = torch.zeros(self.n, device=w.device).index_add_(0, self.data.client_of, loss)
         per_client /= self.data.counts
+        r, _ = regulariser(w, self.reg, self.lam)
+        return float(per_client.mean() + r)
+
+    @torch.no_grad()
+    def sampled_train_loss(self, w: Tensor, ids: Tensor) -> float:
+        """(1/m) Σ_{i ∈ ids} f_i(w) over the clients `ids [m]`: their samples are gathered
+        (one index per sample, no loop over clients), evaluated, and averaged per client."""
+        counts = self.data.counts[ids]  # [m]
+        local = torch.repeat_interleave(torch.arange(ids.numel(), device=self.device), counts)
+        first = torch.cumsum(counts, 0) - counts  # [m] where each client starts in the gather
+        rows = self.data.offsets[ids][local] + torch.arange(local.numel(), device=self.device)
+        rows -= first[local]  # [M] sample indices of the chosen clients
+        loss, _ = self._sample_losses(w, self.data.x[rows], self.data.y[rows])
+        per_client = torch.zeros(ids.numel(), device=w.device).index_add_(0, local, loss)
+        per_client /= counts
         r, _ = regulariser(w, self.reg, self.lam)
         return float(per_client.mean() + r)
 
@@ -338,6 +361,20 @@ def _game_constants(task: Task, k: int) -> tuple[Tensor, ...]:
     A, C = (A + A.T) / 2, (C + C.T) / 2
     z_star = torch.linalg.solve(M, -c)
     return torch.linalg.inv(A), torch.linalg.inv(C), A, B, C, c[:k], c[k:], z_star
+
+
+EVAL_PURPOSE = "eval_clients"  # seeding purpose of the evaluation sample
+
+
+def eval_sample(n: int, clients: int, seed: int, device: torch.device) -> Tensor | None:
+    """The fixed random sample of `clients` of the n clients (sorted ids `[clients]`) on which
+    `train_loss` is evaluated, drawn without replacement from `numpy_rng(seed, "eval_clients")`:
+    the same clients at every evaluation of a run, and for every run of the same seed. None
+    (evaluate every client) when `clients` is 0 or at least n."""
+    if clients <= 0 or clients >= n:
+        return None
+    ids = np.sort(seeding.numpy_rng(seed, EVAL_PURPOSE).choice(n, clients, replace=False))
+    return torch.as_tensor(ids, dtype=torch.int64, device=device)
 
 
 class Smoothness(NamedTuple):

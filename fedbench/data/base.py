@@ -241,8 +241,8 @@ def assemble(
     if _grouped_run(train, owner) and raw.x.flags.writeable:
         # already grouped and one run of samples (a natural split without a test split, e.g.
         # a million synthetic clients): views, so the samples are stored once, not twice
-        rows: slice | np.ndarray = slice(int(train[0]) if train.size else 0, None)
-        rows = slice(rows.start, rows.start + train.shape[0])
+        first = int(train[0]) if train.size else 0
+        rows: slice | np.ndarray = slice(first, first + train.shape[0])
     else:
         rows = train[np.argsort(owner, kind="stable")]  # [N_train]
     x, y = raw.x[rows], raw.y[rows]
