@@ -50,12 +50,14 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix fedbench tests benchmarks
 	$(VENV)/bin/ruff format fedbench tests benchmarks
 
-bench: $(BASE) ## speed (idle and loaded), CLI start-up, theory-scale and scale benchmarks
+bench: $(BASE) ## speed (idle and loaded), CLI start-up, theory-scale, scale, pfl and GPU benchmarks
 	@echo "== machine: $$(nproc) cores; $$(uptime)"
 	$(PY) benchmarks/bench_round.py
 	$(PY) benchmarks/bench_cli.py
 	$(PY) benchmarks/bench_theory.py
 	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_pfl.py  # needs `pip install -e '.[bench]'` (pfl); else says so
+	PY=$(PY) bash benchmarks/gpu_check.sh  # CUDA path; says so and exits 0 without a GPU
 
 clean: ## remove the virtualenv, caches and results
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache results/*.db* results/plots

@@ -10,6 +10,12 @@ sequential PyTorch loop on the same work, and the memory of 10,000-client SCAFFO
    control variates in float32 and in float16 (`[algorithm] client_state`). Each case runs in
    its own process so that its peak memory (max RSS) is its own.
 
+3. Cross-device: the whole `fedbench run` process for one SCAFFOLD round on FedProx
+   Synthetic(1, 1) (generator 2, 50 samples a client, MLP 60-64-10, 1% participation,
+   train_loss on 1,000 sampled clients, no test split) for 10^5 clients (--cross-device;
+   10^6 clients needs ~13 GB for the data alone and ~9-18 GB of control variates: run it by
+   hand with --cross-device 1000000): wall time and max RSS from /usr/bin/time -v.
+
 MNIST-1D stands in for digits at 10,000 clients: digits has 1,797 samples, fewer than the
 clients. Run: make bench  (or python benchmarks/bench_scale.py --help)
 """
@@ -95,6 +101,47 @@ def scaffold_case(clients: int, hidden: list[int], state: str, rounds: int) -> d
     }
 
 
+CROSS_DEVICE = """
+[experiment]
+name = "cross_device"
+rounds = 1
+eval_every = 1
+eval_clients = 1000
+[task]
+dataset = "synthetic"
+generator = 2
+max_samples = 50
+clients = {clients}
+model = "mlp"
+hidden = [64]
+test_fraction = 0.0
+[algorithm]
+name = "scaffold"
+participation = {participation}
+lr = 0.05
+local_steps = 5
+batch_size = 10
+"""
+
+
+def cross_device(clients: int, participation: float) -> tuple[float, float]:
+    """(wall seconds, max RSS GB) of a whole `fedbench run` of CROSS_DEVICE in a fresh process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cross_device.toml"
+        path.write_text(CROSS_DEVICE.format(clients=clients, participation=participation))
+        cmd = [sys.executable, "-m", "fedbench", "run", str(path), "--db", str(Path(tmp) / "r.db"),
+               "--workers", "1"]  # fmt: skip
+        timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
+        start = time.perf_counter()
+        out = subprocess.run(timer + cmd, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - start
+    rss = [ln for ln in out.stderr.splitlines() if "Maximum resident set size" in ln]
+    kb = int(rss[0].split()[-1]) if rss else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, kb / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="10,100,1000,10000")
@@ -104,6 +151,7 @@ def main() -> None:
     ap.add_argument("--scaffold-clients", type=int, default=10000)
     ap.add_argument("--mlp-clients", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cross-device", default="100000", help="clients (comma-separated; '' skips)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: one SCAFFOLD case as JSON
     args = ap.parse_args()
     if args.case:
@@ -143,6 +191,12 @@ def main() -> None:
             f"  {name:>22} {r['d']:7d} {r['round_s'] * 1e3:9.1f} "
             f"{r['state_bytes_per_client']:9d} {r['state_mb']:8.1f} {r['peak_rss_mb']:12.0f}"
         )
+    print("Cross-device: whole `fedbench run` process, one SCAFFOLD round, Synthetic(1,1), "
+          "MLP 60-64-10, 50 samples a client, train_loss on 1,000 sampled clients")  # fmt: skip
+    for n in (int(c) for c in args.cross_device.split(",") if c):
+        part = 0.01 if n < 10**6 else 0.001
+        wall, gb = cross_device(n, part)
+        print(f"  {n:>9,} clients, {part:.1%} participation: {wall:6.1f} s, max RSS {gb:5.2f} GB")
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
         fd.x, fd.y, fd.counts, fd.x_test, fd.y_test, device, fd.x_val, fd.y_val
     )
     model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary, job.seed)
-    task = Task(model, data, reg=t.get("reg", "none"), lam=t.get("lam", 0.0))
+    sample = cfg["experiment"].get("eval_clients", 0)  # train_loss on a fixed sample of clients
+    task = Task(model, data, t.get("reg", "none"), t.get("lam", 0.0), None, sample, job.seed)
     up, down = cfg["compressor"], cfg["downlink"]
     env = Env(
         task=task,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedbench import seeding
 from fedbench.models import Model
 
 DEFAULT_MEMORY_GB = 2.0
@@ -110,6 +112,8 @@ class Task:
         reg: str = "none",
         lam: float = 0.0,
         memory_gb: float | None = None,
+        eval_clients: int = 0,
+        eval_seed: int = 0,
     ) -> None:
         self.model = model
         self.data = data
@@ -121,6 +125,8 @@ class Task:
         self.memory_bytes = memory_gb * 2**30
         self._act_floats = _activation_floats(model, tuple(data.x.shape[1:]))
         self._smoothness: Smoothness | None = None
+        # `[experiment] eval_clients`: train_loss on this fixed sample of clients (None = all)
+        self.eval_ids = eval_sample(data.n, eval_clients, eval_seed, self.device)
 
     @property
     def d(self) -> int:
@@ -270,10 +276,28 @@ class Task:
     @torch.no_grad()
     def train_loss(self, w: Tensor) -> float:
         """The objective f(w) = (1/n) Σ_i f_i(w): each client's mean loss, averaged over clients,
-        regulariser included."""
+        regulariser included; with `eval_ids` (`[experiment] eval_clients`), the same average
+        over that fixed random sample of clients, as cross-device papers evaluate."""
+        if self.eval_ids is not None:
+            return self.sampled_train_loss(w, self.eval_ids)
         loss, _ = self._sample_losses(w, self.data.x, self.data.y)
         per_client = torch.zeros(self.n, device=w.device).index_add_(0, self.data.client_of, loss)
         per_client /= self.data.counts
+        r, _ = regulariser(w, self.reg, self.lam)
+        return float(per_client.mean() + r)
+
+    @torch.no_grad()
+    def sampled_train_loss(self, w: Tensor, ids: Tensor) -> float:
+        """(1/m) Σ_{i ∈ ids} f_i(w) over the clients `ids [m]`: their samples are gathered
+        (one index per sample, no loop over clients), evaluated, and averaged per client."""
+        counts = self.data.counts[ids]  # [m]
+        local = torch.repeat_interleave(torch.arange(ids.numel(), device=self.device), counts)
+        first = torch.cumsum(counts, 0) - counts  # [m] where each client starts in the gather
+        rows = self.data.offsets[ids][local] + torch.arange(local.numel(), device=self.device)
+        rows -= first[local]  # [M] sample indices of the chosen clients
+        loss, _ = self._sample_losses(w, self.data.x[rows], self.data.y[rows])
+        per_client = torch.zeros(ids.numel(), device=w.device).index_add_(0, local, loss)
+        per_client /= counts
         r, _ = regulariser(w, self.reg, self.lam)
         return float(per_client.mean() + r)
 
@@ -355,6 +379,20 @@ def _game_constants(task: Task, k: int) -> tuple[Tensor, ...]:
     return torch.linalg.inv(A), torch.linalg.inv(C), A, B, C, c[:k], c[k:], z_star
 
 
+EVAL_PURPOSE = "eval_clients"  # seeding purpose of the evaluation sample
+
+
+def eval_sample(n: int, clients: int, seed: int, device: torch.device) -> Tensor | None:
+    """The fixed random sample of `clients` of the n clients (sorted ids `[clients]`) on which
+    `train_loss` is evaluated, drawn without replacement from `numpy_rng(seed, "eval_clients")`:
+    the same clients at every evaluation of a run, and for every run of the same seed. None
+    (evaluate every client) when `clients` is 0 or at least n."""
+    if clients <= 0 or clients >= n:
+        return None
+    ids = np.sort(seeding.numpy_rng(seed, EVAL_PURPOSE).choice(n, clients, replace=False))
+    return torch.as_tensor(ids, dtype=torch.int64, device=device)
+
+
 class Smoothness(NamedTuple):
     """Smoothness constants of f = (1/n) Σ f_i for step sizes from theory (lr = "theory")."""
 
@@ -434,3 +472,147 @@ def _activation_floats(model: Model, input_shape: tuple[int, ...]) -> int:
         for h in hooks:
             h.remove()
     return total
+
+
+# -- memory estimate (`fedbench validate`) -------------------------------------------------------
+
+PROBE_CLIENTS = 13  # clients of the stand-in task whose state is measured (prime: no clash with d)
+COHORT_COPIES = 4  # float32 [m, d] rows a cohort holds: models, updates, gathered state, spare
+
+
+class MemoryEstimate(NamedTuple):
+    """What a job keeps in memory: the client data (stored once), the method's persistent
+    per-client rows, and the working set of one round's cohort."""
+
+    clients: int
+    data_bytes: int  # training and test samples, labels and client index, on the device
+    state_bytes_per_client: int  # persistent per-client rows of the method ([n, d] state)
+    cohort_bytes: int  # the cohort's model rows plus one memory-budget chunk of activations
+
+    @property
+    def total_bytes(self) -> int:
+        return self.data_bytes + self.clients * self.state_bytes_per_client + self.cohort_bytes
+
+    def line(self) -> str:
+        state = self.clients * self.state_bytes_per_client
+        return (
+            f"data {_size(self.data_bytes)} (stored once), per-client state "
+            f"{_size(self.state_bytes_per_client)} × {self.clients:,} = {_size(state)}, cohort "
+            f"working set {_size(self.cohort_bytes)}: about {_size(self.total_bytes)} in all"
+        )
+
+
+def _size(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(b) < 1024 or unit == "GiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b:.1f} GiB"
+
+
+def data_bytes(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, n: int) -> int:
+    """Bytes of `ClientData.from_numpy` of these arrays: float32 samples, int64 labels, the
+    int64 client of each training sample, offsets and counts."""
+    samples = 4 * (x.size + x_test.size) + 8 * (y.size + y_test.size)
+    return int(samples + 8 * x.shape[0] + 16 * n)
+
+
+def state_bytes_per_client(cfg: dict, model: Model, x: np.ndarray, y: np.ndarray) -> int:
+    """Persistent per-client bytes of the job's method (`cfg`: its resolved sections), measured
+    on a stand-in task of PROBE_CLIENTS clients (two of the real samples each, the real model):
+    every state tensor whose leading dimension is the number of clients counts. Methods that
+    cannot start without their full setting (a network, privacy) count 0."""
+    from fedbench.algorithms import Env, build_algorithm
+    from fedbench.compressors import build_compressor
+
+    k, a, up, down = PROBE_CLIENTS, cfg["algorithm"], cfg["compressor"], cfg["downlink"]
+    idx = np.arange(2 * k) % x.shape[0]
+    probe = ClientData.from_numpy(
+        x[idx], y[idx], np.full(k, 2), x[:0], y[:0], torch.device("cpu")
+    )  # fmt: skip
+    task = Task(model, probe, cfg["task"].get("reg", "none"), cfg["task"].get("lam", 0.0))
+    shapes = model.spec.shapes
+    env = Env(
+        task=task,
+        uplink=build_compressor(up["name"], up, model.d, shapes),
+        downlink=build_compressor(down["name"], down, model.d, shapes),
+        participation=a["participation"],
+        batch_size=a["batch_size"],
+        error_feedback=up["error_feedback"],
+        state_dtype=getattr(torch, a["client_state"]),
+        sampling=a.get("sampling", "uniform"),
+        rounds=cfg["experiment"]["rounds"],
+    )
+    try:
+        state = build_algorithm(a["name"], a).init(
+            torch.zeros(model.d), env, seeding.RoundRng(0, 0, "cpu")
+        )
+    except Exception:  # an estimate never stops validation: the run reports its own error
+        return 0
+    per_client = sum(t.nbytes for t in _tensors(state) if t.ndim and t.shape[0] == k)
+    return per_client // k
+
+
+def _tensors(obj: object) -> list[Tensor]:
+    """Every tensor inside a state: tuples, lists, dicts and dataclasses, recursively."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _tensors(item)]
+    if isinstance(obj, dict):
+        return [t for item in obj.values() for t in _tensors(item)]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [t for f in obj.__dataclass_fields__ for t in _tensors(getattr(obj, f))]
+    return []
+
+
+def memory_estimate(
+    cfg: dict,
+    model: Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    counts: np.ndarray,
+) -> MemoryEstimate:
+    """The job's `MemoryEstimate` (see there) from its resolved sections, model and data."""
+    n = int(counts.shape[0])
+    a = cfg["algorithm"]
+    m = max(1, math.ceil(float(a["participation"]) * n))  # cohort of a uniform round
+    batch = a["batch_size"] if isinstance(a["batch_size"], int) else int(counts.max())
+    act = _activation_floats(model, tuple(x.shape[1:]))
+    per_client = 4 * (3 * model.d + 3 * batch * act)  # as Task._client_bytes
+    budget = float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB)) * 2**30
+    cohort = COHORT_COPIES * 4 * model.d * m + min(m * per_client, int(budget))
+    return MemoryEstimate(
+        clients=n,
+        data_bytes=data_bytes(x, y, x_test, y_test, n),
+        state_bytes_per_client=state_bytes_per_client(cfg, model, x, y),
+        cohort_bytes=int(cohort),
+    )
+
+
+def memory_lines(jobs: list) -> list[str]:
+    """One `memory estimate` line per distinct task × method × compressors of a grid's jobs
+    (`fedbench validate`); their datasets are loaded through the runner's cache."""
+    from fedbench.models import build_model
+    from fedbench.runner import load_dataset
+
+    lines: dict[str, None] = {}
+    seen: set[str] = set()
+    for job in jobs:
+        cfg = job.config
+        key = json.dumps([cfg[s] for s in ("task", "algorithm", "compressor", "downlink")],
+                         sort_keys=True)  # fmt: skip
+        if key in seen:
+            continue
+        seen.add(key)
+        t = cfg["task"]
+        fd = load_dataset(t)
+        model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+        est = memory_estimate(cfg, model, fd.x, fd.y, fd.x_test, fd.y_test, fd.counts)
+        who = (
+            f"{job.algorithm} ({cfg['algorithm']['client_state']} state), {t['clients']:,} clients"
+        )
+        lines[f"memory estimate, {who}: {est.line()}"] = None
+    return list(lines)

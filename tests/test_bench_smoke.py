@@ -46,9 +46,25 @@ def test_bench_scale_runs_every_section():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--clients", "10",
          "--repeats", "1", "--sizes", "8", "--size-clients", "4", "--scaffold-clients", "20",
-         "--mlp-clients", "10", "--rounds", "1"],
+         "--mlp-clients", "10", "--rounds", "1", "--cross-device", "200"],
         capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     for section in ("vs clients", "vs model size", "SCAFFOLD"):
         assert section in out.stdout
     assert "20 × logreg 16" in out.stdout and "10 × MLP 200-200 32" in out.stdout
+    assert "200 clients, 1.0% participation:" in out.stdout and "max RSS" in out.stdout
+
+
+def test_bench_pfl_compares_or_says_why_not():
+    """With pfl installed: the ratio and the GEMM share; without: one line saying so, exit 0."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_pfl.py"), "--clients", "4",
+         "--steps", "1", "--batch", "4", "--hidden", "8", "--repeats", "1", "--rounds", "1"],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    try:
+        import pfl  # noqa: F401
+    except ImportError:
+        assert "pfl (pfl-research) is not importable here" in out.stdout
+    else:
+        assert "fedbench / pfl speed:" in out.stdout and "large-GEMM rate" in out.stdout

@@ -113,6 +113,44 @@ def test_synthetic_labels_are_argmax_of_client_models() -> None:
     assert np.array_equal(d.client, np.sort(d.client))  # generated client by client
 
 
+def _synthetic_per_client(
+    rng: np.random.Generator, K: int, alpha: float, beta: float, dim: int, C: int, cap: int
+) -> tuple[np.ndarray, ...]:
+    """The definition of Synthetic(α, β), one client at a time (the semantics the vectorised
+    generator must reproduce exactly): sizes, u_k, B_k, then W_k, b_k, v_k for all clients,
+    then each client's samples x ~ N(v_k, Σ) labelled y = argmax(x W_k + b_k)."""
+    sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, cap)
+    u, B = rng.normal(0.0, alpha, K), rng.normal(0.0, beta, K)
+    W = u[:, None, None] + rng.standard_normal((K, dim, C))
+    b = u[:, None] + rng.standard_normal((K, C))
+    v = B[:, None] + rng.standard_normal((K, dim))
+    sd = np.arange(1, dim + 1, dtype=np.float64) ** -0.6
+    xs, ys = [], []
+    for k in range(K):  # the reference loops over clients on purpose
+        xk = (v[k] + rng.standard_normal((sizes[k], dim)) * sd).astype(np.float32)
+        xs.append(xk)
+        ys.append(np.argmax(xk.astype(np.float64) @ W[k] + b[k], axis=1))
+    client = np.repeat(np.arange(K), sizes)
+    return np.concatenate(xs), np.concatenate(ys), client, W, b
+
+
+@pytest.mark.parametrize(
+    ("seed", "K", "dim", "C", "cap"), [(0, 40, 60, 10, 2000), (1, 300, 7, 3, 50), (2, 3, 5, 2, 1)]
+)
+def test_vectorised_synthetic_equals_per_client_definition(
+    seed: int, K: int, dim: int, C: int, cap: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same samples, labels, clients and client models as the per-client loop, also when the
+    chunks of samples and blocks of clients are tiny (ROWS = 64: many chunks and blocks, some
+    clients larger than a block)."""
+    want = _synthetic_per_client(numpy_rng(seed, "t"), K, 0.5, 1.0, dim, C, cap)
+    for rows in (builtin.ROWS, 64):
+        monkeypatch.setattr(builtin, "ROWS", rows)
+        got = builtin.make_synthetic(numpy_rng(seed, "t"), K, 0.5, 1.0, dim, C, cap)
+        for a, b in zip((got.x, got.y, got.client, got.W, got.b), want, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
 def test_synthetic_max_samples_caps_clients() -> None:
     d = builtin.make_synthetic(numpy_rng(0, "t"), 200, 1.0, 1.0, 10, 5, 60)
     sizes = np.bincount(d.client)
@@ -362,3 +400,92 @@ def test_registry_entries_are_complete() -> None:
             assert reg[name].summary and reg[name].kind in ("builtin", "file")
     for name in DATASETS:
         assert set(DATASETS[name].extra["partitions"]) <= set(PARTITIONS)
+
+
+def test_natural_split_without_test_set_stores_samples_once() -> None:
+    """test_fraction = 0 on a natural split: the grouped samples are a view of the generated
+    ones (no second copy) and equal what the gathering path gives."""
+    t = task(dataset="synthetic", partition="natural", clients=30, test_fraction=0.0)
+    fd = load_federated(t, seed=0)
+    params = DATASETS["synthetic"].resolve(t)
+    raw = DATASETS["synthetic"].build(numpy_rng(t["data_seed"], "data"), clients=30, **params)
+    assert fd.x_test.shape[0] == 0 and np.array_equal(fd.x, raw.x) and np.array_equal(fd.y, raw.y)
+    assert np.array_equal(fd.counts, np.bincount(raw.client))
+    train = np.arange(raw.y.shape[0])
+    view = assemble(raw, train, train[:0], raw.client, 30)
+    assert np.shares_memory(view.x, raw.x)
+    frozen = RawData(raw.x.copy(), raw.y, raw.num_classes, raw.client, raw.name)
+    frozen.x.flags.writeable = False  # a cached pool: gathered (copied), never a view
+    copied = assemble(frozen, train, train[:0], raw.client, 30)
+    assert not np.shares_memory(copied.x, frozen.x) and np.array_equal(copied.x, view.x)
+
+
+def _synthetic2_per_client(
+    rng: np.random.Generator, K: int, alpha: float, beta: float, dim: int, C: int, cap: int
+) -> tuple[np.ndarray, ...]:
+    """Generator 2 defined client by client: sizes, u_k, B_k and one seed per block of BLOCK
+    clients from `rng`; block j's torch stream gives W, b, v of its clients and the noise of its
+    samples; client k's samples are x = z·sd + v_k (float32), labelled argmax(x W_k + b_k) in
+    float64."""
+    import torch
+
+    sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, cap)
+    u = rng.normal(0.0, alpha, K).astype(np.float32)
+    B = rng.normal(0.0, beta, K).astype(np.float32)
+    seeds = rng.integers(0, 2**62, -(-K // builtin.BLOCK))
+    sd = torch.arange(1, dim + 1, dtype=torch.float64).pow(-0.6).float()
+    xs, ys, Ws, bs = [], [], [], []
+    for j, seed in enumerate(seeds):
+        ks = range(j * builtin.BLOCK, min(K, (j + 1) * builtin.BLOCK))
+        g = torch.Generator().manual_seed(int(seed))
+        W = torch.randn((len(ks), dim, C), generator=g)
+        b = torch.randn((len(ks), C), generator=g)
+        v = torch.randn((len(ks), dim), generator=g)
+        z = torch.randn((int(sizes[list(ks)].sum()), dim), generator=g)
+        row = 0
+        for i, k in enumerate(ks):  # the reference loops over clients on purpose
+            Wk, bk = W[i] + float(u[k]), b[i] + float(u[k])
+            xk = z[row : row + sizes[k]] * sd + (v[i] + float(B[k]))
+            row += int(sizes[k])
+            xs.append(xk.numpy())
+            ys.append(np.argmax(xk.double().numpy() @ Wk.double().numpy() + bk.double().numpy(), 1))
+            Ws.append(Wk.numpy())
+            bs.append(bk.numpy())
+    client = np.repeat(np.arange(K), sizes)
+    return np.concatenate(xs), np.concatenate(ys), client, np.stack(Ws), np.stack(bs)
+
+
+@pytest.mark.parametrize(("K", "block", "cap"), [(30, 4096, 2000), (37, 8, 60), (5, 1, 1)])
+def test_generator2_equals_its_per_client_definition_for_any_thread_count(
+    K: int, block: int, cap: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(builtin, "BLOCK", block)
+    want = _synthetic2_per_client(numpy_rng(5, "t"), K, 0.5, 1.0, 12, 4, cap)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got = builtin.make_synthetic2(numpy_rng(5, "t"), K, 0.5, 1.0, 12, 4, cap, True)
+            for a, b in zip((got.x, got.y, got.client, got.W, got.b), want, strict=True):
+                assert a.dtype == b.dtype and np.array_equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_generator_field_keeps_existing_synthetic_data_and_keys() -> None:
+    """generator = 1 (the default) is the old stream and leaves job keys alone; 2 is other data."""
+    from pathlib import Path
+
+    from fedbench import grid
+
+    text = '[task]\ndataset = "synthetic"\nclients = 20\ntest_fraction = 0.0\n'
+    (old,) = grid.parse(text, Path("g.toml")).jobs
+    (one,) = grid.parse(text + "generator = 1\n", Path("g.toml")).jobs
+    (two,) = grid.parse(text + "generator = 2\n", Path("g.toml")).jobs
+    assert old.key == one.key != two.key
+    a, b = load_federated(one.config["task"], 0), load_federated(two.config["task"], 0)
+    d = builtin.make_synthetic(numpy_rng(0, "data"), 20, 1.0, 1.0, 60, 10, 2000)
+    assert np.array_equal(a.x, d.x) and np.array_equal(a.y, d.y)  # generator 1: the old data
+    assert a.x.shape != b.x.shape or not np.array_equal(a.x, b.x)

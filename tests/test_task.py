@@ -201,3 +201,38 @@ def test_kept_full_batch_of_everyone_gives_the_gathered_result_bit_for_bit(
         l2, g2 = gathered.loss_grad(rows, ids)
         assert torch.equal(l1, l2) and torch.equal(g1, g2)
     assert gathered._everyone_full is None
+
+
+def test_eval_sample_is_fixed_per_seed_and_none_for_everyone() -> None:
+    from fedbench.task import eval_sample
+
+    cpu = torch.device("cpu")
+    a, b = eval_sample(1000, 50, 3, cpu), eval_sample(1000, 50, 3, cpu)
+    assert a is not None and b is not None and torch.equal(a, b)
+    assert a.numel() == 50 and torch.unique(a).numel() == 50 and torch.equal(a, a.sort().values)
+    assert int(a.min()) >= 0 and int(a.max()) < 1000
+    other = eval_sample(1000, 50, 4, cpu)
+    assert other is not None and not torch.equal(a, other)
+    assert eval_sample(1000, 0, 3, cpu) is None and eval_sample(1000, 1000, 3, cpu) is None
+
+
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+def test_sampled_train_loss_is_the_mean_over_the_sampled_clients(model: str) -> None:
+    """f on a sample S is (1/|S|) Σ_{i ∈ S} f_i (f_i computed client by client here); on every
+    client it is the full objective."""
+    task = make_task(model, reg="l2", lam=0.1, per_client=[3, 7, 20, 5, 11, 2])
+    w = task.init_params(generator(0, 0, "init"))
+    d = task.data
+    ids = torch.tensor([1, 4, 5])
+    per_client = []
+    for i in ids.tolist():  # the reference: one client at a time
+        s, c = int(d.offsets[i]), int(d.counts[i])
+        z = task.model.logits(w.unsqueeze(0), d.x[s : s + c].unsqueeze(0))[0]
+        per_client.append(float(task.model.sample_loss(z, d.y[s : s + c]).mean()))
+    reg = 0.5 * 0.1 * float(w.square().sum())
+    want = sum(per_client) / 3 + reg
+    assert math.isclose(task.sampled_train_loss(w, ids), want, rel_tol=1e-5)
+    everyone = torch.arange(task.n)
+    assert math.isclose(task.sampled_train_loss(w, everyone), task.train_loss(w), rel_tol=1e-6)
+    task.eval_ids = ids  # what [experiment] eval_clients sets: train_loss uses the sample
+    assert task.train_loss(w) == task.sampled_train_loss(w, ids)

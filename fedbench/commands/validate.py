@@ -38,6 +38,7 @@ def validate(
     """
     from fedbench import grid as gridlib
     from fedbench import runner
+    from fedbench.task import memory_lines
 
     check_format(fmt, ("table", "json", "csv"))
     if no_plugins:
@@ -92,6 +93,6 @@ def validate(
             highlight=False,
             markup=False,
         )
-    for note in g.notes:
+    for note in g.notes + (memory_lines(g.jobs) if data else []):
         console.print(f"note: {note}", highlight=False, markup=False)
     console.print(f"[green]ok[/green]: {escape(str(grid))} is valid", highlight=False)

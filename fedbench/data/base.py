@@ -157,6 +157,8 @@ def held_out_count(sizes: np.ndarray, fraction: float) -> np.ndarray:
 def global_test_mask(num: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """A uniformly random held-out set of `held_out_count(num, fraction)` samples. [num] bool"""
     mask = np.zeros(num, dtype=bool)
+    if fraction == 0.0:  # nothing held out: skip an N-sample permutation
+        return mask
     mask[rng.permutation(num)[: int(held_out_count(np.asarray(num), fraction))]] = True
     return mask
 
@@ -165,6 +167,8 @@ def per_client_test_mask(
     client: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Hold out `fraction` of each client's samples, keeping at least one for training. [N] bool"""
+    if fraction == 0.0:  # nothing held out: skip an N-sample permutation and sort
+        return np.zeros(client.shape[0], dtype=bool)
     sizes = np.bincount(client)  # [K]
     take = np.minimum(held_out_count(sizes, fraction), np.maximum(sizes - 1, 0))  # [K]
     order = rng.permutation(client.shape[0])
@@ -235,13 +239,20 @@ def assemble(
     `train`, `test`: sample indices into `raw`; `owner`: client of each `train` sample. [N_train]
     A dataset with its own test set (`raw.x_test`) uses that instead of `raw.x[test]`.
     """
-    order = train[np.argsort(owner, kind="stable")]  # [N_train]
     x_test = raw.x[test] if raw.x_test is None else raw.x_test  # [N_test, *shape]
     y_test = raw.y[test] if raw.y_test is None else raw.y_test  # [N_test]
+    if _grouped_run(train, owner) and raw.x.flags.writeable:
+        # already grouped and one run of samples (a natural split without a test split, e.g.
+        # a million synthetic clients): views, so the samples are stored once, not twice
+        first = int(train[0]) if train.size else 0
+        rows: slice | np.ndarray = slice(first, first + train.shape[0])
+    else:
+        rows = train[np.argsort(owner, kind="stable")]  # [N_train]
+    x, y = raw.x[rows], raw.y[rows]
     return FederatedDataset(
         name=raw.name,
-        x=np.ascontiguousarray(raw.x[order], dtype=np.float32),
-        y=raw.y[order].astype(np.int64),
+        x=np.ascontiguousarray(x, dtype=np.float32),
+        y=y.astype(np.int64, copy=False),
         counts=np.bincount(owner, minlength=n).astype(np.int64),
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
         y_test=y_test.astype(np.int64),
@@ -249,6 +260,13 @@ def assemble(
         input_shape=tuple(int(s) for s in raw.x.shape[1:]),
         binary=raw.binary,
     )
+
+
+def _grouped_run(train: np.ndarray, owner: np.ndarray) -> bool:
+    """`train` (increasing indices) is one contiguous run and `owner` is non-decreasing: the
+    grouped training samples are a slice of the raw samples."""
+    contiguous = train.size == 0 or int(train[-1]) - int(train[0]) == train.size - 1
+    return contiguous and bool(np.all(owner[1:] >= owner[:-1]))
 
 
 # -- the entry point ---------------------------------------------------------------------------

@@ -21,7 +21,9 @@ uses `rng` and `clients` (the others are fixed pools that the test split and par
 from __future__ import annotations
 
 import functools
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -118,6 +120,9 @@ class SyntheticDraw(NamedTuple):
     b: np.ndarray  # [K, classes]
 
 
+ROWS = 1 << 16  # samples per chunk of the synthetic generator: bounds its float64 working set
+
+
 def make_synthetic(
     rng: np.random.Generator,
     clients: int,
@@ -127,7 +132,12 @@ def make_synthetic(
     classes: int,
     max_samples: int,
 ) -> SyntheticDraw:
-    """Draw Synthetic(α, β) for `clients` clients (see the module docstring)."""
+    """Draw Synthetic(α, β) for `clients` clients (see the module docstring).
+
+    Vectorised over clients and memory-bounded: the feature noise is drawn in chunks of
+    `ROWS` samples (numpy's stream is the same as one [N, dim] draw, so the data equal those
+    of the per-client definition) and written straight into the float32 result; labels come
+    from batched [n_k, dim] @ [dim, classes] products over blocks of equal-sized clients."""
     K = clients
     sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)  # [K]
     u = rng.normal(0.0, alpha, K)  # [K]
@@ -137,13 +147,98 @@ def make_synthetic(
     v = B[:, None] + rng.standard_normal((K, dim))  # [K, dim]
     sd = np.arange(1, dim + 1, dtype=np.float64) ** -0.6  # [dim] sqrt of Σ_jj = (j+1)^-1.2
     client = np.repeat(np.arange(K, dtype=np.int64), sizes)  # [N]
-    x = (v[client] + rng.standard_normal((client.shape[0], dim)) * sd).astype(np.float32)
-    x64 = x.astype(np.float64)  # label the float32 samples that are returned
-    y = np.empty(client.shape[0], dtype=np.int64)
-    starts = np.cumsum(sizes) - sizes
-    for k in range(K):  # loop over clients: one [n_k, dim] @ [dim, classes] each
-        s, e = starts[k], starts[k] + sizes[k]
-        y[s:e] = np.argmax(x64[s:e] @ W[k] + b[k], axis=1)
+    x = np.empty((client.shape[0], dim), dtype=np.float32)  # [N, dim]
+    for s in range(0, client.shape[0], ROWS):  # chunks of samples (not a loop over clients)
+        e = min(client.shape[0], s + ROWS)
+        x[s:e] = v[client[s:e]] + rng.standard_normal((e - s, dim)) * sd
+    y = synthetic_labels(x, sizes, W, b)
+    return SyntheticDraw(x=x, y=y, client=client, W=W, b=b)
+
+
+def synthetic_labels(x: np.ndarray, sizes: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """y = argmax(x W_k + b_k) in float64 for samples `x [N, dim]` grouped by client (`sizes
+    [K]`). Clients are sorted by size and cut into blocks of at most ~`ROWS` samples; a block is
+    one batched matmul [k, width, dim] @ [k, dim, classes], its clients padded to its largest
+    (padding repeats a client's last sample and is never written). [N] int64"""
+    K = sizes.shape[0]
+    starts = np.cumsum(sizes) - sizes  # [K]
+    order = np.argsort(sizes, kind="stable")  # [K] smallest first: little padding per block
+    y = np.empty(x.shape[0], dtype=np.int64)
+    lo = 0
+    while lo < K:  # blocks of clients: at most ROWS padded samples each (or one client)
+        hi = min(K, lo + max(1, ROWS // int(sizes[order[lo]])))
+        width = int(sizes[order[hi - 1]])  # sorted: the block's largest client
+        hi = lo + max(1, min(hi - lo, ROWS // width))
+        width = int(sizes[order[hi - 1]])
+        ks = order[lo:hi]  # [k]
+        pos = np.arange(width)  # [width]
+        n_k = sizes[ks][:, None]  # [k, 1]
+        idx = starts[ks][:, None] + np.minimum(pos, n_k - 1)  # [k, width]
+        logits = x[idx].astype(np.float64) @ W[ks] + b[ks][:, None, :]  # [k, width, classes]
+        mask = pos < n_k  # [k, width]
+        y[idx[mask]] = np.argmax(logits, axis=2)[mask]
+        lo = hi
+    return y
+
+
+BLOCK = 4096  # clients per independent random stream of generator 2 (part of its definition)
+
+
+def make_synthetic2(
+    rng: np.random.Generator,
+    clients: int,
+    alpha: float,
+    beta: float,
+    dim: int,
+    classes: int,
+    max_samples: int,
+    keep_models: bool = False,
+) -> SyntheticDraw:
+    """Synthetic(α, β), generator 2: the same distribution as `make_synthetic`, drawn for
+    millions of clients. Sizes, u_k and B_k come from `rng` as in generator 1, then one seed per
+    block of BLOCK clients; block j draws, from torch's generator seeded with its seed, W [k,
+    dim, classes], b [k, classes], v [k, dim] and the noise of its samples [n_j, dim] (float32:
+    W_k = z + u_k, v_k = z + B_k, x = z·sd + v_k), and labels them as generator 1 does (float64
+    argmax). Blocks are independent, so they run on all cores and give the same data for any
+    thread count; nothing larger than a block is held besides the float32 samples. W and b
+    are returned (float32) only with `keep_models` (4·K·dim·classes bytes)."""
+    import torch  # here, not at the top: `fedbench show` rebuilds splits without torch
+
+    K = clients
+    sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)  # [K]
+    u = rng.normal(0.0, alpha, K).astype(np.float32)  # [K]
+    B = rng.normal(0.0, beta, K).astype(np.float32)  # [K]
+    seeds = rng.integers(0, 2**62, -(-K // BLOCK))  # [blocks]
+    starts = np.cumsum(sizes) - sizes  # [K]
+    x = np.empty((int(sizes.sum()), dim), dtype=np.float32)  # [N, dim]
+    y = np.empty(x.shape[0], dtype=np.int64)  # [N]
+    W = np.empty((K, dim, classes), np.float32) if keep_models else np.empty((0, dim, classes))
+    b = np.empty((K, classes), np.float32) if keep_models else np.empty((0, classes))
+    sd = torch.arange(1, dim + 1, dtype=torch.float64).pow(-0.6).float()  # [dim]
+
+    def block(j: int) -> None:
+        k0, k1 = j * BLOCK, min(K, (j + 1) * BLOCK)
+        g = torch.Generator().manual_seed(int(seeds[j]))
+        Wj = torch.randn((k1 - k0, dim, classes), generator=g).add_(
+            torch.from_numpy(u[k0:k1])[:, None, None]
+        )  # [k, dim, classes]
+        bj = torch.randn((k1 - k0, classes), generator=g).add_(torch.from_numpy(u[k0:k1])[:, None])
+        vj = torch.randn((k1 - k0, dim), generator=g).add_(torch.from_numpy(B[k0:k1])[:, None])
+        s, e = int(starts[k0]), int(starts[k1 - 1] + sizes[k1 - 1])
+        rows = torch.from_numpy(x[s:e])  # [n_j, dim] a view: written in place
+        torch.randn((e - s, dim), generator=g, out=rows)
+        cl = torch.repeat_interleave(torch.arange(k1 - k0), torch.from_numpy(sizes[k0:k1]))
+        rows.mul_(sd).add_(vj[cl])
+        Wn, bn = Wj.numpy(), bj.numpy()
+        y[s:e] = synthetic_labels(
+            x[s:e], sizes[k0:k1], Wn.astype(np.float64), bn.astype(np.float64)
+        )
+        if keep_models:
+            W[k0:k1], b[k0:k1] = Wn, bn
+
+    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, torch.get_num_threads()))) as pool:
+        list(pool.map(block, range(seeds.shape[0])))  # blocks of clients, not clients
+    client = np.repeat(np.arange(K, dtype=np.int64), sizes)  # [N]
     return SyntheticDraw(x=x, y=y, client=client, W=W, b=b)
 
 
@@ -156,9 +251,12 @@ def synthetic(
     dim: int,
     classes: int,
     max_samples: int,
+    generator: int = 1,
 ) -> RawData:
-    """FedProx's Synthetic(α, β) with `clients` natural clients."""
-    d = make_synthetic(rng, clients, alpha, beta, dim, classes, max_samples)
+    """FedProx's Synthetic(α, β) with `clients` natural clients (`generator` 1: numpy's one
+    stream, the data of every existing grid; 2: block streams, for millions of clients)."""
+    make = make_synthetic if generator == 1 else make_synthetic2
+    d = make(rng, clients, alpha, beta, dim, classes, max_samples)
     name = f"synthetic({alpha:g},{beta:g})"
     return RawData(x=d.x, y=d.y, num_classes=classes, client=d.client, name=name)
 
@@ -212,6 +310,16 @@ DATASETS.add(
                 "cap on a client's samples (fedbench's addition to the generator)",
                 "int",
                 low=1,
+            ),
+            "generator": Param(
+                1,
+                "random stream: 1 = numpy's single stream (the data of existing grids), 2 = one "
+                "torch stream per block of 4096 clients on all cores (same distribution, other "
+                "draws; for 10^5-10^6 clients)",
+                "int",
+                low=1,
+                high=2,
+                since="0.3",
             ),
         },
         summary="FedProx Synthetic(alpha, beta): one linear softmax model per client",

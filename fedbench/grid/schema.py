@@ -59,6 +59,14 @@ COMMON: dict[str, dict[str, Param]] = {
             "bool",
             since="0.3",
         ),
+        "eval_clients": Param(
+            0,
+            "evaluate train_loss on a fixed random sample of this many clients (drawn once per "
+            "seed), as cross-device papers do; 0 = every client",
+            "int",
+            low=0,
+            since="0.3",
+        ),
     },
     "task": {
         "dataset": Param("digits", "dataset (see `fedbench datasets`)", "str"),
