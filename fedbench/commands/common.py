@@ -17,8 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from fedbench.store import Store
-    from fedbench.store_read import Reads
+    from fedbench.store import Reads, Store
 
 console = Console()
 err_console = Console(stderr=True)
@@ -62,7 +61,7 @@ class CommandError(Exception):
 _KNOWN_ERRORS = (
     ("fedbench.grid", "GridError", lambda e: list(e.problems)),
     ("fedbench.data.base", "DataError", lambda e: [str(e)]),
-    ("fedbench.store_read", "StoreError", lambda e: [str(e)]),  # fedbench.store's too
+    ("fedbench.store.common", "StoreError", lambda e: [str(e)]),  # LeaseLostError too
     ("fedbench.report.labels", "ReportError", lambda e: [str(e)]),
 )
 
@@ -109,9 +108,9 @@ def open_store(db: str | None) -> Store:
 
 def open_reader(db: str | None) -> Reads:
     """The database for ls and show: a plain SQLite file read-only through the stdlib driver
-    (`store_read.SqliteReader`: no SQLAlchemy, no pandas, nothing written), anything else (or
+    (`store.SqliteReader`: no SQLAlchemy, no pandas, nothing written), anything else (or
     with $FEDBENCH_READER=sqlalchemy) through `open_store`. Both read with the same SQL."""
-    from fedbench.store_read import (
+    from fedbench.store import (
         READER_ENV,
         open_sqlite_reader,
         plain_sqlite_path,
@@ -128,7 +127,7 @@ def open_reader(db: str | None) -> Reads:
 
 
 def _no_such_file(db: str | None) -> CommandError:
-    from fedbench.store_read import resolve_url
+    from fedbench.store import resolve_url
 
     where = resolve_url(db).removeprefix("sqlite:///")
     return CommandError(
