@@ -17,6 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fedbench.grid import Grid
     from fedbench.store import Reads, Store
 
 console = Console()
@@ -104,6 +107,27 @@ def open_store(db: str | None) -> Store:
     if is_new_sqlite_file(db):
         raise _no_such_file(db)
     return Store(db)
+
+
+def check_experiment_owner(store: Store, g: Grid, grid: Path) -> None:
+    """Refuse a grid whose experiment name is already another grid file's: `run` would
+    overwrite its stored grid text and `prune` would delete its runs. The same file (edited)
+    or the same text elsewhere is fine. One rule for every command that acts on a grid's
+    experiment."""
+    from pathlib import Path
+
+    prev = store.experiment_grid(g.name)
+    if prev is None or prev[1] == g.text:
+        return
+    try:
+        same = Path(prev[0]).resolve() == grid.resolve()
+    except OSError:
+        same = False
+    if not same:
+        raise CommandError(
+            f"{grid}: experiment {plain(g.name)!r} in {store.url} belongs to grid file "
+            f"{plain(prev[0])} (other content); give this grid another [experiment] name"
+        )
 
 
 def open_reader(db: str | None) -> Reads:

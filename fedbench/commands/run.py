@@ -28,6 +28,7 @@ from rich.progress import (
 from fedbench.commands.common import (
     CommandError,
     DbOption,
+    check_experiment_owner,
     console,
     emit_rows,
     err_console,
@@ -162,7 +163,7 @@ def run(
             f"--db {store.url}: an in-memory database keeps nothing and each job's process "
             "would see its own empty one; give a file (e.g. --db results/fedbench.db)"
         )
-    _check_experiment_owner(store, g, grid)
+    check_experiment_owner(store, g, grid)
     exp_id = store.upsert_experiment(g.name, str(grid), g.text)
     info = store.ensure_runs(exp_id, [runner.run_spec(j) for j in jobs])
     todo = [j for j in jobs if info[j.key].status in wanted]
@@ -310,23 +311,6 @@ def _broken_pipe() -> None:
     release its jobs (rich's default would exit with status 1 at once, jobs left running)."""
     console.quiet = True
     raise BrokenPipeError
-
-
-def _check_experiment_owner(store: Store, g: gridlib.Grid, grid: Path) -> None:
-    """Refuse a grid whose experiment name is already another grid file's (its stored grid
-    text would be overwritten); the same file (edited) or the same text elsewhere is fine."""
-    prev = store.experiment_grid(g.name)
-    if prev is None or prev[1] == g.text:
-        return
-    try:
-        same = Path(prev[0]).resolve() == grid.resolve()
-    except OSError:
-        same = False
-    if not same:
-        raise CommandError(
-            f"{grid}: experiment {plain(g.name)!r} in {store.url} belongs to grid file "
-            f"{plain(prev[0])} (other content); give this grid another [experiment] name"
-        )
 
 
 def _lease_timeout(option: float | None) -> float:
