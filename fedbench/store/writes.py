@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -109,11 +110,36 @@ def _torch_version() -> str | None:
     return str(torch.__version__)
 
 
-def _missing_rounds(conn: Connection, run_id: int, rounds: int) -> list[int]:
-    """The rounds of 0..`rounds` without any metric row for the run."""
+def _rounds_problem(conn: Connection, run_id: int, rounds: int) -> str | None:
+    """Why the run's metric rows are not exactly rounds 0..`rounds` (a gap, or a round
+    outside, e.g. written from a forged checkpoint), None when they are."""
     q = sa.select(METRICS.c.round).where(METRICS.c.run_id == run_id).distinct()
     have = {int(r) for r in conn.execute(q).scalars()}
-    return [t for t in range(rounds + 1) if t not in have]
+    missing = [t for t in range(rounds + 1) if t not in have]
+    if missing:
+        return (
+            f"incomplete: {len(missing)} of rounds 0..{rounds} have no rows "
+            f"(first {missing[0]}); fedbench run --rerun-failed runs it again"
+        )
+    outside = sorted(t for t in have if not 0 <= t <= rounds)
+    if outside:
+        shown = ", ".join(map(str, outside[:5])) + (", ..." if len(outside) > 5 else "")
+        return (
+            f"rows for {len(outside)} round(s) outside 0..{rounds} ({shown}); "
+            "fedbench run --rerun-failed runs it again"
+        )
+    return None
+
+
+def _round_number(run_id: int, value: Any) -> int:
+    """A round as an int; a non-integer (399.9) or negative round is refused."""
+    try:
+        t = operator.index(value)
+    except TypeError:
+        raise StoreError(f"run {run_id}: round {value!r} is not an integer") from None
+    if t < 0:
+        raise StoreError(f"run {run_id}: round {t} is negative: allowed rounds 0..R")
+    return t
 
 
 def _runs_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, RunInfo]:
@@ -221,9 +247,11 @@ class Writes(Database):
         token: str | None = None,
     ) -> None:
         """Write several rounds' metrics, (round, metrics) pairs, in one transaction (the
-        runner batches fast rounds this way); as `log_round` otherwise, lease check included."""
+        runner batches fast rounds this way); as `log_round` otherwise, lease check included.
+        A round that is not an integer ≥ 0 is refused with a StoreError, nothing written."""
         rows: list[tuple[int, int, str, float | None]] = []
         for round, metrics in rounds:
+            t = _round_number(run_id, round)
             for name, value in metrics.items():
                 try:
                     v = float(value)
@@ -231,7 +259,7 @@ class Writes(Database):
                     raise StoreError(
                         f"run {run_id} round {round}: metric {name!r} = {value!r} is not a number"
                     ) from None
-                rows.append((run_id, int(round), name, None if math.isnan(v) else v))
+                rows.append((run_id, t, name, None if math.isnan(v) else v))
         if not rows:
             return
         with self._write() as conn:
@@ -248,20 +276,16 @@ class Writes(Database):
     ) -> str:
         """Record the end of a run: `status` is one of done, failed, diverged; returns the
         status recorded. With `token`: only while the run is ours (else LeaseLostError). With
-        `rounds` = R: `done` is recorded only when rounds 0..R all have rows, else the run is
-        `failed` naming the missing rounds. The lease is cleared."""
+        `rounds` = R: `done` is recorded only when the run's rows are exactly rounds 0..R (no
+        gap, nothing outside), else the run is `failed` saying why. The lease is cleared."""
         if status not in FINAL_STATUSES:
             raise StoreError(f"finish_run status {status!r}: allowed: {', '.join(FINAL_STATUSES)}")
         with self._write() as conn:
             check_lease(conn, run_id, token, self.url)
             if status == "done" and rounds is not None:
-                missing = _missing_rounds(conn, run_id, rounds)
-                if missing:
-                    status = "failed"
-                    error = (
-                        f"incomplete: {len(missing)} of rounds 0..{rounds} have no rows "
-                        f"(first {missing[0]}); fedbench run --rerun-failed runs it again"
-                    )
+                problem = _rounds_problem(conn, run_id, rounds)
+                if problem is not None:
+                    status, error = "failed", problem
             q = sa.update(RUNS).where(RUNS.c.id == run_id)
             values = dict(status=status, error=error, finished_at=_now(), lease_token=None)
             done = conn.execute(q.values(**values))
