@@ -42,7 +42,14 @@ from fedbench.grid import Job, run_config
 from fedbench.models import Model, build_model
 from fedbench.network import build_network, charged_seconds
 from fedbench.seeding import RoundRng
-from fedbench.store import Claim, LeaseLostError, RunSpec, Store, StoreError
+from fedbench.store import (
+    MIN_LEASE_TIMEOUT,
+    Claim,
+    LeaseLostError,
+    RunSpec,
+    Store,
+    StoreError,
+)
 from fedbench.task import ClientData, Task
 
 Progress = Callable[[Job, int, dict[str, float]], None]  # (job, round, metrics) after each round
@@ -188,8 +195,10 @@ def lease_timeout() -> float:
         value = float(raw) if raw else DEFAULT_LEASE_TIMEOUT
     except ValueError:
         value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"${TIMEOUT_ENV} = {raw!r}: allowed: a number of seconds > 0")
+    if not (math.isfinite(value) and value >= MIN_LEASE_TIMEOUT):
+        raise ValueError(
+            f"${TIMEOUT_ENV} = {raw!r}: allowed: at least {MIN_LEASE_TIMEOUT:g} seconds"
+        )
     return value
 
 

@@ -4,7 +4,13 @@ blocking everyone, leases taken from live holders, read-only commands rewriting 
 
 from __future__ import annotations
 
+import csv
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +19,8 @@ from typer.testing import CliRunner
 
 from fedbench import grid as gridlib
 from fedbench.cli import app
-from fedbench.store import RunSpec, Store, StoreError
+from fedbench.store import MIN_LEASE_TIMEOUT, RUNS, SCHEMA_VERSION, RunSpec, Store, StoreError
+from fedbench.store.leases import host_identity, process_started
 
 GRID = """
 [task]
@@ -128,3 +135,149 @@ def test_done_needs_exactly_rounds_0_to_R(tmp_path: Path, forged: list[int]) -> 
         run = s.get_run("aaaa0001")
     assert run["status"] == "failed"
     assert f"outside 0..4 ({', '.join(map(str, forged))})" in run["error"]
+
+
+# --------------------------------------------------------------------------- fault 10: read-only
+
+
+def version_1_database(tmp_path: Path) -> Path:
+    """A database as fedbench 0.x wrote it (no lease columns, schema version 1) with one
+    finished run of grid file g.toml, in WAL mode as every fedbench file is."""
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID.format(lr=0.1), encoding="utf-8")
+    db = tmp_path / "v1.db"
+    with Store(str(db)) as s:
+        record_grid(s, grid, "done")
+    con = sqlite3.connect(db)
+    with con:
+        for col in ("lease_token", "lease_owner", "heartbeat_at", "attempts", *V3):
+            con.execute(f"ALTER TABLE runs DROP COLUMN {col}")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return db
+
+
+V3 = ("lease_timeout", "lease_host", "lease_started", "provenance")
+
+
+def test_read_only_commands_leave_a_version_1_database_untouched(tmp_path: Path) -> None:
+    db = version_1_database(tmp_path)
+    grid = tmp_path / "g.toml"
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    out = tmp_path / "out"
+    for args in (
+        ("report", "--format", "json"),
+        ("export", out, "--table", "runs", "--table", "experiments"),
+        ("export", out, "--experiment", "g"),
+        ("prune", grid),
+        ("ls",),
+        ("run", grid, "--dry-run"),
+    ):
+        result = invoke(*args, "--db", db)
+        assert result.exit_code == 0, (args, result.output)
+        assert (db.read_bytes(), db.stat().st_mtime_ns) == before, args
+    with (out / "runs.csv").open(encoding="utf-8") as f:
+        runs = list(csv.DictReader(f))
+    assert len(runs) == 2 and {"lease_owner", *V3} <= set(runs[0])
+    assert [r["attempts"] for r in runs] == ["0", "0"]  # read as if migrated
+    with Store(str(db), read_only=True) as s:
+        assert s.provenance(1) is None
+        with pytest.raises(StoreError, match="read-only"):
+            s.delete_runs([1])
+    # a writing open migrates it, the data intact
+    with Store(str(db)) as s:
+        assert [r["status"] for r in s.runs_records()] == ["done", "done"]
+        assert s.get_run("1")["attempts"] == 0
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+    assert set(V3) <= {c[1] for c in con.execute("PRAGMA table_info(runs)")}
+    con.close()
+
+
+# --------------------------------------------------------------------------- fault 8: leases
+
+
+def test_a_short_timeout_launcher_does_not_take_a_live_run_from_a_default_one(
+    tmp_path: Path,
+) -> None:
+    with Store(str(tmp_path / "l.db")) as s:
+        claimed_run(s)  # held under timeout 60, heartbeat fresh
+        time.sleep(1.2)
+        assert s.claim("aaaa0001", "B/1", "other:2", timeout=1.0) is None  # judged by 60 s
+        assert s.claimable(["aaaa0001"], 1.0, ("pending",)) == []
+        assert s.get_run("aaaa0001")["lease_owner"] == "here:1"
+
+
+def test_a_lease_timeout_below_the_heartbeat_floor_is_refused(tmp_path: Path) -> None:
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID.format(lr=0.1), encoding="utf-8")
+    result = invoke("run", grid, "--db", tmp_path / "r.db", "--lease-timeout", "0.01")
+    assert result.exit_code == 2 and not (tmp_path / "r.db").exists()
+    assert result.stderr.strip() == (
+        f"error: --lease-timeout 0.01: allowed: at least {MIN_LEASE_TIMEOUT:g} seconds "
+        "(a holder renews its lease every timeout/4 s)"
+    )
+
+
+def test_same_hostname_is_not_same_host(tmp_path: Path) -> None:
+    """A holder in another container (same hostname, another pid namespace: its pid means
+    nothing here) keeps its run; one of this very host whose pid is dead loses it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owner = f"{socket.gethostname()}:{dead.pid}"
+    with Store(str(tmp_path / "l.db")) as s:
+        exp = s.upsert_experiment("e", "g.toml", "")
+        s.ensure_runs(exp, [RunSpec(k, 0, "fedavg", "identity", "d", "m", {}) for k in KEYS])
+        for key in KEYS:
+            assert s.claim(key, f"A/{key}", owner, timeout=3600) is not None
+        with s._write() as conn:  # the first holder's lease was written in another container
+            q = RUNS.update().where(RUNS.c.key == KEYS[0])
+            conn.execute(q.values(lease_host=f"{socket.gethostname()}/other-boot/4026531836"))
+        assert s.claimable(list(KEYS), 3600, ("pending",)) == [KEYS[1]]
+        assert s.claim(KEYS[0], "B/1", "b:1", timeout=3600) is None
+        taken = s.claim(KEYS[1], "B/2", "b:1", timeout=3600)
+        assert taken is not None and taken.taken_over == owner
+    ours = host_identity()
+    assert ours is not None and ours.startswith(socket.gethostname() + "/")
+    assert process_started(os.getpid()) == process_started(os.getpid()) is not None
+    assert process_started(dead.pid) is None
+
+
+KEYS = ("aaaa0001", "bbbb0002")
+
+
+def test_a_version_2_database_migrates_and_still_reads(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    with Store(str(db)) as s:
+        rid, token = claimed_run(s)
+        s.log_round(rid, 0, {"loss": 1.0}, token)
+    con = sqlite3.connect(db)
+    with con:
+        for col in V3:
+            con.execute(f"ALTER TABLE runs DROP COLUMN {col}")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    with Store(str(db), read_only=True) as s:
+        assert s.get_run("aaaa0001")["lease_owner"] == "here:1"
+    with Store(str(db)) as s:  # migrates; the old lease (no timeout stored) still holds
+        run = s.get_run("aaaa0001")
+        assert (run["status"], run["lease_owner"], run["rounds_logged"]) == ("running", "here:1", 0)
+        assert s.claim("aaaa0001", "B/1", "b:1", timeout=60) is None
+        assert s.heartbeat(rid, token)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_provenance_round_trips_and_is_plain_json(tmp_path: Path) -> None:
+    with Store(str(tmp_path / "p.db")) as s:
+        rid, _ = claimed_run(s)
+        assert s.provenance(rid) is None
+        info = {"host": "node-1", "git": {"commit": "abc", "dirty": False}, "cpus": [0, 1]}
+        s.set_provenance(rid, info)
+        assert s.provenance(rid) == info
+        with pytest.raises(StoreError, match="not plain JSON"):
+            s.set_provenance(rid, {"x": float("nan")})
+        with pytest.raises(StoreError, match="unknown run id 999"):
+            s.set_provenance(999, {})

@@ -99,14 +99,15 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def open_store(db: str | None) -> Store:
-    """The database for a read-only command (ls, show, report, export, prune): an SQLite file
-    that does not exist is refused in one line and is not created."""
+def open_store(db: str | None, write: bool = False) -> Store:
+    """The database of a command that reads it (ls, show, report, export, prune): an SQLite
+    file that does not exist is refused in one line and is not created. Without `write` it is
+    opened read-only: nothing is written, an older database is not migrated."""
     from fedbench.store import Store, is_new_sqlite_file
 
     if is_new_sqlite_file(db):
         raise _no_such_file(db)
-    return Store(db)
+    return Store(db, read_only=not write)
 
 
 def check_experiment_owner(store: Store, g: Grid, grid: Path) -> None:

@@ -34,7 +34,7 @@ def prune(
     """
     from fedbench import grid as gridlib
 
-    store = open_store(db)
+    store = open_store(db, write=yes)  # a dry run writes nothing, not even a migration
     g = gridlib.load(grid)
     check_experiment_owner(store, g, grid)  # the experiment may be another grid file's
     keys = {j.key for j in g.jobs}

@@ -147,7 +147,9 @@ def run(
     wanted = (*TODO, "failed") if rerun_failed else TODO
     labels = {k: plain(v) for k, v in gridlib.job_labels(g.jobs).items()}
     if dry_run:  # reads the database, writes nothing
-        known = {} if is_new_sqlite_file(db) else Store(db).statuses([j.key for j in jobs])
+        known = {}
+        if not is_new_sqlite_file(db):
+            known = Store(db, read_only=True).statuses([j.key for j in jobs])
         status = {j.key: known.get(j.key, "new") for j in jobs}
         would = [j for j in jobs if status[j.key] in (*wanted, "new")]
         rows = [
@@ -315,8 +317,13 @@ def _broken_pipe() -> None:
 
 def _lease_timeout(option: float | None) -> float:
     if option is not None:
-        if not (math.isfinite(option) and option > 0):
-            raise CommandError(f"--lease-timeout {option}: allowed: a number of seconds > 0")
+        from fedbench.store import MIN_LEASE_TIMEOUT
+
+        if not (math.isfinite(option) and option >= MIN_LEASE_TIMEOUT):
+            raise CommandError(
+                f"--lease-timeout {option:g}: allowed: at least {MIN_LEASE_TIMEOUT:g} seconds "
+                "(a holder renews its lease every timeout/4 s)"
+            )
         return option
     from fedbench import runner
 

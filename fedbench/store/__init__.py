@@ -29,6 +29,7 @@ from fedbench.store.common import (
     ENV_VAR,
     FINAL_STATUSES,
     LEASE_COLUMNS,
+    MIN_LEASE_TIMEOUT,
     MIN_PREFIX,
     READER_ENV,
     SCHEMA_VERSION,
@@ -103,7 +104,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "BUSY_TIMEOUT_S", "CHUNK", "COUNTED", "DEFAULT_URL", "ENV_VAR", "EXPERIMENTS",
     "EXPERIMENT_COLUMNS", "FINAL_STATUSES", "LEASE_COLUMNS", "META", "METRICS",
-    "METRIC_COLUMNS", "MIN_PREFIX", "READER_ENV", "RUNS", "RUN_COLUMNS", "RUN_FIELDS",
+    "METRIC_COLUMNS", "MIN_LEASE_TIMEOUT", "MIN_PREFIX", "READER_ENV", "RUNS", "RUN_COLUMNS",
+    "RUN_FIELDS",
     "SCHEMA_VERSION", "STATUSES", "TABLES", "Claim", "LeaseLostError", "MetricFloat",
     "MetricRow", "Query", "Reads", "RunInfo", "RunSpec", "SqliteReader", "Store", "StoreError",
     "UTCDateTime", "check_schema", "chunks", "first_line", "flatten_config",

@@ -16,12 +16,15 @@ ENV_VAR = "FEDBENCH_DB"
 READER_ENV = "FEDBENCH_READER"
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 TABLES = ("experiments", "runs", "metrics")
-SCHEMA_VERSION = 2  # 2: lease columns on runs
+SCHEMA_VERSION = 3  # 2: lease columns on runs; 3: holder identity and timeout, provenance
 LEASE_COLUMNS = ("lease_token", "lease_owner", "heartbeat_at", "attempts")
 MIN_PREFIX = 4  # shortest key prefix get_run accepts
 CHUNK = 500  # values per IN (...) clause: well below every backend's parameter limit
 BUSY_TIMEOUT_S = 30.0
 FINAL_STATUSES = ("done", "failed", "diverged")
+# A holder renews its lease every timeout/4 seconds (runner._Heartbeat) in a write that may wait
+# on others: a shorter timeout lets launchers take live runs from each other.
+MIN_LEASE_TIMEOUT = 1.0
 
 
 class StoreError(RuntimeError):

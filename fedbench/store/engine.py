@@ -17,13 +17,21 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from fedbench.store import schema
-from fedbench.store.common import BUSY_TIMEOUT_S, StoreError, first_line, resolve_url
-from fedbench.store.reads import Query, Reads
+from fedbench.store.common import (
+    BUSY_TIMEOUT_S,
+    LEASE_COLUMNS,
+    TABLES,
+    StoreError,
+    first_line,
+    resolve_url,
+)
+from fedbench.store.reads import Query, Reads, no_rows
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -67,6 +75,13 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
+def _on_sqlite_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
+    """Per-connection settings of a read-only SQLite connection: nothing that writes (no
+    journal mode switch, no synchronous setting)."""
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+
 def _wal(cur: Any) -> None:
     """Switch the file to WAL mode (persistent: later connections find it on). Switching needs
     an exclusive lock and SQLite reports a concurrent opener's lock at once, without its busy
@@ -97,7 +112,14 @@ class Database(Reads):
     `url` masks any password, so it is safe to print.
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    _tables = True  # fedbench's tables are all there (False: a read-only open reads nothing)
+    _run_columns: set[str] | None = None  # a read-only open of an older file: what runs has
+
+    def __init__(self, url: str | None = None, read_only: bool = False) -> None:
+        """Open `url`. With `read_only` (report, export, a dry-run prune) nothing is ever
+        written, not even a migration: an older database is read as it is, as if migrated
+        (an SQLite file is opened with mode=ro), and a write raises `StoreError`."""
+        self._read_only = read_only
         resolved = resolve_url(url)
         self._raw_url = resolved
         try:
@@ -127,6 +149,8 @@ class Database(Reads):
     def _open(self, url: sa.URL) -> Engine:
         """An engine for `url`, with the SQLite settings installed on every connection."""
         path = _sqlite_file(url)
+        if path is not None and self._read_only:
+            return self._open_sqlite_read_only(url, path)
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,15 +165,35 @@ class Database(Reads):
             sa.event.listen(engine, "begin", _on_sqlite_begin)
         return engine
 
+    def _open_sqlite_read_only(self, url: sa.URL, path: Path) -> Engine:
+        """An engine whose connections open the file with mode=ro (as `SqliteReader` does)."""
+        uri = f"file:{quote(str(path))}?mode=ro"
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+
+        engine = sa.create_engine(url, creator=connect)
+        sa.event.listen(engine, "connect", _on_sqlite_connect_read_only)
+        sa.event.listen(engine, "begin", _on_sqlite_begin)
+        return engine
+
     def _ensure_schema(self) -> None:
-        """Create missing tables and migrate an older database (schema.py)."""
-        if schema.needs_migration(self):
+        """Create missing tables and migrate an older database (schema.py); opened read-only,
+        only note what the database has, to read it as it is."""
+        found = schema.inspect_schema(self)
+        if self._read_only:
+            self._tables = found.tables.issuperset(TABLES)
+            self._run_columns = found.run_columns
+            self._lease = found.run_columns.issuperset(LEASE_COLUMNS)
+        elif found.stale:
             schema.create_or_migrate(self)
 
     @contextmanager
     def _transaction(self, write: bool, what: str) -> Iterator[Connection]:
         """A connection in a transaction, committed at the end; driver errors become
         `StoreError` ("{what} URL: reason")."""
+        if write and self._read_only:
+            raise StoreError(f"{what} {self.url}: opened read-only, nothing may be written")
         try:
             with self._engine.connect() as conn:
                 conn.execution_options(**{_WRITE: write})
@@ -191,6 +235,9 @@ class Database(Reads):
     @contextmanager
     def _snapshot(self) -> Iterator[Query]:
         """A read transaction as a `reads.Query` (SQL text with named parameters)."""
+        if not self._tables:
+            yield no_rows
+            return
         with self._read() as conn:
 
             def query(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -13,7 +13,7 @@ from fedbench.store import reads
 from fedbench.store.common import STATUSES, TABLES, StoreError
 from fedbench.store.engine import Database
 from fedbench.store.reads import EXPERIMENT_COLUMNS, METRIC_COLUMNS, RUN_COLUMNS, flatten_config
-from fedbench.store.schema import TABLE_BY_NAME, UTCDateTime
+from fedbench.store.schema import RUNS, TABLE_BY_NAME, UTCDateTime
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +29,19 @@ def _utc_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 class Frames(Database):
     """Frames over the reads (see the module docstring)."""
+
+    def _columns_of(self, t: sa.Table) -> list[Any]:
+        """The columns of `t` to select: a runs column an older database (opened read-only)
+        lacks reads as a run that never had it: NULL, attempts 0."""
+        have = self._run_columns
+        if t is not RUNS or have is None:
+            return list(t.columns)
+        return [
+            c if c.name in have
+            else sa.literal(0).label(c.name) if c.name == "attempts"
+            else sa.type_coerce(sa.null(), c.type).label(c.name)
+            for c in t.columns
+        ]  # fmt: skip
 
     def experiments_frame(self) -> pd.DataFrame:
         """`experiments_records` as a frame (created_at a UTC datetime column)."""
@@ -84,12 +97,17 @@ class Frames(Database):
         if table not in TABLE_BY_NAME:
             raise StoreError(f"cannot export table {table!r}: allowed: {', '.join(TABLES)}")
         t = TABLE_BY_NAME[table]
-        q = sa.select(t).order_by(*t.primary_key.columns)
-        with self._read() as conn:
-            rows = conn.execute(q).all()
+        rows: Sequence[Any] = []
+        if self._tables:
+            q = sa.select(*self._columns_of(t)).order_by(*t.primary_key.columns)
+            with self._read() as conn:
+                rows = conn.execute(q).all()
         frame = pd.DataFrame([tuple(r) for r in rows], columns=[c.name for c in t.columns])
         if table == "runs":
             frame["config"] = [json.dumps(c) for c in frame["config"]]
+            frame["provenance"] = [
+                None if p is None else json.dumps(p) for p in frame["provenance"]
+            ]
         if table == "metrics":
             frame = frame.astype({"value": "float64"})
         stamps = [c.name for c in t.columns if isinstance(c.type, UTCDateTime)]

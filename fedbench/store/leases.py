@@ -2,20 +2,24 @@
 
 A launcher claims a run in one transaction (`claim`): the run gets a fresh `lease_token`,
 `lease_owner` = "host:pid" of the process running it, a `heartbeat_at` the holder renews
-(`heartbeat`) and `attempts` + 1. A run can be claimed when it is pending (or failed, when
-asked), or running with a stale lease: its heartbeat older than the caller's timeout, or its
-holder a process of this host that no longer exists. Every write of a run given a token checks
-it (`check_lease`) in the same transaction. Heartbeats compare against the database's clock on
-PostgreSQL (many hosts), the local clock on SQLite (one host).
+(`heartbeat`), `attempts` + 1, and what judges the lease later: the holder's own timeout
+(`lease_timeout`), its host identity (`lease_host`: hostname, boot id, pid namespace) and its
+process start time (`lease_started`). A run can be claimed when it is pending (or failed, when
+asked), or running with a stale lease: its heartbeat older than the holder's timeout, or its
+holder a process of this very host that no longer exists (`lease_is_stale`). Every write of a
+run given a token checks it (`check_lease`) in the same transaction. Heartbeats compare against
+the database's clock on PostgreSQL (many hosts), the local clock on SQLite (one host).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -27,15 +31,69 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 
-def lease_is_stale(
-    owner: str | None, heartbeat: datetime | None, now: datetime, timeout: float
-) -> bool:
+class Holder(NamedTuple):
+    """What a lease says about its holder: enough to judge it stale without trusting names."""
+
+    owner: str | None  # "host:pid", shown to people
+    heartbeat: datetime | None
+    timeout: float | None  # the holder's own lease timeout (None: a lease of schema 2)
+    host: str | None  # `host_identity()` of the holder (None: unknown, never "this host")
+    started: str | None  # `process_started(pid)` of the holder when it claimed
+
+
+_LEASE = (RUNS.c.lease_owner, RUNS.c.heartbeat_at, RUNS.c.lease_timeout, RUNS.c.lease_host,
+          RUNS.c.lease_started)  # fmt: skip
+
+
+def lease_is_stale(holder: Holder, now: datetime, timeout: float) -> bool:
     """A running run's lease can be taken over: no heartbeat (a run started without a lease),
-    a heartbeat older than `timeout` seconds, or a holder process on this host that is gone."""
-    if heartbeat is None or (now - heartbeat).total_seconds() > timeout:
+    a heartbeat older than the holder's own timeout (the caller's `timeout` for a lease that
+    does not say: a launcher with a short timeout must not take a live run from one with a
+    long one), or a holder process that is gone from this very host: same `host_identity()`
+    (hostname, boot id and pid namespace; containers sharing a hostname differ) and its pid
+    dead or reused by a process started later."""
+    limit = timeout if holder.timeout is None else holder.timeout
+    if holder.heartbeat is None or (now - holder.heartbeat).total_seconds() > limit:
         return True
-    host, _, pid = (owner or "").rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+    ours = host_identity()
+    if ours is None or holder.host != ours:
+        return False
+    pid = (holder.owner or "").rpartition(":")[2]
+    if not pid.isdigit():
+        return False
+    if not _process_alive(int(pid)):
+        return True
+    now_started = process_started(int(pid))
+    return None not in (holder.started, now_started) and holder.started != now_started
+
+
+@functools.cache
+def host_identity() -> str | None:
+    """This host as a lease names it: hostname, kernel boot id and pid namespace, so that a
+    pid is only ever judged on the machine and namespace where it means that process. None
+    where the kernel does not say (no /proc): "this host" is then never concluded."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = Path("/proc/self/ns/pid").stat().st_ino
+    except OSError:
+        return None
+    return f"{socket.gethostname()}/{boot}/{ns}"[:255]
+
+
+def process_started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22): tells a
+    reused pid from the holder. None when the process is gone or the kernel does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def _holder(row: Any) -> Holder:
+    return Holder(row.lease_owner, row.heartbeat_at, row.lease_timeout, row.lease_host,
+                  row.lease_started)  # fmt: skip
 
 
 def _process_alive(pid: int) -> bool:
@@ -81,10 +139,7 @@ class Leases(Database):
         `token`, with `owner` ("host:pid") and a fresh heartbeat."""
         with self._write() as conn:
             row = conn.execute(
-                sa.select(
-                    RUNS.c.id, RUNS.c.status, RUNS.c.lease_owner, RUNS.c.heartbeat_at,
-                    RUNS.c.attempts,
-                )
+                sa.select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, *_LEASE)
                 .where(RUNS.c.key == key)
                 .with_for_update()
             ).first()  # fmt: skip
@@ -93,12 +148,13 @@ class Leases(Database):
             now = self._db_now(conn)
             taken_over = None
             if row.status == "running":
-                if not lease_is_stale(row.lease_owner, row.heartbeat_at, now, timeout):
+                if not lease_is_stale(_holder(row), now, timeout):
                     return None
                 taken_over = row.lease_owner or "unknown holder"
             elif row.status not in statuses:
                 return None
             attempts = int(row.attempts or 0) + 1
+            pid = owner.rpartition(":")[2]
             conn.execute(
                 sa.update(RUNS)
                 .where(RUNS.c.id == row.id)
@@ -108,6 +164,9 @@ class Leases(Database):
                     lease_owner=owner,
                     heartbeat_at=now,
                     attempts=attempts,
+                    lease_timeout=float(timeout),
+                    lease_host=host_identity(),
+                    lease_started=process_started(int(pid)) if pid.isdigit() else None,
                 )
             )
         return Claim(int(row.id), token, attempts, taken_over)
@@ -122,15 +181,14 @@ class Leases(Database):
 
     def claimable(self, keys: Sequence[str], timeout: float, statuses: Sequence[str]) -> list[str]:
         """The keys among `keys` a `claim` would take now (read only)."""
-        q = sa.select(RUNS.c.key, RUNS.c.status, RUNS.c.lease_owner, RUNS.c.heartbeat_at)
+        q = sa.select(RUNS.c.key, RUNS.c.status, *_LEASE)
         out: set[str] = set()
         with self._read() as conn:
             now = self._db_now(conn)
             for part in chunks(list(keys)):
                 for r in conn.execute(q.where(RUNS.c.key.in_(part))):
                     if r.status in statuses or (
-                        r.status == "running"
-                        and lease_is_stale(r.lease_owner, r.heartbeat_at, now, timeout)
+                        r.status == "running" and lease_is_stale(_holder(r), now, timeout)
                     ):
                         out.add(r.key)
         return [k for k in keys if k in out]

@@ -296,6 +296,11 @@ def experiments_records(query: Query) -> list[dict[str, Any]]:
     return [experiment_record(r) for r in query(EXPERIMENTS_SQL, {})]
 
 
+def no_rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """The `Query` of a database without fedbench's tables: every read is empty."""
+    return []
+
+
 class Reads:
     """The reads behind ls, show and the Store's frames, one snapshot (`_snapshot`) each,
     running this module's query functions: shared by the `Store` (SQLAlchemy, every URL) and

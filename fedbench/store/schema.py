@@ -5,14 +5,19 @@ Tables, in plain SQLAlchemy Core, portable between SQLite and PostgreSQL:
 - ``experiments(id, name unique, grid_path, grid_toml, created_at)``
 - ``runs(id, key unique, experiment_id, seed, algorithm, compressor, dataset, model, config,
   status, error, started_at, finished_at, host, device, fedbench_version, torch_version,
-  lease_token, lease_owner, heartbeat_at, attempts)``
+  lease_token, lease_owner, heartbeat_at, attempts, lease_timeout, lease_host,
+  lease_started, provenance)``
 - ``metrics(run_id, round, name, value)``, primary key ``(run_id, round, name)``
 - ``meta(key, value)``: ``schema_version``.
 
-Versions: 1 (fedbench 0.x) had no lease columns; 2 adds them. A database of an older version
+Versions: 1 (fedbench 0.x) had no lease columns; 2 adds them; 3 adds the holder's own lease
+timeout and process identity (`lease_timeout`, `lease_host`, `lease_started`) and the run's
+`provenance` (JSON, nullable). A database of an older version
 is brought up to date by the migration functions of `MIGRATIONS`, in order, each idempotent
 (a migration that finds its columns already there adds nothing), in one transaction that also
 creates any missing table, so several launchers opening one old database at once are safe.
+A database opened read-only (report, export, a dry-run prune) is never migrated: it is read as
+it is, the columns it lacks read as a run that never had them (NULL, attempts 0).
 
 Conventions: timestamps are timezone-aware UTC datetimes (SQLite stores naive UTC, read back
 as UTC); a metric value of NaN is stored as NULL (SQLite cannot store NaN) and read back as
@@ -24,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import sqlalchemy as sa
 
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 
     from fedbench.store.engine import Database
 
+V3_COLUMNS = ("lease_timeout", "lease_host", "lease_started", "provenance")
 _PG_LOCK = 0x6FEDBE  # advisory lock serialising schema creation on PostgreSQL
 
 
@@ -132,6 +138,11 @@ RUNS = sa.Table(
     sa.Column("lease_owner", _NAME),  # "host:pid" of the process running the run
     sa.Column("heartbeat_at", UTCDateTime),
     sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    # version 3: the holder's own lease timeout and where its process runs (leases.py)
+    sa.Column("lease_timeout", sa.Double),
+    sa.Column("lease_host", _NAME),  # hostname/boot id/pid namespace of the holder
+    sa.Column("lease_started", sa.String(32)),  # the holder process's start time (ticks)
+    sa.Column("provenance", sa.JSON),  # where and how the run ran (Store.set_provenance)
 )
 
 METRICS = sa.Table(
@@ -181,8 +192,13 @@ def _to_2(conn: Connection) -> None:
     _add_missing_columns(conn, RUNS, LEASE_COLUMNS)
 
 
+def _to_3(conn: Connection) -> None:
+    """Version 3: the holder's lease timeout and process identity; the run's provenance."""
+    _add_missing_columns(conn, RUNS, V3_COLUMNS)
+
+
 # MIGRATIONS[v] brings a version-v database to version v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}
 
 
 def schema_version(conn: Connection, url: str) -> int | None:
@@ -191,10 +207,18 @@ def schema_version(conn: Connection, url: str) -> int | None:
     return parse_version(url, conn.execute(q).scalar_one_or_none())
 
 
-def needs_migration(db: Database) -> bool:
-    """Whether the database lacks tables, columns or the current schema version. A database
-    that is not fedbench's (our table names without `meta`, or a `metrics` table without its
-    primary key) or is newer is refused (`check_schema`) before anything is written to it."""
+class Found(NamedTuple):
+    """What a database has: its table names and the columns of its runs table."""
+
+    tables: set[str]
+    run_columns: set[str]
+    stale: bool  # lacks a table, a column or the current schema version
+
+
+def inspect_schema(db: Database) -> Found:
+    """What the database has, read without writing. A database that is not fedbench's (our
+    table names without `meta`, or a `metrics` table without its primary key) or is newer is
+    refused (`check_schema`) before anything is written to it."""
     with db._read("cannot open database") as conn:
         insp = sa.inspect(conn)
         present = set(insp.get_table_names())
@@ -206,7 +230,8 @@ def needs_migration(db: Database) -> bool:
     check_schema(db.url, present, version, pk)  # the rules SqliteReader applies
     stale = version is None or version < SCHEMA_VERSION
     stale = stale or not present.issuperset(METADATA.tables)
-    return stale or ("runs" in present and not columns.issuperset(LEASE_COLUMNS))
+    stale = stale or ("runs" in present and not columns.issuperset(RUNS.columns.keys()))
+    return Found(present, columns, stale)
 
 
 def create_or_migrate(db: Database) -> None:

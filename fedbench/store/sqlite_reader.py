@@ -19,12 +19,7 @@ from fedbench.store.common import (
     first_line,
     parse_version,
 )
-from fedbench.store.reads import Query, Reads
-
-
-def _no_rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """The `Query` of a database without fedbench's tables: every read is empty."""
-    return []
+from fedbench.store.reads import Query, Reads, no_rows
 
 
 class SqliteReader(Reads):
@@ -53,7 +48,7 @@ class SqliteReader(Reads):
     def _snapshot(self, what: str = "database error in") -> Iterator[Query]:
         """A read transaction; driver errors become one-line `StoreError`s."""
         if not self._tables:
-            yield _no_rows
+            yield no_rows
             return
         try:
             self._con.execute("BEGIN")

@@ -6,6 +6,7 @@ over; `finish_run` never records `done` unless rounds 0..R all have rows."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as sa_pg
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
+from fedbench.store import reads
 from fedbench.store.common import FINAL_STATUSES, RunInfo, RunSpec, StoreError, chunks
 from fedbench.store.engine import Database, _now
 from fedbench.store.leases import check_lease
@@ -165,6 +167,8 @@ class Writes(Database):
 
     def experiment_grid(self, name: str) -> tuple[str, str] | None:
         """(grid path, grid text) stored for experiment `name`, None if there is none."""
+        if not self._tables:
+            return None
         q = sa.select(EXPERIMENTS.c.grid_path, EXPERIMENTS.c.grid_toml)
         with self._read() as conn:
             row = conn.execute(q.where(EXPERIMENTS.c.name == name)).first()
@@ -188,6 +192,8 @@ class Writes(Database):
 
     def statuses(self, keys: Sequence[str]) -> dict[str, str]:
         """The status of every given key that has a run (read only; unknown keys are absent)."""
+        if not self._tables:
+            return {}
         with self._read() as conn:
             return {k: info.status for k, info in _runs_by_key(conn, keys).items()}
 
@@ -215,7 +221,8 @@ class Writes(Database):
             conn.execute(sa.delete(METRICS).where(stale))
             lease: dict[str, Any] = {}
             if token is None:
-                lease = {"lease_token": None, "lease_owner": None, "heartbeat_at": None}
+                lease = {c: None for c in ("lease_token", "lease_owner", "heartbeat_at")}
+                lease.update(lease_timeout=None, lease_host=None, lease_started=None)
             conn.execute(
                 sa.update(RUNS)
                 .where(RUNS.c.id == run_id)
@@ -322,3 +329,28 @@ class Writes(Database):
         with self._read() as conn:
             value = conn.execute(q).scalar()
         return None if value is None else int(value)
+
+    # ----------------------------------------------------------------- provenance
+
+    def set_provenance(self, run_id: int, provenance: Mapping[str, Any]) -> None:
+        """Record where and how run `run_id` ran (JSON: host, versions, git commit, ...); it
+        replaces what was recorded before."""
+        try:
+            value = json.loads(json.dumps(dict(provenance), allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"run {run_id}: provenance is not plain JSON: {e}") from None
+        with self._write() as conn:
+            q = sa.update(RUNS).where(RUNS.c.id == run_id).values(provenance=value)
+            if conn.execute(q).rowcount == 0:
+                raise StoreError(f"unknown run id {run_id} in {self.url}")
+
+    def provenance(self, run_id: int) -> dict[str, Any] | None:
+        """The provenance recorded for run `run_id`, None when none was (or the database,
+        opened read-only, predates it)."""
+        if not self._tables or (
+            self._run_columns is not None and "provenance" not in self._run_columns
+        ):
+            return None
+        with self._read() as conn:
+            value = conn.execute(sa.select(RUNS.c.provenance).where(RUNS.c.id == run_id)).scalar()
+        return reads.config(value)
