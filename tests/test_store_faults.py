@@ -15,11 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_store import POSTGRES, fresh_postgres_database
 from typer.testing import CliRunner
 
 from fedbench import grid as gridlib
 from fedbench.cli import app
-from fedbench.store import MIN_LEASE_TIMEOUT, RUNS, SCHEMA_VERSION, RunSpec, Store, StoreError
+from fedbench.store import (
+    MIN_LEASE_TIMEOUT,
+    RUNS,
+    SCHEMA_VERSION,
+    RunSpec,
+    Store,
+    StoreBusyError,
+    StoreError,
+)
 from fedbench.store.leases import host_identity, process_started
 
 GRID = """
@@ -281,3 +290,61 @@ def test_provenance_round_trips_and_is_plain_json(tmp_path: Path) -> None:
             s.set_provenance(rid, {"x": float("nan")})
         with pytest.raises(StoreError, match="unknown run id 999"):
             s.set_provenance(999, {})
+
+
+# --------------------------------------------------------------------------- fault 6: busy
+
+
+def hold_write_lock(url: str, key: str) -> Any:
+    """Another process's open write transaction (what a launcher frozen mid-write leaves):
+    SQLite's write lock, or on PostgreSQL the run's row lock. Returns what to close."""
+    if url.startswith("sqlite"):
+        con = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")
+        return con
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    conn = engine.connect()
+    conn.execute(sa.text("SELECT id FROM runs WHERE key = :k FOR UPDATE"), {"k": key})
+    return conn  # its transaction stays open until closed
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=POSTGRES)])
+def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    from fedbench.store import engine
+
+    monkeypatch.setattr(engine, "_BUSY_TIMEOUT_MS", 300)  # a lock wait of 0.3 s, not 30
+    monkeypatch.setattr(engine, "_PG_LOCK_TIMEOUT_MS", 300)
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'busy.db'}"
+    return fresh_postgres_database()
+
+
+def test_a_frozen_writer_makes_writes_busy_not_failed_and_claims_skip(url: str) -> None:
+    from fedbench import runner
+
+    with Store(url) as s:
+        exp = s.upsert_experiment("e", "g.toml", "")
+        s.ensure_runs(exp, [RunSpec(k, 0, "fedavg", "identity", "d", "m", {}) for k in KEYS])
+        c = s.claim(KEYS[0], "A/1", "here:1", timeout=60)
+        assert c is not None
+        rid = s.start_run(KEYS[0], "here", "cpu", token=c.token)
+        holder = hold_write_lock(url, KEYS[0])
+        try:
+            start = time.monotonic()
+            with pytest.raises(StoreBusyError):
+                s.log_round(rid, 0, {"loss": 1.0}, c.token)
+            assert time.monotonic() - start < 5  # the lock timeout, not the freeze
+            rows = runner.RoundWriter(s, rid, c.token)
+            rows.add(0, {"loss": 1.0}, write=True)  # busy: kept, the job goes on
+            assert rows.pending == [(0, {"loss": 1.0})]
+            if url.startswith("postgresql"):  # the frozen row is skipped, others are claimed
+                assert s.claim(KEYS[0], "B/1", "b:1", timeout=60) is None
+                assert s.claim(KEYS[1], "B/2", "b:1", timeout=60) is not None
+        finally:
+            holder.close()
+        rows.flush(wait=True)  # the holder moved on: written
+        assert rows.pending == []
+        assert [r.round for r in s.metrics_records([rid])] == [0]
+        assert s.get_run(KEYS[0])["status"] == "running"

@@ -40,6 +40,12 @@ class MetricRow(NamedTuple):
     value: float
 
 
+class StoreBusyError(StoreError):
+    """The database stayed locked past the lock timeout (another process holds a write
+    transaction: a frozen launcher). Nothing was written; the same write may be retried. Never
+    a job's failure (the runner keeps its rows and retries)."""
+
+
 class LeaseLostError(StoreError):
     """Another launcher holds this run now (our lease went stale and was taken over)."""
 

@@ -27,6 +27,7 @@ from fedbench.store.common import (
     BUSY_TIMEOUT_S,
     LEASE_COLUMNS,
     TABLES,
+    StoreBusyError,
     StoreError,
     first_line,
     resolve_url,
@@ -38,6 +39,15 @@ if TYPE_CHECKING:
 
 _WRITE = "fedbench_write"  # execution option: this transaction writes
 _BUSY_TIMEOUT_MS = round(BUSY_TIMEOUT_S * 1000)  # the same wait as the read-only reader
+_PG_LOCK_TIMEOUT_MS = 10_000  # a PostgreSQL write waits this long for a row lock, then is busy
+
+
+def _is_lock_timeout(e: sa_exc.DBAPIError) -> bool:
+    """A lock wait that timed out: SQLite's "database is locked" (busy timeout), PostgreSQL's
+    lock_not_available (SQLSTATE 55P03, lock_timeout)."""
+    orig = e.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code == "55P03" or "database is locked" in str(orig)
 
 
 def _now() -> datetime:
@@ -198,8 +208,12 @@ class Database(Reads):
             with self._engine.connect() as conn:
                 conn.execution_options(**{_WRITE: write})
                 with conn.begin():
+                    if write and conn.dialect.name == "postgresql":  # never wait on a frozen holder
+                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {_PG_LOCK_TIMEOUT_MS}")
                     yield conn
         except sa_exc.DBAPIError as e:
+            if _is_lock_timeout(e):
+                raise StoreBusyError(f"{what} {self.url}: {first_line(e)}") from None
             raise self._fail(what, e) from None
 
     def _read(self, what: str = "database error in") -> AbstractContextManager[Connection]:

@@ -141,9 +141,12 @@ class Leases(Database):
             row = conn.execute(
                 sa.select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, *_LEASE)
                 .where(RUNS.c.key == key)
-                .with_for_update()
+                .with_for_update(skip_locked=True)  # PostgreSQL: locked is someone else's now
             ).first()  # fmt: skip
             if row is None:
+                exists = sa.select(RUNS.c.id).where(RUNS.c.key == key)
+                if conn.execute(exists).first() is not None:
+                    return None  # a row another transaction holds: not ours to take now
                 raise StoreError(f"unknown run key {key!r} in {self.url}")
             now = self._db_now(conn)
             taken_over = None
