@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -42,7 +42,15 @@ from fedbench.grid import Job, run_config
 from fedbench.models import Model, build_model
 from fedbench.network import build_network, charged_seconds
 from fedbench.seeding import RoundRng
-from fedbench.store import Claim, LeaseLostError, RunSpec, Store, StoreError
+from fedbench.store import (
+    MIN_LEASE_TIMEOUT,
+    Claim,
+    LeaseLostError,
+    RunSpec,
+    Store,
+    StoreBusyError,
+    StoreError,
+)
 from fedbench.task import ClientData, Task
 
 Progress = Callable[[Job, int, dict[str, float]], None]  # (job, round, metrics) after each round
@@ -63,11 +71,38 @@ class RoundWriter:
         if write or time.perf_counter() - self.last >= FLUSH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
+        """Write the queued rounds. A busy database (another process froze inside a write)
+        is not the job's failure: the rounds stay queued for the next flush, or with `wait`
+        (the last flush) the write is retried until it goes through."""
         if self.pending:
-            self.store.log_rounds(self.run_id, self.pending, self.token)
+            try:
+                busy_retry(
+                    lambda: self.store.log_rounds(self.run_id, self.pending, self.token), wait
+                )
+            except StoreBusyError:
+                self.last = time.perf_counter()  # try again after FLUSH_SECONDS
+                return
             self.pending = []
         self.last = time.perf_counter()
+
+
+T = TypeVar("T")
+
+
+def busy_retry(write: Callable[[], T], wait: bool = True) -> T:
+    """`write()`, retried while the database is busy (`StoreBusyError`) when `wait`: a write
+    of a run that is still ours must land once the frozen holder of the lock moves on; a run
+    taken over meanwhile ends in LeaseLostError."""
+    pause = 0.1
+    while True:
+        try:
+            return write()
+        except StoreBusyError:
+            if not wait:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
 
 
 @dataclass(frozen=True)
@@ -191,8 +226,10 @@ def lease_timeout() -> float:
         value = float(raw) if raw else DEFAULT_LEASE_TIMEOUT
     except ValueError:
         value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"${TIMEOUT_ENV} = {raw!r}: allowed: a number of seconds > 0")
+    if not (math.isfinite(value) and value >= MIN_LEASE_TIMEOUT):
+        raise ValueError(
+            f"${TIMEOUT_ENV} = {raw!r}: allowed: at least {MIN_LEASE_TIMEOUT:g} seconds"
+        )
     return value
 
 
@@ -234,7 +271,7 @@ def execute(
     launch = Launch.current()
     token = f"{launch.prefix}/{uuid.uuid4().hex[:12]}"
     owner = f"{socket.gethostname()}:{os.getpid()}"
-    claim = store.claim(job.key, token, owner, launch.timeout, launch.statuses)
+    claim = busy_retry(lambda: store.claim(job.key, token, owner, launch.timeout, launch.statuses))
     if claim is None:
         return Outcome(job.key, "skipped", "held by another launcher", 0, 0.0, {})
     if on_start is not None:
@@ -265,8 +302,10 @@ def _claimed(
     rounds = int(job.config["experiment"]["rounds"])
     final: dict[str, float] = {}
     try:
-        run_id = store.start_run(
-            job.key, socket.gethostname(), str(device), resume_round=resume, token=token
+        run_id = busy_retry(
+            lambda: store.start_run(
+                job.key, socket.gethostname(), str(device), resume_round=resume, token=token
+            )
         )
         rows = RoundWriter(store, run_id, token)
         try:
@@ -275,7 +314,7 @@ def _claimed(
                 status, error, rounds_done, final = _loop(
                     job, rows, device, start, progress, folder, ckpt, task, env, alg
                 )
-            rows.flush()
+            rows.flush(wait=True)
         except (KeyboardInterrupt, BrokenPipeError):  # not the job's failure
             _flush_quietly(rows)  # the completed rounds
             raise
@@ -285,8 +324,10 @@ def _claimed(
             status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
             _flush_quietly(rows)
             rounds_done = store.last_round(run_id) or 0
-        status = store.finish_run(
-            run_id, status, error, token=token, rounds=rounds if status == "done" else None
+        status = busy_retry(
+            lambda: store.finish_run(
+                run_id, status, error, token=token, rounds=rounds if status == "done" else None
+            )
         )
     except LeaseLostError as e:  # another launcher took the run over: it is theirs now
         return Outcome(job.key, "lost", str(e), 0, time.perf_counter() - start, final)

@@ -62,8 +62,8 @@ def test_ls_and_show_import_no_heavy_library(tmp_path: Path):
         s.ensure_runs(exp, [RunSpec("abcdef01", 0, "fedavg", "identity", "digits", "mlp", config)])
         run_id = int(s.get_run("abcdef01")["id"])
         s.log_round(run_id, 0, {"bits_up": 0.0, "test_accuracy": 0.1})
-    # an SQLite file is read through stdlib sqlite3 (fedbench.store_read), without pandas or
-    # SQLAlchemy; show rebuilds the data split with numpy only
+    # an SQLite file is read through stdlib sqlite3 (fedbench.store.sqlite_reader), without
+    # pandas or SQLAlchemy; show rebuilds the data split with numpy only
     assert heavy_imports("ls", "--db", db) == []
     assert heavy_imports("ls", "--db", db, "--experiments", "--format", "csv") == []
     assert heavy_imports("show", "abcd", "--db", db) == []

@@ -1,5 +1,6 @@
-"""The read path without SQLAlchemy (store_read.py): `ls` and `show` read an SQLite file through
-stdlib sqlite3, read-only, and must say exactly what the `Store` (SQLAlchemy) says."""
+"""The read path without SQLAlchemy (fedbench/store/reads.py, sqlite_reader.py): `ls` and `show`
+read an SQLite file through stdlib sqlite3, read-only, and must say exactly what the `Store`
+(SQLAlchemy) says."""
 
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ from typer.testing import CliRunner
 
 from fedbench.cli import app
 from fedbench.commands.common import open_reader
-from fedbench.store import LEASE_COLUMNS, SCHEMA_VERSION, RunSpec, Store, StoreError
-from fedbench.store_read import (
+from fedbench.store import (
+    LEASE_COLUMNS,
     READER_ENV,
+    SCHEMA_VERSION,
+    RunSpec,
     SqliteReader,
+    Store,
+    StoreError,
     like_prefix,
     open_sqlite_reader,
     plain_sqlite_path,

@@ -17,8 +17,10 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from fedbench.store import Store
-    from fedbench.store_read import Reads
+    from pathlib import Path
+
+    from fedbench.grid import Grid
+    from fedbench.store import Reads, Store
 
 console = Console()
 err_console = Console(stderr=True)
@@ -62,7 +64,7 @@ class CommandError(Exception):
 _KNOWN_ERRORS = (
     ("fedbench.grid", "GridError", lambda e: list(e.problems)),
     ("fedbench.data.base", "DataError", lambda e: [str(e)]),
-    ("fedbench.store_read", "StoreError", lambda e: [str(e)]),  # fedbench.store's too
+    ("fedbench.store.common", "StoreError", lambda e: [str(e)]),  # LeaseLostError too
     ("fedbench.report.labels", "ReportError", lambda e: [str(e)]),
     ("fedbench.plugins", "PluginError", lambda e: list(e.problems)),
 )
@@ -98,21 +100,43 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def open_store(db: str | None) -> Store:
-    """The database for a read-only command (ls, show, report, export, prune): an SQLite file
-    that does not exist is refused in one line and is not created."""
+def open_store(db: str | None, write: bool = False) -> Store:
+    """The database of a command that reads it (ls, show, report, export, prune): an SQLite
+    file that does not exist is refused in one line and is not created. Without `write` it is
+    opened read-only: nothing is written, an older database is not migrated."""
     from fedbench.store import Store, is_new_sqlite_file
 
     if is_new_sqlite_file(db):
         raise _no_such_file(db)
-    return Store(db)
+    return Store(db, read_only=not write)
+
+
+def check_experiment_owner(store: Store, g: Grid, grid: Path) -> None:
+    """Refuse a grid whose experiment name is already another grid file's: `run` would
+    overwrite its stored grid text and `prune` would delete its runs. The same file (edited)
+    or the same text elsewhere is fine. One rule for every command that acts on a grid's
+    experiment."""
+    from pathlib import Path
+
+    prev = store.experiment_grid(g.name)
+    if prev is None or prev[1] == g.text:
+        return
+    try:
+        same = Path(prev[0]).resolve() == grid.resolve()
+    except OSError:
+        same = False
+    if not same:
+        raise CommandError(
+            f"{grid}: experiment {plain(g.name)!r} in {store.url} belongs to grid file "
+            f"{plain(prev[0])} (other content); give this grid another [experiment] name"
+        )
 
 
 def open_reader(db: str | None) -> Reads:
     """The database for ls and show: a plain SQLite file read-only through the stdlib driver
-    (`store_read.SqliteReader`: no SQLAlchemy, no pandas, nothing written), anything else (or
+    (`store.SqliteReader`: no SQLAlchemy, no pandas, nothing written), anything else (or
     with $FEDBENCH_READER=sqlalchemy) through `open_store`. Both read with the same SQL."""
-    from fedbench.store_read import (
+    from fedbench.store import (
         READER_ENV,
         open_sqlite_reader,
         plain_sqlite_path,
@@ -129,7 +153,7 @@ def open_reader(db: str | None) -> Reads:
 
 
 def _no_such_file(db: str | None) -> CommandError:
-    from fedbench.store_read import resolve_url
+    from fedbench.store import resolve_url
 
     where = resolve_url(db).removeprefix("sqlite:///")
     return CommandError(

@@ -39,7 +39,7 @@ def ls(
     Example: fedbench ls --status failed --format json
     """
     check_format(fmt, ("table", "json", "csv"))
-    from fedbench.store_read import RUN_COLUMNS, STATUSES, flatten_config
+    from fedbench.store import RUN_COLUMNS, STATUSES, flatten_config
 
     for s in status or []:
         if s not in STATUSES:

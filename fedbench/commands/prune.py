@@ -10,6 +10,7 @@ import typer
 
 from fedbench.commands.common import (
     DbOption,
+    check_experiment_owner,
     console,
     emit_rows,
     one_line_errors,
@@ -26,14 +27,16 @@ def prune(
     ] = False,
 ) -> None:
     """List, then with --yes delete, the runs of the grid's experiment whose keys the grid no
-    longer produces (and their metrics). Runs of other experiments are never touched.
+    longer produces (and their metrics). Runs of other experiments, and of an experiment of
+    the same name that belongs to another grid file, are never touched.
 
     Example: fedbench prune experiments/quickstart.toml --yes
     """
     from fedbench import grid as gridlib
 
-    store = open_store(db)
+    store = open_store(db, write=yes)  # a dry run writes nothing, not even a migration
     g = gridlib.load(grid)
+    check_experiment_owner(store, g, grid)  # the experiment may be another grid file's
     keys = {j.key for j in g.jobs}
     runs = store.runs_frame(experiment=g.name)
     stale = runs[~runs["key"].isin(keys)] if len(runs) else runs

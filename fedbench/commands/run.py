@@ -28,6 +28,7 @@ from rich.progress import (
 from fedbench.commands.common import (
     CommandError,
     DbOption,
+    check_experiment_owner,
     console,
     emit_rows,
     err_console,
@@ -167,7 +168,9 @@ def run(
     wanted = (*TODO, "failed") if rerun_failed else TODO
     labels = {k: plain(v) for k, v in gridlib.job_labels(g.jobs).items()}
     if dry_run:  # reads the database, writes nothing
-        known = {} if is_new_sqlite_file(db) else Store(db).statuses([j.key for j in jobs])
+        known = {}
+        if not is_new_sqlite_file(db):
+            known = Store(db, read_only=True).statuses([j.key for j in jobs])
         status = {j.key: known.get(j.key, "new") for j in jobs}
         would = [j for j in jobs if status[j.key] in (*wanted, "new")]
         rows = [
@@ -183,7 +186,7 @@ def run(
             f"--db {store.url}: an in-memory database keeps nothing and each job's process "
             "would see its own empty one; give a file (e.g. --db results/fedbench.db)"
         )
-    _check_experiment_owner(store, g, grid)
+    check_experiment_owner(store, g, grid)
     exp_id = store.upsert_experiment(g.name, str(grid), g.text)
     info = store.ensure_runs(exp_id, [runner.run_spec(j) for j in jobs])
     todo = [j for j in jobs if info[j.key].status in wanted]
@@ -338,27 +341,15 @@ def _broken_pipe() -> None:
     raise BrokenPipeError
 
 
-def _check_experiment_owner(store: Store, g: gridlib.Grid, grid: Path) -> None:
-    """Refuse a grid whose experiment name is already another grid file's (its stored grid
-    text would be overwritten); the same file (edited) or the same text elsewhere is fine."""
-    prev = store.experiment_grid(g.name)
-    if prev is None or prev[1] == g.text:
-        return
-    try:
-        same = Path(prev[0]).resolve() == grid.resolve()
-    except OSError:
-        same = False
-    if not same:
-        raise CommandError(
-            f"{grid}: experiment {plain(g.name)!r} in {store.url} belongs to grid file "
-            f"{plain(prev[0])} (other content); give this grid another [experiment] name"
-        )
-
-
 def _lease_timeout(option: float | None) -> float:
     if option is not None:
-        if not (math.isfinite(option) and option > 0):
-            raise CommandError(f"--lease-timeout {option}: allowed: a number of seconds > 0")
+        from fedbench.store import MIN_LEASE_TIMEOUT
+
+        if not (math.isfinite(option) and option >= MIN_LEASE_TIMEOUT):
+            raise CommandError(
+                f"--lease-timeout {option:g}: allowed: at least {MIN_LEASE_TIMEOUT:g} seconds "
+                "(a holder renews its lease every timeout/4 s)"
+            )
         return option
     from fedbench import runner
 

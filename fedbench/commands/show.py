@@ -22,7 +22,7 @@ from fedbench.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from fedbench.store_read import MetricRow
+    from fedbench.store import MetricRow
 
 
 @one_line_errors

@@ -270,7 +270,7 @@ def load_frame(experiment: str | None = None, db: str | None = None) -> pd.DataF
 
     if is_new_sqlite_file(db):
         raise StoreError(f"no database file at {db or 'the default location'}")
-    with Store(db) as store:
+    with Store(db, read_only=True) as store:
         if experiment is None:
             exps = store.experiments_frame()
             if exps.empty:

@@ -1,22 +1,22 @@
-"""Reading the result database without SQLAlchemy or pandas: the read queries, written once.
+"""The read queries, written once, run by stdlib sqlite3 and by SQLAlchemy alike.
 
 Why: `fedbench ls` and `fedbench show` must answer in well under half a second, and importing
 SQLAlchemy (~0.15 s) and pandas (~0.27 s) took most of that. So the queries behind `ls`,
 `show` and the `Store`'s frames are plain SQL text here, run through a `Query` callable:
 
-- the stdlib `sqlite3` driver for an SQLite file (`SqliteReader`, opened read-only: it never
-  writes, not even a migration, and reads while a WAL-mode writer is active), or
-- a SQLAlchemy connection of a `Store` (store.py), for PostgreSQL and every other URL;
+- the stdlib `sqlite3` driver for an SQLite file (`sqlite_reader.SqliteReader`, opened
+  read-only: it never writes, not even a migration, and reads while a WAL-mode writer is
+  active), or
+- a SQLAlchemy connection of a `Store` (engine.py), for PostgreSQL and every other URL;
 
 one text serves both, and the `Store`'s read methods (`get_run`, `runs_frame`, ...) are built
-on the same functions. This module imports neither SQLAlchemy nor pandas (store.py stays the
-only module importing SQLAlchemy).
+on the same functions. This module imports neither SQLAlchemy nor pandas.
 
 Portability: standard SQL only; named parameters ``:name`` (both `sqlite3` and
 `sqlalchemy.text` take them); an IN list is expanded into one parameter per value, at most
 `CHUNK` values per query.
 
-Decoding, as the typed columns of store.py do: a timestamp (naive UTC text in SQLite, an aware
+Decoding, as the typed columns of schema.py do: a timestamp (naive UTC text in SQLite, an aware
 datetime from PostgreSQL) becomes an aware UTC datetime (`UTCDateTime`); a NULL metric value
 becomes NaN (`MetricFloat`); the run config (JSON text in SQLite, already a dict from
 PostgreSQL) becomes a dict (`sa.JSON`).
@@ -26,27 +26,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, NamedTuple, Self
-from urllib.parse import quote
+from typing import Any, Self
 
-DEFAULT_URL = "sqlite:///results/fedbench.db"
-ENV_VAR = "FEDBENCH_DB"
-# Set to "sqlalchemy" to make ls/show read an SQLite file through the Store (tests compare).
-READER_ENV = "FEDBENCH_READER"
-STATUSES = ("pending", "running", "done", "failed", "diverged")
-TABLES = ("experiments", "runs", "metrics")
-SCHEMA_VERSION = 2  # 2: lease columns on runs
-LEASE_COLUMNS = ("lease_token", "lease_owner", "heartbeat_at", "attempts")
-MIN_PREFIX = 4  # shortest key prefix get_run accepts
-CHUNK = 500  # values per IN (...) clause: well below every backend's parameter limit
-BUSY_TIMEOUT_S = 30.0
+from fedbench.store.common import (
+    LEASE_COLUMNS,
+    MIN_PREFIX,
+    MetricRow,
+    StoreError,
+    chunks,
+)
 
 # Columns of a run record (and of get_run, with run_id as id), in order.
 RUN_FIELDS = (
@@ -66,46 +58,6 @@ EXPERIMENT_COLUMNS = ("id", "name", "grid_path", "created_at", "runs", *COUNTED)
 
 Query = Callable[[str, Mapping[str, Any]], list[tuple[Any, ...]]]
 """Runs one SQL text with named parameters inside the caller's transaction; the rows."""
-
-
-class StoreError(RuntimeError):
-    """A database problem the user can act on; the message is one line."""
-
-
-class MetricRow(NamedTuple):
-    """One metric value (NaN for a NULL)."""
-
-    run_id: int
-    round: int
-    name: str
-    value: float
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def resolve_url(url: str | None) -> str:
-    """The database URL to use: `url`, else $FEDBENCH_DB, else `DEFAULT_URL`.
-
-    A value without "://" is a path to an SQLite file (``~`` is expanded).
-    """
-    chosen = url or os.environ.get(ENV_VAR) or DEFAULT_URL
-    if "://" not in chosen:
-        return f"sqlite:///{Path(chosen).expanduser()}"
-    return chosen
-
-
-_PLAIN_SQLITE = re.compile(r"sqlite(?:\+pysqlite)?:///([^?#%]+)")
-
-
-def plain_sqlite_path(url: str) -> Path | None:
-    """The file of a plain ``sqlite:///path`` URL; None for anything that needs SQLAlchemy's
-    URL parsing (other backends, in-memory databases, ``file:`` URIs, query strings, %-escapes),
-    so those are read through the `Store` instead."""
-    m = _PLAIN_SQLITE.fullmatch(url)
-    if m is None or m.group(1) == ":memory:" or m.group(1).startswith("file:"):
-        return None
-    return Path(m.group(1)).expanduser()
 
 
 # --------------------------------------------------------------------------- decoders
@@ -184,11 +136,6 @@ def _hashable(v: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- SQL
-
-
-def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
 
 
 def in_list(column: str, values: Sequence[Any], prefix: str, params: dict[str, Any]) -> str:
@@ -349,56 +296,7 @@ def experiments_records(query: Query) -> list[dict[str, Any]]:
     return [experiment_record(r) for r in query(EXPERIMENTS_SQL, {})]
 
 
-# --------------------------------------------------------------------------- schema
-
-
-def parse_version(url: str, value: str | None) -> int | None:
-    """meta.schema_version as a number (None when absent); one-line error when it is not."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise StoreError(
-            f"{url}: meta.schema_version = {value!r} is not a number: "
-            "not a fedbench database or a damaged one"
-        ) from None
-
-
-def check_schema(
-    url: str, present: set[str], version: int | None, metrics_pk: Sequence[str]
-) -> None:
-    """Refuse, in one line, a database that is not fedbench's (our table names without
-    `meta`, or a `metrics` table without its primary key) or has a newer schema version.
-    `present`: its table names; `metrics_pk`: the primary key columns of its metrics table."""
-    ours = present & set(TABLES)
-    if ours and "meta" not in present:
-        raise StoreError(
-            f"{url}: not a fedbench database (it has table(s) {', '.join(sorted(ours))}"
-            " but no meta table); use another --db"
-        )
-    if "meta" in present and version is None and ours:
-        raise StoreError(f"{url}: not a fedbench database (no schema_version in meta)")
-    if "metrics" in present and sorted(metrics_pk) != ["name", "round", "run_id"]:
-        raise StoreError(
-            f"{url}: table metrics has primary key ({', '.join(metrics_pk) or 'none'}); "
-            "fedbench needs (run_id, round, name): not a fedbench database"
-        )
-    if version is not None and version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{url}: database schema version {version} is newer than this "
-            f"fedbench supports ({SCHEMA_VERSION}); upgrade fedbench"
-        )
-
-
-def first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (DBAPI errors: the driver's own)."""
-    orig = getattr(e, "orig", None)
-    text = str(orig if orig is not None else e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _no_rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+def no_rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """The `Query` of a database without fedbench's tables: every read is empty."""
     return []
 
@@ -466,97 +364,3 @@ class Reads:
         and run counts in all and per status."""
         with self._snapshot() as q:
             return experiments_records(q)
-
-
-class SqliteReader(Reads):
-    """A fedbench SQLite file opened read-only through the stdlib driver (ls, show).
-
-    Never writes: a database without fedbench's tables reads as empty (a `Store` would create
-    them), a version-1 database (no lease columns) reads as if migrated (NULL leases,
-    attempts 0). Each read is one transaction (a consistent snapshot); in WAL mode it does
-    not wait for a writer, otherwise it waits up to the busy timeout.
-    """
-
-    def __init__(self, url: str, con: sqlite3.Connection, tables: bool, lease: bool) -> None:
-        self._url = url
-        self._con = con
-        self._tables = tables
-        self._lease = lease
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    def _execute(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        return list(self._con.execute(sql, dict(params)).fetchall())
-
-    @contextmanager
-    def _snapshot(self, what: str = "database error in") -> Iterator[Query]:
-        """A read transaction; driver errors become one-line `StoreError`s."""
-        if not self._tables:
-            yield _no_rows
-            return
-        try:
-            self._con.execute("BEGIN")
-            try:
-                yield self._execute
-            finally:
-                self._con.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StoreError(f"{what} {self._url}: {first_line(e)}") from None
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __repr__(self) -> str:
-        return f"SqliteReader({self._url!r})"
-
-
-def open_sqlite_reader(url: str, path: Path) -> SqliteReader | None:
-    """`path` (an existing file) opened read-only, its schema checked as a `Store` checks it
-    (the same one-line refusals); None when it is not a regular file or its tables are only
-    partly there: the caller opens a `Store`, which reports or completes them as always."""
-    if not path.is_file():
-        return None
-    uri = f"file:{quote(str(path))}?mode=ro"
-    try:
-        con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot open database {url}: {first_line(e)}") from None
-    try:
-        present, lease = _read_schema(con, url)
-    except BaseException:
-        con.close()
-        raise
-    ours = present & set(TABLES)
-    if ours and ours != set(TABLES):
-        con.close()
-        return None
-    return SqliteReader(url, con, bool(ours), lease)
-
-
-def _read_schema(con: sqlite3.Connection, url: str) -> tuple[set[str], bool]:
-    """(table names, whether runs has the lease columns) of an SQLite database, after
-    `check_schema`; one consistent read."""
-    try:
-        con.execute("BEGIN")
-        try:
-            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-            present = {str(r[0]) for r in rows}
-            value = None
-            if "meta" in present:
-                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                value = None if row is None else str(row[0])
-            pk: list[str] = []
-            if "metrics" in present:
-                info = con.execute("PRAGMA table_info(metrics)").fetchall()
-                pk = [str(c[1]) for c in sorted(info, key=lambda c: c[5]) if c[5]]
-            columns: set[str] = set()
-            if "runs" in present:
-                columns = {str(c[1]) for c in con.execute("PRAGMA table_info(runs)").fetchall()}
-        finally:
-            con.execute("COMMIT")
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot open database {url}: {first_line(e)}") from None
-    check_schema(url, present, parse_version(url, value), pk)
-    return present, columns.issuperset(LEASE_COLUMNS)
