@@ -14,7 +14,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from fedbench import curriculum, network, sampling, seeding
+from fedbench import curriculum, network
+from fedbench.cohort import cohort_size as cohort_size  # re-exported: methods import it from here
+from fedbench.cohort import sample_cohort as sample_cohort
 from fedbench.compressors import Compressor, error_feedback
 from fedbench.parallel import block_threads, for_each_block, is_rowwise
 from fedbench.params import Param, Registry
@@ -49,7 +51,7 @@ class Env(NamedTuple):
     # storage of persistent per-client rows ([n, d] control variates, estimators, ...):
     # float16 / bfloat16 halve their memory; computation stays float32 (see client_rows)
     state_dtype: torch.dtype = torch.float32
-    # client sampling (fedbench.sampling): "uniform" (without replacement), "poisson" (each
+    # client sampling (fedbench.cohort): "uniform" (without replacement), "poisson" (each
     # client independently with probability `participation`), "importance", "power_of_choice"
     # (the last two only in the methods that implement them); candidates of power-of-choice
     sampling: str = "uniform"
@@ -110,30 +112,6 @@ def update_compressor(env: Env) -> Compressor:
     if env.update_uplink is not None:
         return env.update_uplink
     return error_feedback(env.uplink) if env.error_feedback else env.uplink
-
-
-def cohort_size(n: int, participation: float) -> int:
-    return max(1, min(n, round(participation * n)))
-
-
-def sample_cohort(env: Env, rng: RoundRng) -> Tensor:
-    """Participating client ids `[m]`, sorted: uniform without replacement (or Poisson, see
-    `Env.sampling`), then only those available in this round when the `[network]` model has
-    dropouts or availability windows (fedbench.network.present)."""
-    ids = _draw_cohort(env, rng)
-    if env.network is None or not network.has_availability(env.network):
-        return ids
-    return network.present(env.network, ids, rng.seed, rng.round)
-
-
-def _draw_cohort(env: Env, rng: RoundRng) -> Tensor:
-    if env.sampling == "poisson":
-        return sampling.poisson_cohort(env.n, env.participation, rng, env.device)
-    m = cohort_size(env.n, env.participation)
-    if m == env.n:
-        return torch.arange(env.n, device=env.device)
-    perm = torch.randperm(env.n, generator=rng(seeding.COHORT), device=rng.device)
-    return perm[:m].sort().values.to(env.device)
 
 
 def gradients(env: Env, w: Tensor, ids: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -271,3 +249,31 @@ def cohort_log(env: Env, bits_up: Tensor, m: int, bits_down: int, loss: Tensor) 
 def bits_vector(m: int, bits: int, device: torch.device) -> Tensor:
     """`[m]` int64: the same message size for each of m receivers."""
     return torch.full((m,), bits, dtype=torch.int64, device=device)
+
+
+def with_queries(
+    log: RoundLog, ids: Tensor, env: Env, steps: int, up: Tensor, cand: Tensor, model_bits: int
+) -> RoundLog:
+    """A round log plus a client selection's own messages (power-of-choice, client curricula:
+    `up [k]` bits of reports; the model, `model_bits`, to every candidate `cand [k]` not
+    chosen) and the chosen workers' local steps (so the simulated clock charges who trained).
+    The query phase's bits and seconds go to `extra` (`query_s`: the clock charges that phase
+    before the training phase)."""
+    down = (cand.numel() - ids.numel()) * model_bits
+    ran = torch.zeros(env.n, dtype=torch.int64)
+    ran[ids.cpu()] = steps
+    extra_down = torch.tensor([down], dtype=torch.int64, device=log.bits_down.device)
+    chosen_down = float(log.bits_down.sum()) / max(1, log.bits_down.numel())  # the model
+    extra = {
+        **log.extra,
+        "query_bits_up": float(up.sum()),
+        "query_bits_down": float(down) + chosen_down * ids.numel(),
+        "candidates": float(up.numel()),
+        "query_s": network.query_seconds(env.network, cand, float(model_bits)),
+    }
+    return log._replace(
+        bits_up=torch.cat([log.bits_up.to(torch.int64), up]),
+        bits_down=torch.cat([log.bits_down, extra_down]) if down else log.bits_down,
+        steps=ran,
+        extra=extra,
+    )

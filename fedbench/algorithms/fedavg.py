@@ -36,16 +36,16 @@ from fedbench.algorithms.base import (
     local_sgd,
     sample_cohort,
     update_compressor,
+    with_queries,
 )
-from fedbench.compressors.base import FLOAT_BITS
-from fedbench.params import Component
-from fedbench.sampling import (
+from fedbench.cohort import (
     CLIENT_CURRICULA,
     curriculum_cohort,
     importance_select,
     power_of_choice,
-    with_queries,
 )
+from fedbench.compressors.base import FLOAT_BITS
+from fedbench.params import Component
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import SERVER_PARAMS, build_server_opt
 
@@ -129,7 +129,7 @@ def fedavg(
         return FedAvgState(s.t + 1, x, opt_state, down, up), log
 
     def importance_round(s: FedAvgState, env: Env, rng: RoundRng) -> tuple[FedAvgState, RoundLog]:
-        """OCS (fedbench.sampling): every available client trains and sends ‖Δ_i‖; client i
+        """OCS (fedbench.cohort): every available client trains and sends ‖Δ_i‖; client i
         then sends Δ_i with probability p_i; x ← opt(x, −(1/N) Σ_sent C(Δ_i)/p_i)."""
         ids = sample_cohort(env._replace(participation=1.0, sampling="uniform"), rng)  # [N]
         budget = cohort_size(env.n, env.participation)
