@@ -32,8 +32,27 @@ LOCAL_PARAMS = {
 }
 
 State = Any
-# (y [c, d], g [c, d], rows) -> corrected g [c, d] for the block `rows` of the cohort
-Correction = Callable[[Tensor, Tensor, slice], Tensor]
+# (y [c, d], g [c, d], rows) -> corrected g [c, d] for the block `rows` of the cohort; a
+# correction marked `sees_step` is called (y, g, rows, step) with the step's `Step`
+Correction = Callable[..., Tensor]
+
+
+class Step(NamedTuple):
+    """What a local step drew, for a `sees_step` correction (Mime's SVRG term, FedSMOO's
+    perturbed point, Entropy-SGD's Langevin loop need the step's own minibatch ζ)."""
+
+    ids: Tensor  # [c] the block's client ids
+    zeta: Tensor | None  # [c, draws, B] this step's minibatch indices (None: full local data)
+    k: int  # the local step, 0 .. K − 1
+    # [c] the loss local_sgd records for the step (g's loss at y on ζ_0); a correction that
+    # evaluates elsewhere may overwrite it in place
+    loss: Tensor
+
+
+def sees_step(fn: Correction) -> Correction:
+    """Mark a `local_sgd` correction that takes the step's `Step` as a fourth argument."""
+    fn.sees_step = True  # type: ignore[attr-defined]
+    return fn
 
 
 class Env(NamedTuple):
@@ -131,46 +150,60 @@ def local_sgd(
     gen: torch.Generator,
     correction: Correction | None = None,
     sam_rho: float | None = None,
+    draws: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """K local SGD steps for the whole cohort: y ← y − lr·(g_i(y) [+ correction]).
 
     With `sam_rho = ρ` each step is a SAM step (Foret et al., ICLR 2021): the gradient is taken
     at the perturbed point y + ρ g/‖g‖ (row-wise norm, same minibatch) before the correction.
+    A correction marked `sees_step` also gets the step's minibatches ζ (`Step`): `draws`
+    minibatches per step, g taken on the first (Entropy-SGD's Langevin loop uses L of them).
 
     `y0` is `[d]` (everyone starts from the broadcast model) or `[m, d]`. Clients run in blocks
     (`Task.block_size`): each block does all K steps as batched passes over its clients while
     their models are still in cache; on a CPU job with several threads the blocks run side by
     side, one thread each, when the correction is `rowwise` (fedbench.parallel). Minibatches
-    are drawn for the whole cohort up front, so the result depends on neither the block size
-    nor the threads. Returns the final models `[m, d]` and each
-    client's mean minibatch loss over the steps `[m]`.
+    are drawn for the whole cohort up front (`local_batches`, K·draws of them), so the result
+    depends on neither the block size nor the threads. Returns the final models `[m, d]` and
+    each client's mean minibatch loss over the steps `[m]`.
     """
     m = ids.numel()
     y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
     full = env.batch_size == "full"
-    idx = None if full else local_batches(env, y0, ids, steps, gen)
-    width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2]
+    idx = None if full else local_batches(env, y0, ids, steps * draws, gen)
+    width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2] * draws
     block = block_rows(env, m, width)
     loss_sum = torch.zeros(m, device=y.device)
+    with_step = bool(getattr(correction, "sees_step", False))
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
         yb = y[rows]  # a view: updated in place
+        i = ids[rows]
         g = torch.empty_like(yb)
         for k in range(steps):
-            bidx = None if idx is None else idx[rows, k]
-            loss, g = env.task.loss_grad(yb, ids[rows], bidx, out=g)
-            loss_sum[rows] += loss
+            zeta = None if idx is None else idx[rows, k * draws : (k + 1) * draws]
+            bidx = None if zeta is None else zeta[:, 0]
+            loss, g = env.task.loss_grad(yb, i, bidx, out=g)
             if sam_rho is not None:
-                _, g = env.task.loss_grad(sam_point(yb, g, sam_rho), ids[rows], bidx, out=g)
-            if correction is not None:
+                _, g = env.task.loss_grad(sam_point(yb, g, sam_rho), i, bidx, out=g)
+            if correction is not None and with_step:
+                g = correction(yb, g, rows, Step(i, zeta, k, loss))
+            elif correction is not None:
                 g = correction(yb, g, rows)
+            loss_sum[rows] += loss
             yb.add_(g, alpha=-lr)
 
     starts = range(0, m, block)
     threads = block_threads(y.device, len(starts)) if is_rowwise(correction) else 1
     for_each_block(run_block, starts, threads)
     return y, loss_sum / steps
+
+
+def step_grad(env: Env, w: Tensor, step: Step, j: int = 0) -> tuple[Tensor, Tensor]:
+    """Loss `[c]` and gradient `[c, d]` at `w [c, d]` on the step's j-th minibatch (or the
+    clients' full local data)."""
+    return env.task.loss_grad(w, step.ids, None if step.zeta is None else step.zeta[:, j])
 
 
 def block_rows(env: Env, m: int, width: int) -> int:
