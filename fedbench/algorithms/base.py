@@ -4,6 +4,12 @@ An algorithm is `Algorithm(init, round, params)`: pure functions over an explici
 (a NamedTuple named with the paper's symbols). Per-client state is one `[n, d]` tensor whose
 rows are gathered for the cohort and written back in place (copying `[n, d]` every round
 would cost more than the round).
+
+Layers: the runner (`fedbench.runner`) calls an algorithm's `round`; an algorithm asks
+`fedbench.cohort` who takes part (`sample_cohort`, re-exported here), trains them with the one
+local-training loop `local_sgd` on the `fedbench.task.Task`, sends messages through
+`fedbench.compressors`, and may read the simulated time model (`fedbench.network`). None of
+those imports this package.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from fedbench import curriculum, network
+from fedbench import curriculum, network, seeding
 from fedbench.cohort import cohort_size as cohort_size  # re-exported: methods import it from here
 from fedbench.cohort import sample_cohort as sample_cohort
-from fedbench.compressors import Compressor, error_feedback
+from fedbench.compressors import Compressed, Compressor, error_feedback
 from fedbench.parallel import block_threads, for_each_block, is_rowwise
 from fedbench.params import Param, Registry
 from fedbench.seeding import RoundRng
+from fedbench.server_opt import ServerOpt
 from fedbench.task import Task
 
 ALGORITHMS = Registry("algorithm")
@@ -269,6 +276,26 @@ def broadcast(env: Env, x: Tensor, b: Broadcast, gen: torch.Generator) -> tuple[
 
 
 _ZERO = torch.zeros(1, dtype=torch.int64)
+
+
+def average_updates(
+    env: Env,
+    opt: ServerOpt,
+    x: Tensor,
+    opt_state: Any,
+    up_state: Any,
+    delta: Tensor,
+    ids: Tensor,
+    rng: RoundRng,
+) -> tuple[Tensor, Any, Compressed, Any]:
+    """The FedAvg-style round tail: each client sends its update Δ_i (`delta [m, d]`) through
+    the update uplink (`update_compressor`: error feedback, the privacy wrapper), the server
+    averages what it decodes and takes its optimizer step on the pseudo-gradient
+    −mean_i C(Δ_i) from `x [d]`. Returns the new model `[d]` and optimizer state, the messages
+    (`.bits` for `cohort_log`) and the uplink state."""
+    msg, up = update_compressor(env).compress(delta, ids, up_state, rng(seeding.UPLINK))
+    x_new, opt_new = opt.update(x, -msg.value.mean(0), opt_state)
+    return x_new, opt_new, msg, up
 
 
 def cohort_log(env: Env, bits_up: Tensor, m: int, bits_down: int, loss: Tensor) -> RoundLog:

@@ -31,6 +31,7 @@ from fedbench.algorithms.base import (
     Env,
     RoundLog,
     Step,
+    average_updates,
     broadcast,
     broadcast_init,
     cohort_log,
@@ -116,9 +117,8 @@ def entropy_sgd(
 
         gen = rng(seeding.BATCHES)
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, gen, local_entropy, draws=L)
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         log = cohort_log(env, msg.bits, m, bits_down, loss)
         return EntropySGDState(s.t + 1, x, opt_state, down, up), log
 

@@ -28,6 +28,7 @@ from fedbench.algorithms.base import (
     Correction,
     Env,
     RoundLog,
+    average_updates,
     bits_vector,
     broadcast,
     broadcast_init,
@@ -95,9 +96,8 @@ def fedavg(
                 log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
             return s, log
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         log = cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
         if env.sampling in QUERIED:  # + the candidates' loss reports and models
             log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
@@ -121,9 +121,8 @@ def fedavg(
             return FedAvgState(s.t + 1, s.x, s.opt, down, s.up), log
         tau = tau[tau > 0]
         y, loss = local_sgd_tau(env, down.x_hat, live, tau, lr, rng(seeding.BATCHES), corr)
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, live, s.up, rng(seeding.UPLINK))  # Δ_i [k, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, live, rng)
         extra = {"local_loss": float(loss.mean()), "deadline_cut": cut}
         log = RoundLog(msg.bits, bits_vector(m, bits_down, env.device), live.numel(), extra)
         return FedAvgState(s.t + 1, x, opt_state, down, up), log
