@@ -1,5 +1,8 @@
 """Simulated time: what a round would take on a given network and set of workers.
 
+The time model sits beside the cohort module (`fedbench.cohort`, who takes part): it asks
+that module who was present when it charges a round, and never the algorithms layer.
+
 An optional `[network]` grid section describes the machines (fields in `NETWORK_PARAMS`):
 bandwidths, a one-way latency per message, the compute time of one local step on the fastest
 (1×) worker, and how much slower the others are. Each worker w gets a slowdown factor
@@ -19,9 +22,9 @@ Asynchronous methods run their own event clock on `phase_seconds` and report it 
 `RoundLog.sim_time_s`; the runner adds `round_seconds` per round for every other method and
 logs the cumulative `sim_time_s` whenever the grid has a `[network]` section.
 
-Presence (issue 13): client i is away in a round with probability p_i (`dropout_prob`, spread
-over clients by `dropout_spread`) or outside its periodic window (`window_period`,
-`window_on`, a random offset per client); `sample_cohort` keeps only the present. A round
+Presence (issue 13): the `[network]` section also holds the availability fields
+(`dropout_prob`, `dropout_spread`, `window_period`, `window_on`); `Network` carries the run's
+draws of them, and `fedbench.cohort` decides from them who is present. A round
 deadline (`deadline_s`) cuts the clients whose phase would not fit (`deadline_steps`): they are
 dropped or send the steps done (`deadline_mode = "partial"`), and the round is charged the
 deadline. Only methods that implement it accept a deadline (the grid refuses the others).
@@ -35,7 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from fedbench import seeding
+from fedbench import cohort, seeding
 from fedbench.params import Param
 
 NETWORK_PARAMS = {
@@ -105,8 +108,6 @@ NETWORK_PARAMS = {
 
 MBIT = 1e6
 NETWORK = "network"  # seeding purpose of slowdowns and stragglers
-AVAILABILITY = "availability"  # seeding purpose of dropouts and availability windows
-MAX_WAIT = 10_000  # redraws of availability before a round with nobody present is an error
 
 
 class Network(NamedTuple):
@@ -130,16 +131,7 @@ def build_network(cfg: Mapping[str, Any], n: int, seed: int) -> Network:
     slowdowns s_w ~ U[1, speed_spread], from the run's seed."""
     p = {k: cfg.get(k, v.default) for k, v in NETWORK_PARAMS.items()}
     u = torch.rand(n, generator=seeding.generator(seed, -1, NETWORK), dtype=torch.float64)
-    dropout = offset = None
-    if float(p.get("dropout_prob", 0.0)) > 0.0:
-        v = torch.rand(n, generator=seeding.generator(seed, -1, AVAILABILITY), dtype=torch.float64)
-        spread = float(p.get("dropout_spread", 0.0))
-        q = (1.0 - float(p["dropout_prob"])) * (1.0 + spread * (2.0 * v - 1.0))  # availability
-        dropout = (1.0 - q).clamp(0.0, 1.0)
-    period = int(p.get("window_period", 0))
-    if period > 0:
-        gen = seeding.generator(seed, -1, f"{AVAILABILITY}/window")
-        offset = torch.randint(0, period, (n,), generator=gen)
+    dropout, period, window_on, offset = cohort.build_availability(p, n, seed)
     return Network(
         float(p["uplink_mbps"]),
         float(p["downlink_mbps"]),
@@ -150,48 +142,11 @@ def build_network(cfg: Mapping[str, Any], n: int, seed: int) -> Network:
         float(p["straggler_slowdown"]),
         dropout,
         period,
-        float(p.get("window_on", 1.0)),
+        window_on,
         offset,
         float(p.get("deadline_s", 0.0)),
         str(p.get("deadline_mode", "drop")),
     )
-
-
-def has_availability(net: Network) -> bool:
-    """Whether some client can be unavailable (dropouts or availability windows)."""
-    return net.dropout is not None or (net.window_period > 0 and net.window_on < 1.0)
-
-
-def available(net: Network, seed: int, t: int, attempt: int = 0) -> Tensor:
-    """Presence mask `[n]` bool (CPU) of round t: inside its window (client i is online when
-    (t + attempt + offset_i) mod P < window_on·P) and not dropped out (u_i ≥ p_i, a fresh
-    draw per round and attempt). `attempt` > 0: the server waited for someone to show up."""
-    n = net.slowdown.numel()
-    on = torch.ones(n, dtype=torch.bool)
-    if net.window_period > 0 and net.offset is not None:
-        phase = (t + attempt + net.offset) % net.window_period  # [n]
-        on = phase < net.window_on * net.window_period
-    if net.dropout is not None:
-        gen = seeding.generator(seed, t, f"{AVAILABILITY}/{attempt}")
-        on = on & (torch.rand(n, generator=gen, dtype=torch.float64) >= net.dropout)
-    return on
-
-
-def present(net: Network, ids: Tensor, seed: int, t: int) -> Tensor:
-    """The sampled clients `ids [m]` that are available in round t, in order. When none is,
-    the server waits: availability is drawn again (attempt 1, 2, ...) for the same sample."""
-    return present_after(net, ids, seed, t)[0]
-
-
-def present_after(net: Network, ids: Tensor, seed: int, t: int) -> tuple[Tensor, int]:
-    """`present`'s clients and the number of attempts the server waited (0: someone was
-    there at once); each attempt is one round's worth of waiting (`charged_seconds`)."""
-    cpu = ids.cpu()
-    for attempt in range(MAX_WAIT):
-        keep = cpu[available(net, seed, t, attempt)[cpu]]
-        if keep.numel() > 0:
-            return keep.to(ids.device), attempt
-    raise ValueError(f"[network]: no sampled client was available in round {t}")
 
 
 def deadline_steps(net: Network, ids: Tensor, steps: int, d: int, seed: int, t: int) -> Tensor:
@@ -257,15 +212,15 @@ def charged_seconds(net: Network, log: Any, env: Any, rng: Any, local_steps: int
     `sample_cohort` from the round's COHORT generator, so it is drawn again here) running
     `local_steps`. Plus, before the round: a power-of-choice query phase (`query_s`, the
     candidates' own messages are then left out of the training phase's bits), and the rounds
-    the server waited for an available client (uniform and Poisson cohorts)."""
-    from fedbench.algorithms.base import _draw_cohort, sample_cohort  # base imports us
+    the server waited for an available client (uniform and Poisson cohorts, `cohort.waited`:
+    the round's sample drawn again)."""
 
     if log.steps is not None:
         steps = log.steps.cpu()
         ids = torch.nonzero(steps).flatten()
         steps = steps[ids]
     else:
-        ids = sample_cohort(env, rng).cpu()
+        ids = cohort.sample_cohort(env, rng).cpu()
         steps = torch.full((ids.numel(),), local_steps)
     gen = seeding.generator(rng.seed, rng.round, NETWORK)  # CPU, whatever the device
     slow = net.slowdown[ids] * stragglers(net, ids.numel(), gen)
@@ -275,7 +230,17 @@ def charged_seconds(net: Network, log: Any, env: Any, rng: Any, local_steps: int
     if net.deadline_s > 0.0:  # the server closes the round at the deadline
         late = log.extra.get("deadline_cut", 0.0) > 0
         sec = net.deadline_s if late else min(sec, net.deadline_s)
-    waited = 0
-    if has_availability(net) and getattr(env, "sampling", "uniform") in ("uniform", "poisson"):
-        _, waited = present_after(net, _draw_cohort(env, rng).cpu(), rng.seed, rng.round)
+    waited = cohort.waited(env, rng)
     return sec + log.extra.get("query_s", 0.0) + waited * nominal_round(net, local_steps, env.d)
+
+
+def query_seconds(net: Network | None, cand: Tensor, model_bits: float) -> float:
+    """Simulated seconds of a query phase before training (power-of-choice): every candidate
+    `cand [k]` receives the model, evaluates its local loss (charged as one local step of its
+    speed s_i: a forward pass over its data, our estimate) and sends a 32-bit loss; the server
+    waits for the slowest. 0 without a `[network]` section."""
+    if net is None or cand.numel() == 0:
+        return 0.0
+    one = torch.ones(cand.numel(), dtype=torch.float64)
+    slow = net.slowdown[cand.cpu()]
+    return float(phase_seconds(net, one, slow, float(cohort.FLOAT_BITS), model_bits).max())

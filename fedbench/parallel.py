@@ -11,7 +11,9 @@ from 90 to 58 ms idle and from 111 to 84 ms beside a competing process (2 cores)
 
 The numbers do not change: each block computes exactly what it computes alone (tests).
 What a block runs must only touch its own rows: a `local_sgd` correction opts in with
-`rowwise` (a correction that counts calls or draws random numbers in call order does not).
+`rowwise` (a correction that counts calls or draws random numbers in call order does not;
+one whose draws come from a generator of their own per step, as Entropy-SGD's Langevin
+noise, and are shared under a lock, does).
 `FEDBENCH_BLOCK_THREADS=0` turns this off.
 """
 

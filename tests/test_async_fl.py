@@ -13,15 +13,14 @@ from fedbench import grid
 from fedbench.algorithms import build_algorithm
 from fedbench.algorithms._hetero import local_sgd_tau, staleness_weight
 from fedbench.algorithms.base import local_sgd, sample_cohort
-from fedbench.network import (
+from fedbench.cohort import (
     available,
-    build_network,
-    charged_seconds,
-    deadline_steps,
-    phase_seconds,
+    highest_losses,
+    importance_select,
+    ocs_probabilities,
     present,
 )
-from fedbench.sampling import highest_losses, importance_select, ocs_probabilities
+from fedbench.network import build_network, charged_seconds, deadline_steps, phase_seconds
 from fedbench.seeding import RoundRng, generator
 
 G = Path("g.toml")
@@ -401,8 +400,8 @@ def test_clock_charges_power_of_choice_queries_and_waiting_for_presence():
     evaluation at s_i, a 32-bit loss up; the slowest candidate) + the chosen ones' training
     phase with their own messages only. Availability: every round the server waited for
     someone present costs one nominal round (1× worker, dense messages)."""
-    from fedbench.algorithms.base import _draw_cohort
-    from fedbench.network import nominal_round, present_after, round_seconds
+    from fedbench.cohort import draw_cohort, present_after
+    from fedbench.network import nominal_round, round_seconds
 
     task = make_task(model="mlp", n=8, per_client=20)
     net = {"speed_spread": 3.0, "uplink_mbps": 0.01, "downlink_mbps": 0.01}
@@ -430,7 +429,7 @@ def test_clock_charges_power_of_choice_queries_and_waiting_for_presence():
     for t in range(1, 30):
         s, log = uni.round(s, env, RoundRng(0, t))
         ids = sample_cohort(env, RoundRng(0, t)).cpu()  # who trained (after waiting)
-        _, w = present_after(env.network, _draw_cohort(env, RoundRng(0, t)).cpu(), 0, t)
+        _, w = present_after(env.network, draw_cohort(env, RoundRng(0, t)).cpu(), 0, t)
         steps = torch.full((ids.numel(),), 3)
         up, down = float(log.bits_up.sum()), float(log.bits_down.sum())
         train = round_seconds(env.network, up, down, steps, env.network.slowdown[ids])

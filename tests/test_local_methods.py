@@ -240,3 +240,35 @@ def test_more_gossip_steps_mean_better_consensus():
         state, _, alg = run_rounds("dfedsam", p, make_env(task, batch_size=4), 5)
         gaps.append(alg.metrics(state, None)["consensus_sq"])
     assert gaps[0] > 2 * gaps[1] > 0
+
+
+def test_a_sees_step_correction_gets_each_steps_own_minibatches() -> None:
+    """local_sgd's hook with the step (issue 24): ζ of step k is the k-th group of `draws`
+    minibatches local_batches drew for the cohort up front, g is taken on its first one, and
+    an identity correction leaves the numbers of a plain local_sgd (draws = 1)."""
+    from fedbench.algorithms.base import Step, local_batches, local_sgd, sees_step
+
+    task = make_task(model="mlp", n=6, per_client=20)
+    env = make_env(task, batch_size=4)
+    ids = torch.tensor([0, 2, 3, 5])
+    x0 = task.init_params(generator(0, 0, "init"))
+    K, draws = 3, 2
+    want = local_batches(env, x0, ids, K * draws, generator(1, 1, "b"))  # [m, K·draws, B]
+    seen: list[tuple[slice, int, torch.Tensor | None, torch.Tensor]] = []
+
+    @sees_step
+    def record(y: torch.Tensor, g: torch.Tensor, rows: slice, step: Step) -> torch.Tensor:
+        seen.append((rows, step.k, step.zeta, step.ids))
+        _, g0 = task.loss_grad(y, step.ids, step.zeta[:, 0])  # type: ignore[index]
+        assert torch.equal(g, g0)
+        return g
+
+    local_sgd(env, x0, ids, K, 0.1, generator(1, 1, "b"), record, draws=draws)
+    assert sorted(k for _, k, _, _ in seen) == sorted(list(range(K)) * (len(seen) // K))
+    for rows, k, zeta, who in seen:
+        assert torch.equal(who, ids[rows])
+        assert zeta is not None and torch.equal(zeta, want[rows, k * draws : (k + 1) * draws])
+
+    plain = local_sgd(env, x0, ids, K, 0.1, generator(1, 1, "b"))
+    same = local_sgd(env, x0, ids, K, 0.1, generator(1, 1, "b"), sees_step(lambda y, g, r, s: g))
+    assert torch.equal(plain[0], same[0]) and torch.equal(plain[1], same[1])

@@ -44,6 +44,13 @@ CASES = [
     ("scaffold", {"lr": 0.1, "local_steps": 3}, True),
     ("feddyn", {"lr": 0.1, "local_steps": 3, "alpha": 0.1}, True),
     ("local_adam", {"lr": 0.02, "local_steps": 3}, False),  # counts steps per block: in order
+    # corrections that see the step's minibatch ζ (issue 24: once a loop of their own)
+    ("mime", {"lr": 0.1, "local_steps": 3}, True),
+    ("mimelite", {"lr": 0.1, "local_steps": 3}, True),
+    ("fedsmoo", {"lr": 0.1, "local_steps": 3}, True),
+    # Langevin noise drawn per step for all blocks at once (not in call order), ε large enough
+    # to move the numbers
+    ("entropy_sgd", {"lr": 1.0, "local_steps": 2, "langevin_steps": 3, "noise": 0.01}, True),
 ]
 
 

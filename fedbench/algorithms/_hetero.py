@@ -11,16 +11,8 @@ from torch import Tensor
 
 from fedbench import seeding
 from fedbench.algorithms.base import Correction, Env, local_sgd
-from fedbench.network import (
-    MAX_WAIT,
-    NETWORK,
-    Network,
-    available,
-    build_network,
-    deadline_steps,
-    has_availability,
-    phase_seconds,
-)
+from fedbench.cohort import MAX_WAIT, available, has_availability
+from fedbench.network import NETWORK, Network, build_network, deadline_steps, phase_seconds
 from fedbench.network import stragglers as straggle
 from fedbench.params import Param
 

@@ -4,6 +4,12 @@ An algorithm is `Algorithm(init, round, params)`: pure functions over an explici
 (a NamedTuple named with the paper's symbols). Per-client state is one `[n, d]` tensor whose
 rows are gathered for the cohort and written back in place (copying `[n, d]` every round
 would cost more than the round).
+
+Layers: the runner (`fedbench.runner`) calls an algorithm's `round`; an algorithm asks
+`fedbench.cohort` who takes part (`sample_cohort`, re-exported here), trains them with the one
+local-training loop `local_sgd` on the `fedbench.task.Task`, sends messages through
+`fedbench.compressors`, and may read the simulated time model (`fedbench.network`). None of
+those imports this package.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from fedbench import curriculum, network, sampling, seeding
-from fedbench.compressors import Compressor, error_feedback
+from fedbench import curriculum, network, seeding
+from fedbench.cohort import cohort_size as cohort_size  # re-exported: methods import it from here
+from fedbench.cohort import sample_cohort as sample_cohort
+from fedbench.compressors import Compressed, Compressor, error_feedback
 from fedbench.parallel import block_threads, for_each_block, is_rowwise
 from fedbench.params import Param, Registry
 from fedbench.seeding import RoundRng
+from fedbench.server_opt import ServerOpt
 from fedbench.task import Task
 
 ALGORITHMS = Registry("algorithm")
@@ -30,8 +39,27 @@ LOCAL_PARAMS = {
 }
 
 State = Any
-# (y [c, d], g [c, d], rows) -> corrected g [c, d] for the block `rows` of the cohort
-Correction = Callable[[Tensor, Tensor, slice], Tensor]
+# (y [c, d], g [c, d], rows) -> corrected g [c, d] for the block `rows` of the cohort; a
+# correction marked `sees_step` is called (y, g, rows, step) with the step's `Step`
+Correction = Callable[..., Tensor]
+
+
+class Step(NamedTuple):
+    """What a local step drew, for a `sees_step` correction (Mime's SVRG term, FedSMOO's
+    perturbed point, Entropy-SGD's Langevin loop need the step's own minibatch ζ)."""
+
+    ids: Tensor  # [c] the block's client ids
+    zeta: Tensor | None  # [c, draws, B] this step's minibatch indices (None: full local data)
+    k: int  # the local step, 0 .. K − 1
+    # [c] the loss local_sgd records for the step (g's loss at y on ζ_0); a correction that
+    # evaluates elsewhere may overwrite it in place
+    loss: Tensor
+
+
+def sees_step(fn: Correction) -> Correction:
+    """Mark a `local_sgd` correction that takes the step's `Step` as a fourth argument."""
+    fn.sees_step = True  # type: ignore[attr-defined]
+    return fn
 
 
 class Env(NamedTuple):
@@ -49,7 +77,7 @@ class Env(NamedTuple):
     # storage of persistent per-client rows ([n, d] control variates, estimators, ...):
     # float16 / bfloat16 halve their memory; computation stays float32 (see client_rows)
     state_dtype: torch.dtype = torch.float32
-    # client sampling (fedbench.sampling): "uniform" (without replacement), "poisson" (each
+    # client sampling (fedbench.cohort): "uniform" (without replacement), "poisson" (each
     # client independently with probability `participation`), "importance", "power_of_choice"
     # (the last two only in the methods that implement them); candidates of power-of-choice
     sampling: str = "uniform"
@@ -112,30 +140,6 @@ def update_compressor(env: Env) -> Compressor:
     return error_feedback(env.uplink) if env.error_feedback else env.uplink
 
 
-def cohort_size(n: int, participation: float) -> int:
-    return max(1, min(n, round(participation * n)))
-
-
-def sample_cohort(env: Env, rng: RoundRng) -> Tensor:
-    """Participating client ids `[m]`, sorted: uniform without replacement (or Poisson, see
-    `Env.sampling`), then only those available in this round when the `[network]` model has
-    dropouts or availability windows (fedbench.network.present)."""
-    ids = _draw_cohort(env, rng)
-    if env.network is None or not network.has_availability(env.network):
-        return ids
-    return network.present(env.network, ids, rng.seed, rng.round)
-
-
-def _draw_cohort(env: Env, rng: RoundRng) -> Tensor:
-    if env.sampling == "poisson":
-        return sampling.poisson_cohort(env.n, env.participation, rng, env.device)
-    m = cohort_size(env.n, env.participation)
-    if m == env.n:
-        return torch.arange(env.n, device=env.device)
-    perm = torch.randperm(env.n, generator=rng(seeding.COHORT), device=rng.device)
-    return perm[:m].sort().values.to(env.device)
-
-
 def gradients(env: Env, w: Tensor, ids: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """One stochastic (or full, for batch_size = "full") gradient per row: loss [m], g [m, d]."""
     if env.batch_size == "full":
@@ -153,46 +157,60 @@ def local_sgd(
     gen: torch.Generator,
     correction: Correction | None = None,
     sam_rho: float | None = None,
+    draws: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """K local SGD steps for the whole cohort: y ← y − lr·(g_i(y) [+ correction]).
 
     With `sam_rho = ρ` each step is a SAM step (Foret et al., ICLR 2021): the gradient is taken
     at the perturbed point y + ρ g/‖g‖ (row-wise norm, same minibatch) before the correction.
+    A correction marked `sees_step` also gets the step's minibatches ζ (`Step`): `draws`
+    minibatches per step, g taken on the first (Entropy-SGD's Langevin loop uses L of them).
 
     `y0` is `[d]` (everyone starts from the broadcast model) or `[m, d]`. Clients run in blocks
     (`Task.block_size`): each block does all K steps as batched passes over its clients while
     their models are still in cache; on a CPU job with several threads the blocks run side by
     side, one thread each, when the correction is `rowwise` (fedbench.parallel). Minibatches
-    are drawn for the whole cohort up front, so the result depends on neither the block size
-    nor the threads. Returns the final models `[m, d]` and each
-    client's mean minibatch loss over the steps `[m]`.
+    are drawn for the whole cohort up front (`local_batches`, K·draws of them), so the result
+    depends on neither the block size nor the threads. Returns the final models `[m, d]` and
+    each client's mean minibatch loss over the steps `[m]`.
     """
     m = ids.numel()
     y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
     full = env.batch_size == "full"
-    idx = None if full else local_batches(env, y0, ids, steps, gen)
-    width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2]
+    idx = None if full else local_batches(env, y0, ids, steps * draws, gen)
+    width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2] * draws
     block = block_rows(env, m, width)
     loss_sum = torch.zeros(m, device=y.device)
+    with_step = bool(getattr(correction, "sees_step", False))
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
         yb = y[rows]  # a view: updated in place
+        i = ids[rows]
         g = torch.empty_like(yb)
         for k in range(steps):
-            bidx = None if idx is None else idx[rows, k]
-            loss, g = env.task.loss_grad(yb, ids[rows], bidx, out=g)
-            loss_sum[rows] += loss
+            zeta = None if idx is None else idx[rows, k * draws : (k + 1) * draws]
+            bidx = None if zeta is None else zeta[:, 0]
+            loss, g = env.task.loss_grad(yb, i, bidx, out=g)
             if sam_rho is not None:
-                _, g = env.task.loss_grad(sam_point(yb, g, sam_rho), ids[rows], bidx, out=g)
-            if correction is not None:
+                _, g = env.task.loss_grad(sam_point(yb, g, sam_rho), i, bidx, out=g)
+            if correction is not None and with_step:
+                g = correction(yb, g, rows, Step(i, zeta, k, loss))
+            elif correction is not None:
                 g = correction(yb, g, rows)
+            loss_sum[rows] += loss
             yb.add_(g, alpha=-lr)
 
     starts = range(0, m, block)
     threads = block_threads(y.device, len(starts)) if is_rowwise(correction) else 1
     for_each_block(run_block, starts, threads)
     return y, loss_sum / steps
+
+
+def step_grad(env: Env, w: Tensor, step: Step, j: int = 0) -> tuple[Tensor, Tensor]:
+    """Loss `[c]` and gradient `[c, d]` at `w [c, d]` on the step's j-th minibatch (or the
+    clients' full local data)."""
+    return env.task.loss_grad(w, step.ids, None if step.zeta is None else step.zeta[:, j])
 
 
 def block_rows(env: Env, m: int, width: int) -> int:
@@ -260,6 +278,26 @@ def broadcast(env: Env, x: Tensor, b: Broadcast, gen: torch.Generator) -> tuple[
 _ZERO = torch.zeros(1, dtype=torch.int64)
 
 
+def average_updates(
+    env: Env,
+    opt: ServerOpt,
+    x: Tensor,
+    opt_state: Any,
+    up_state: Any,
+    delta: Tensor,
+    ids: Tensor,
+    rng: RoundRng,
+) -> tuple[Tensor, Any, Compressed, Any]:
+    """The FedAvg-style round tail: each client sends its update Δ_i (`delta [m, d]`) through
+    the update uplink (`update_compressor`: error feedback, the privacy wrapper), the server
+    averages what it decodes and takes its optimizer step on the pseudo-gradient
+    −mean_i C(Δ_i) from `x [d]`. Returns the new model `[d]` and optimizer state, the messages
+    (`.bits` for `cohort_log`) and the uplink state."""
+    msg, up = update_compressor(env).compress(delta, ids, up_state, rng(seeding.UPLINK))
+    x_new, opt_new = opt.update(x, -msg.value.mean(0), opt_state)
+    return x_new, opt_new, msg, up
+
+
 def cohort_log(env: Env, bits_up: Tensor, m: int, bits_down: int, loss: Tensor) -> RoundLog:
     """The log of a round in which m participants each received `bits_down` bits: their uplink
     messages' bits `[k]` and their mean local loss (`loss` `[m]`) as `local_loss`."""
@@ -271,3 +309,31 @@ def cohort_log(env: Env, bits_up: Tensor, m: int, bits_down: int, loss: Tensor) 
 def bits_vector(m: int, bits: int, device: torch.device) -> Tensor:
     """`[m]` int64: the same message size for each of m receivers."""
     return torch.full((m,), bits, dtype=torch.int64, device=device)
+
+
+def with_queries(
+    log: RoundLog, ids: Tensor, env: Env, steps: int, up: Tensor, cand: Tensor, model_bits: int
+) -> RoundLog:
+    """A round log plus a client selection's own messages (power-of-choice, client curricula:
+    `up [k]` bits of reports; the model, `model_bits`, to every candidate `cand [k]` not
+    chosen) and the chosen workers' local steps (so the simulated clock charges who trained).
+    The query phase's bits and seconds go to `extra` (`query_s`: the clock charges that phase
+    before the training phase)."""
+    down = (cand.numel() - ids.numel()) * model_bits
+    ran = torch.zeros(env.n, dtype=torch.int64)
+    ran[ids.cpu()] = steps
+    extra_down = torch.tensor([down], dtype=torch.int64, device=log.bits_down.device)
+    chosen_down = float(log.bits_down.sum()) / max(1, log.bits_down.numel())  # the model
+    extra = {
+        **log.extra,
+        "query_bits_up": float(up.sum()),
+        "query_bits_down": float(down) + chosen_down * ids.numel(),
+        "candidates": float(up.numel()),
+        "query_s": network.query_seconds(env.network, cand, float(model_bits)),
+    }
+    return log._replace(
+        bits_up=torch.cat([log.bits_up.to(torch.int64), up]),
+        bits_down=torch.cat([log.bits_down, extra_down]) if down else log.bits_down,
+        steps=ran,
+        extra=extra,
+    )

@@ -28,6 +28,7 @@ from fedbench.algorithms.base import (
     Broadcast,
     Env,
     RoundLog,
+    average_updates,
     bits_vector,
     broadcast,
     broadcast_init,
@@ -119,8 +120,8 @@ def delta_sgd(
             grad, y0, local_steps, eta0, theta0, gamma, delta, fresh_pair=not full
         )
         s.eta_i[ids], s.theta_i[ids] = etas[-1], theta
-        msg, up = update_compressor(env).compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        Delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, Delta, ids, rng)
         extra = {"local_loss": float(loss.mean()), "local_lr": float(etas.mean())}
         log = RoundLog(msg.bits, bits_vector(m, bits_down, env.device), m, extra)
         return DeltaSGDState(s.t + 1, x, s.eta_i, s.theta_i, opt_state, down, up), log

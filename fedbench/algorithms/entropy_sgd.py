@@ -17,25 +17,31 @@ local SGD with step η' (FedAvg with lr = η').
 
 from __future__ import annotations
 
+import threading
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._local_steps import grad_at, run_local_steps
 from fedbench.algorithms.base import (
     ALGORITHMS,
     Algorithm,
     Broadcast,
     Env,
     RoundLog,
+    Step,
+    average_updates,
     broadcast,
     broadcast_init,
     cohort_log,
+    local_sgd,
     sample_cohort,
+    sees_step,
+    step_grad,
     update_compressor,
 )
+from fedbench.parallel import rowwise
 from fedbench.params import Component, Param
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import SERVER_PARAMS, build_server_opt
@@ -72,37 +78,47 @@ def entropy_sgd(
         m = ids.numel()
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         noises: dict[int, Tensor] = {}  # step k -> [m, L, d], drawn once for all blocks
+        used: dict[int, int] = {}  # step k -> rows that have taken their noise
+        lock = threading.Lock()  # blocks may run on threads (`rowwise`)
 
         def langevin_noise(k: int, rows: slice) -> Tensor:
-            if k not in noises:
-                gen = rng(f"langevin/{k}")
-                draw = torch.randn(m, L, env.d, generator=gen, device=gen.device)
-                noises[k] = draw.to(env.device)
-            out = noises[k][rows]
-            if rows.stop == m:  # the last block has used step k
-                del noises[k]
+            """Step k's noise for the block's rows: one draw [m, L, d] from the step's own
+            generator, whichever block asks first, so it does not depend on call order."""
+            with lock:
+                if k not in noises:
+                    gen = rng(f"langevin/{k}")
+                    draw = torch.randn(m, L, env.d, generator=gen, device=gen.device)
+                    noises[k], used[k] = draw.to(env.device), 0
+                out = noises[k][rows]
+                used[k] += rows.stop - rows.start
+                if used[k] == m:  # every block has used step k
+                    del noises[k], used[k]
             return out
 
-        def step(y: Tensor, i: Tensor, zeta: Tensor | None, rows: slice, k: int):
+        @rowwise
+        @sees_step
+        def local_entropy(y: Tensor, g: Tensor, rows: slice, step: Step) -> Tensor:
+            """L Langevin iterations from x' = μ = y; the first gradient is local_sgd's g (at
+            y on ζ_0), the l-th is on ζ_l. The step's loss is their mean."""
             xp, mu = y.clone(), y.clone()  # x', μ [c, d]
-            eps = langevin_noise(k, rows) if noise > 0 else None
-            loss_sum = None
+            eps = langevin_noise(step.k, rows) if noise > 0 else None
+            loss_sum = step.loss
             for j in range(L):
-                loss, g = grad_at(env, xp, i, zeta, j)
-                loss_sum = loss if loss_sum is None else loss_sum + loss
+                if j > 0:
+                    loss, g = step_grad(env, xp, step, j)
+                    loss_sum = loss_sum + loss
                 g.sub_(y - xp, alpha=gamma)  # ∇f(x') − γ(y − x')
                 if eps is not None:
                     g.add_(eps[:, j], alpha=noise_scale)
                 xp.sub_(g, alpha=eta_p)
                 mu.mul_(beta).add_(xp, alpha=1.0 - beta)
-            assert loss_sum is not None
-            return loss_sum / L, y - mu  # y ← y − η(y − μ)
+            step.loss.copy_(loss_sum / L)
+            return y - mu  # y ← y − η(y − μ)
 
         gen = rng(seeding.BATCHES)
-        y, loss = run_local_steps(env, down.x_hat, ids, local_steps, lr, gen, step, draws=L)
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, gen, local_entropy, draws=L)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         log = cohort_log(env, msg.bits, m, bits_down, loss)
         return EntropySGDState(s.t + 1, x, opt_state, down, up), log
 

@@ -28,6 +28,7 @@ from fedbench.algorithms.base import (
     Correction,
     Env,
     RoundLog,
+    average_updates,
     bits_vector,
     broadcast,
     broadcast_init,
@@ -36,16 +37,16 @@ from fedbench.algorithms.base import (
     local_sgd,
     sample_cohort,
     update_compressor,
+    with_queries,
 )
-from fedbench.compressors.base import FLOAT_BITS
-from fedbench.params import Component
-from fedbench.sampling import (
+from fedbench.cohort import (
     CLIENT_CURRICULA,
     curriculum_cohort,
     importance_select,
     power_of_choice,
-    with_queries,
 )
+from fedbench.compressors.base import FLOAT_BITS
+from fedbench.params import Component
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import SERVER_PARAMS, build_server_opt
 
@@ -95,9 +96,8 @@ def fedavg(
                 log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
             return s, log
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         log = cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
         if env.sampling in QUERIED:  # + the candidates' loss reports and models
             log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
@@ -121,15 +121,14 @@ def fedavg(
             return FedAvgState(s.t + 1, s.x, s.opt, down, s.up), log
         tau = tau[tau > 0]
         y, loss = local_sgd_tau(env, down.x_hat, live, tau, lr, rng(seeding.BATCHES), corr)
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, live, s.up, rng(seeding.UPLINK))  # Δ_i [k, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, live, rng)
         extra = {"local_loss": float(loss.mean()), "deadline_cut": cut}
         log = RoundLog(msg.bits, bits_vector(m, bits_down, env.device), live.numel(), extra)
         return FedAvgState(s.t + 1, x, opt_state, down, up), log
 
     def importance_round(s: FedAvgState, env: Env, rng: RoundRng) -> tuple[FedAvgState, RoundLog]:
-        """OCS (fedbench.sampling): every available client trains and sends ‖Δ_i‖; client i
+        """OCS (fedbench.cohort): every available client trains and sends ‖Δ_i‖; client i
         then sends Δ_i with probability p_i; x ← opt(x, −(1/N) Σ_sent C(Δ_i)/p_i)."""
         ids = sample_cohort(env._replace(participation=1.0, sampling="uniform"), rng)  # [N]
         budget = cohort_size(env.n, env.participation)

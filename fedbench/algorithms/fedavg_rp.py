@@ -27,6 +27,7 @@ from fedbench.algorithms.base import (
     Broadcast,
     Env,
     RoundLog,
+    average_updates,
     broadcast,
     broadcast_init,
     cohort_log,
@@ -78,9 +79,8 @@ def fedavg_rp(lr: float, local_steps: int, R: int, **server: Any) -> Algorithm:
         ids = cohort(perm, meta, r)  # [m]
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES))
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         m = ids.numel()
         log = cohort_log(env, msg.bits, m, bits_down, loss)
         return FedAvgRPState(s.t + 1, x, perm, opt_state, down, up), log

@@ -29,6 +29,7 @@ from fedbench.algorithms.base import (
     Correction,
     Env,
     RoundLog,
+    average_updates,
     broadcast,
     broadcast_init,
     cohort_log,
@@ -68,9 +69,9 @@ def fedcm(lr: float, local_steps: int, alpha: float, **server: Any) -> Algorithm
 
         corr: Correction | None = v if momentum else None
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
-        msg, up = update_compressor(env).compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))
-        pseudo = -msg.value.mean(0)  # [d]
-        x, opt_state = opt.update(s.x, pseudo, s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
+        pseudo = -msg.value.mean(0)  # [d], the optimizer's step
         Delta = pseudo / (local_steps * lr) if momentum else s.Delta
         extra_down = FLOAT_BITS * env.d if momentum else 0
         log = cohort_log(env, msg.bits, ids.numel(), bits_down + extra_down, loss)

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from fedbench.algorithms.base import ALGORITHMS, LOCAL_PARAMS, Algorithm, Correction
 from fedbench.algorithms.fedavg import fedavg
+from fedbench.cohort import CLIENT_CURRICULA
 from fedbench.parallel import rowwise
 from fedbench.params import Component, Param
-from fedbench.sampling import CLIENT_CURRICULA
 from fedbench.server_opt import SERVER_PARAMS
 
 

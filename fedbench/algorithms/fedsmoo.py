@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._local_steps import grad_at, run_local_steps
 from fedbench.algorithms.base import (
     ALGORITHMS,
     LOCAL_PARAMS,
@@ -33,16 +32,21 @@ from fedbench.algorithms.base import (
     Broadcast,
     Env,
     RoundLog,
+    Step,
     broadcast,
     broadcast_init,
     client_rows,
     cohort_log,
     gather_rows,
+    local_sgd,
     sample_cohort,
     scatter_rows,
+    sees_step,
+    step_grad,
     update_compressor,
 )
 from fedbench.compressors.base import FLOAT_BITS
+from fedbench.parallel import rowwise
 from fedbench.params import Component, Param
 from fedbench.seeding import RoundRng
 
@@ -75,15 +79,16 @@ def fedsmoo(lr: float, local_steps: int, rho: float, alpha: float) -> Algorithm:
         lam = gather_rows(s.lam_i, ids, env.device)  # [m, d]
         mu = gather_rows(s.mu_i, ids, env.device)  # [m, d], updated in place by the steps
 
-        def step(y: Tensor, i: Tensor, zeta: Tensor | None, rows: slice, k: int):
-            loss, g = grad_at(env, y, i, zeta)
+        @rowwise
+        @sees_step
+        def dual_sam(y: Tensor, g: Tensor, rows: slice, step: Step) -> Tensor:
             g_hat = g.sub_(mu[rows]).sub_(s.s)  # [c, d]
             e = g_hat.mul_(rho / (g_hat.norm(dim=1, keepdim=True) + NORM_EPS))
             mu[rows] += e - s.s
-            _, g_e = grad_at(env, y + e, i, zeta)  # at the perturbed point, same ζ
-            return loss, g_e.sub_(lam[rows]).add_(y - x, alpha=alpha)
+            _, g_e = step_grad(env, y + e, step)  # at the perturbed point, same ζ
+            return g_e.sub_(lam[rows]).add_(y - x, alpha=alpha)
 
-        y, loss = run_local_steps(env, x, ids, local_steps, lr, rng(seeding.BATCHES), step)
+        y, loss = local_sgd(env, x, ids, local_steps, lr, rng(seeding.BATCHES), dual_sam)
         msg, up = update_compressor(env).compress(y - x, ids, s.up, rng(seeding.UPLINK))
         scatter_rows(s.lam_i, ids, lam - alpha * msg.value)
         scatter_rows(s.mu_i, ids, mu)

@@ -30,6 +30,7 @@ from fedbench.algorithms.base import (
     Broadcast,
     Env,
     RoundLog,
+    average_updates,
     broadcast,
     broadcast_init,
     cohort_log,
@@ -92,8 +93,8 @@ def fedzo(lr: float, local_steps: int, mu: float, directions: int, **server: Any
             g, f0 = zo_estimate(env, y, ids, v[k], mu, None if idx is None else idx[:, k])
             y = y - lr * g
             loss += f0
-        msg, up = update_compressor(env).compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         b1 = env.task.data.counts[ids].sum() if full else m * int(env.batch_size)
         queries = s.queries + float(b1) * (directions + 1) * H
         log = cohort_log(env, msg.bits, m, bits_down, loss / H)

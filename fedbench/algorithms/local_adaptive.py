@@ -40,6 +40,7 @@ from fedbench.algorithms.base import (
     Correction,
     Env,
     RoundLog,
+    average_updates,
     broadcast,
     broadcast_init,
     client_rows,
@@ -177,9 +178,8 @@ def local_adaptive(
 
         corr: Correction = direction
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
-        compress = update_compressor(env).compress
-        msg, up = compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))  # Δ_i [m, d]
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         bits_up, extra_down = msg.bits, 0
         if synced:  # statistics up (mean of the K local ones), D down with the model
             D = ema(sc, D.clone(), H_sum.mean(0) / local_steps)

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._local_steps import grad_at, run_local_steps
 from fedbench.algorithms.base import (
     ALGORITHMS,
     LOCAL_PARAMS,
@@ -35,14 +34,18 @@ from fedbench.algorithms.base import (
     Broadcast,
     Env,
     RoundLog,
+    Step,
     broadcast,
     broadcast_init,
     cohort_log,
     local_sgd,
     sample_cohort,
+    sees_step,
+    step_grad,
     update_compressor,
 )
 from fedbench.compressors.base import FLOAT_BITS
+from fedbench.parallel import rowwise
 from fedbench.params import Component, Param
 from fedbench.seeding import RoundRng
 
@@ -75,6 +78,7 @@ def mime_family(
         gen = rng(seeding.BATCHES)
         if lite:
 
+            @rowwise
             def mix(y: Tensor, g: Tensor, rows: slice) -> Tensor:
                 return g.mul_(1.0 - beta).add_(m_t, alpha=beta)  # (1−β)g + βm
 
@@ -84,13 +88,13 @@ def mime_family(
             c = full_batch_gradient(env, x, ids)  # before training: broadcast to the cohort
             x_rows = x.expand(ids.numel(), -1)
 
-            def step(y: Tensor, i: Tensor, zeta: Tensor | None, rows: slice, k: int):
-                loss, g = grad_at(env, y, i, zeta)
-                _, g_x = grad_at(env, x_rows[rows], i, zeta)  # same minibatch at x
-                d = g.sub_(g_x).add_(c).mul_(1.0 - beta).add_(m_t, alpha=beta)
-                return loss, d
+            @rowwise
+            @sees_step
+            def svrg(y: Tensor, g: Tensor, rows: slice, step: Step) -> Tensor:
+                _, g_x = step_grad(env, x_rows[rows], step)  # same minibatch at x
+                return g.sub_(g_x).add_(c).mul_(1.0 - beta).add_(m_t, alpha=beta)
 
-            y, loss = run_local_steps(env, x, ids, local_steps, lr, gen, step)
+            y, loss = local_sgd(env, x, ids, local_steps, lr, gen, svrg)
         msg, up = update_compressor(env).compress(y - x, ids, s.up, rng(seeding.UPLINK))
         x_new = s.x + server_lr * msg.value.mean(0)
         m_new = (1.0 - beta) * c + beta * s.m

@@ -39,6 +39,7 @@ from fedbench.algorithms.base import (
     Broadcast,
     Env,
     RoundLog,
+    average_updates,
     broadcast,
     broadcast_init,
     cohort_log,
@@ -115,8 +116,8 @@ def wafl(
         ids = sample_cohort(env, rng)  # [m]
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         y, loss = local_train(env, down.x_hat, ids, rng(seeding.BATCHES))
-        msg, up = update_compressor(env).compress(y - down.x_hat, ids, s.up, rng(seeding.UPLINK))
-        x, opt_state = opt.update(s.x, -msg.value.mean(0), s.opt)
+        delta = y - down.x_hat  # Δ_i [m, d]
+        x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         log = cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
         return WAFLState(s.t + 1, x, opt_state, down, up), log
 
