@@ -30,8 +30,7 @@ from fedbench.report.plots import Shape, figure
 from fedbench.report.safe import atomic_write, printable, slug
 from fedbench.report.stats import bootstrap_ci, compare_values, paired_t, welch_t
 from fedbench.report.tables import at_budget
-from fedbench.store import RunSpec, Store
-from fedbench.store_read import RUN_COLUMNS, flatten_config
+from fedbench.store import RUN_COLUMNS, RunSpec, Store, flatten_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
