@@ -27,6 +27,7 @@ seed give the same numbers in this process or a pool, with 1 or N threads (tests
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing as mp
@@ -317,10 +318,14 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
                     for f in done:
                         f.result()  # a worker that died raises here (BrokenProcessPool)
                 _drain(events, relay)
+            except MANAGER_GONE:  # the queues' server process died (killed)
+                raise WorkerDiedError([], sorted(in_flight)) from None
             except BrokenProcessPool:
-                _drain(events, relay)
+                with contextlib.suppress(*MANAGER_GONE):
+                    _drain(events, relay)
                 workers |= getattr(pool, "_processes", None) or {}
-                dead = _dead_workers(workers)
+                # workers exit when the manager is gone (`_pool_emit`): not their jobs' fault
+                dead = _dead_workers(workers) if _alive(manager) else set()
                 blamed = sorted(k for k, pid in in_flight.items() if pid in dead)
                 others = sorted(k for k in in_flight if k not in blamed)
                 raise WorkerDiedError(blamed, others) from None
@@ -332,6 +337,17 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
         pool.shutdown(wait=True)
     finally:
         manager.shutdown()
+
+
+# What a call on a manager queue raises once the manager process is gone: the jobs in flight
+# are requeued like a dead worker's (issue 23 fault 9: a ConnectionResetError traceback, or a
+# BrokenPipeError read as "stdout was closed", exit 141). No job is blamed.
+MANAGER_GONE = (ConnectionError, EOFError)
+
+
+def _alive(manager: SyncManager) -> bool:
+    proc = getattr(manager, "_process", None)
+    return proc is None or proc.is_alive()
 
 
 def _dead_workers(workers: dict[int, Any]) -> set[int]:

@@ -79,3 +79,61 @@ def test_a_healthy_job_survives_its_neighbours_worker_dying_twice(tmp_path: Path
     with sqlite3.connect(db) as c:
         (error,) = c.execute("SELECT error FROM runs WHERE key = ?", (victim,)).fetchone()
     assert "died twice" in error
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_killing_the_pools_manager_process_requeues_the_jobs(tmp_path: Path) -> None:
+    """Fault 9: kill -9 of the pool's multiprocessing manager (the queues' server process)
+    ended the launcher with a ConnectionResetError traceback or a false "stdout was closed"
+    (exit 141). Now the jobs in flight go back to the queue, nobody is blamed, a new pool
+    finishes the grid with every round exactly once."""
+    rounds = 3000
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        GRID.replace('"compressor.name" = ["identity", "topk"]\n', "").format(
+            seeds=1, rounds=rounds, ckpt=50
+        )
+    )
+    db = tmp_path / "manager.db"
+    cmd = fedbench("run", str(grid), "--db", str(db), "--workers", "2")
+    proc = subprocess.Popen(
+        cmd, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+    def manager() -> int | None:
+        held = holders(db)
+        if len(held) != 2 or any(r < 1 or r > rounds - 200 for _, r in held.values()):
+            return None
+        workers = {p for p, _ in held.values()}
+        rest = [
+            p
+            for p in children(proc.pid)
+            if p not in workers
+            and "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+        ]
+        return rest[0] if len(rest) == 1 else None
+
+    try:
+        os.kill(
+            _wait_for(manager, 600, "the pool's manager with both jobs mid-way"), signal.SIGKILL
+        )
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "stdout was closed" not in out, out
+    assert "back in the queue" in out
+    assert {s for s, _ in status_and_rounds(db).values()} == {"done"}
+    assert all(r == list(range(rounds + 1)) for r in rows_per_run(db).values())
