@@ -27,9 +27,11 @@ seed give the same numbers in this process or a pool, with 1 or N threads (tests
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import queue as queue_mod
 import signal
@@ -64,7 +66,7 @@ SMALL_MODEL = 10_000
 
 
 class Event(NamedTuple):
-    kind: str  # "start" | "round" | "end"
+    kind: str  # "start" | "round" | "end" (and a pool's internal "worker")
     key: str
     round: int
     metrics: dict[str, float]
@@ -215,11 +217,15 @@ _worker: dict[str, Any] = {}  # per worker process: its slot and the event queue
 
 
 class WorkerDiedError(RuntimeError):
-    """A pool worker died (killed, out of memory); `keys` are the jobs that were in flight."""
+    """A pool worker died (killed, out of memory) and broke the pool: `keys` are the jobs that
+    were running in the dead worker(s), `others` the healthy jobs in flight in the other
+    workers (stopped with the pool, to be requeued without blame: issue 23 fault 7, a healthy
+    job used to be failed when its neighbour's worker died twice)."""
 
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str], others: list[str] | None = None) -> None:
         super().__init__(f"a worker process died with {len(keys)} job(s) in flight")
         self.keys = keys
+        self.others = others or []
 
 
 def _ignore_sigint() -> None:
@@ -252,6 +258,9 @@ def _init_worker(slots: Any, events: Any) -> None:
     _worker["events"] = events
 
 
+WORKER_PID = "worker_pid"
+
+
 def _pool_emit(e: Event) -> None:
     """Send an event to the launcher. If its queue is gone, so is the launcher (killed): this
     worker exits at once, leaving its run `running` for another launcher to take over,
@@ -263,6 +272,9 @@ def _pool_emit(e: Event) -> None:
 
 
 def _pool_job(job: Job, url: str) -> runner.Outcome:
+    # before anything else (the claim included): which process runs this job, so that a
+    # worker's death is blamed on its own job only, however early it dies
+    _pool_emit(Event("worker", job.key, 0, {WORKER_PID: float(os.getpid())}))
     return run_job(job, url, _worker["slot"], _pool_emit)
 
 
@@ -289,13 +301,15 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
             pending: set[Future[runner.Outcome]] = {
                 pool.submit(_pool_job, job, url) for job in jobs
             }
-            in_flight: set[str] = set()
+            workers = dict(getattr(pool, "_processes", None) or {})  # pid -> Process
+            in_flight: dict[str, int] = {}  # job key -> its worker's pid
 
             def relay(e: Event) -> None:
-                if e.kind == "start":
-                    in_flight.add(e.key)
-                elif e.kind == "end":
-                    in_flight.discard(e.key)
+                if e.kind == "worker":  # the pool's own bookkeeping, not for on_event
+                    in_flight[e.key] = int(e.metrics[WORKER_PID])
+                    return
+                if e.kind == "end":
+                    in_flight.pop(e.key, None)
                 on_event(e)
 
             try:
@@ -305,9 +319,17 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
                     for f in done:
                         f.result()  # a worker that died raises here (BrokenProcessPool)
                 _drain(events, relay)
+            except MANAGER_GONE:  # the queues' server process died (killed)
+                raise WorkerDiedError([], sorted(in_flight)) from None
             except BrokenProcessPool:
-                _drain(events, relay)
-                raise WorkerDiedError(sorted(in_flight)) from None
+                with contextlib.suppress(*MANAGER_GONE):
+                    _drain(events, relay)
+                workers |= getattr(pool, "_processes", None) or {}
+                # workers exit when the manager is gone (`_pool_emit`): not their jobs' fault
+                dead = _dead_workers(workers) if _alive(manager) else set()
+                blamed = sorted(k for k, pid in in_flight.items() if pid in dead)
+                others = sorted(k for k in in_flight if k not in blamed)
+                raise WorkerDiedError(blamed, others) from None
         except BaseException:
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
@@ -316,6 +338,33 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
         pool.shutdown(wait=True)
     finally:
         manager.shutdown()
+
+
+# What a call on a manager queue raises once the manager process is gone: the jobs in flight
+# are requeued like a dead worker's (issue 23 fault 9: a ConnectionResetError traceback, or a
+# BrokenPipeError read as "stdout was closed", exit 141). No job is blamed.
+MANAGER_GONE = (ConnectionError, EOFError)
+
+
+def _alive(manager: SyncManager) -> bool:
+    proc = getattr(manager, "_process", None)
+    return proc is None or proc.is_alive()
+
+
+def _dead_workers(workers: dict[int, Any]) -> set[int]:
+    """The pids of the pool's processes that have exited: their sentinel is ready (what the
+    pool itself watches; `exitcode` can still be None for a moment after a SIGKILL). The pool
+    sends SIGTERM to the others when it breaks, which they ignore (`_ignore_sigint`): they are
+    still alive here."""
+    dead = set()
+    for pid, proc in workers.items():
+        try:
+            gone = bool(mp_connection.wait([proc.sentinel], timeout=0))
+        except (ValueError, OSError):  # the process object was closed: it has been joined
+            gone = True
+        if gone or proc.exitcode is not None:
+            dead.add(pid)
+    return dead
 
 
 def _drain(events: Any, on_event: OnEvent) -> None:

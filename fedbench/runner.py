@@ -292,14 +292,17 @@ def _claimed(
     start = time.perf_counter()
     token = claim.token
     folder = checkpoint.directory(store.url)
-    ckpt = None
+    rounds = int(job.config["experiment"]["rounds"])
+    ckpt, built = None, None
     if job.config["experiment"]["checkpoint_every"] > 0:
         ckpt = checkpoint.load(folder, job.key, device)
+    if ckpt is not None:
+        ckpt, built = _trusted(job, ckpt, device, rounds)
+    if ckpt is not None:
         logged = store.last_round(claim.run_id)
-        if ckpt is not None and (logged is None or logged < ckpt.round):
+        if logged is None or logged < ckpt.round:
             ckpt = None  # this database does not have the checkpoint's rounds
     resume = None if ckpt is None else ckpt.round
-    rounds = int(job.config["experiment"]["rounds"])
     final: dict[str, float] = {}
     try:
         run_id = busy_retry(
@@ -309,7 +312,7 @@ def _claimed(
         )
         rows = RoundWriter(store, run_id, token)
         try:
-            task, env, alg = build(job, device)
+            task, env, alg = built if built is not None else build(job, device)
             with rounds_mode(task.model, job.config["algorithm"]["name"]):
                 status, error, rounds_done, final = _loop(
                     job, rows, device, start, progress, folder, ckpt, task, env, alg
@@ -334,6 +337,38 @@ def _claimed(
     checkpoint.remove(folder, job.key)
     note = f"took over from {claim.taken_over}" if claim.taken_over else None
     return Outcome(job.key, status, error, rounds_done, time.perf_counter() - start, final, note)
+
+
+def _trusted(
+    job: Job, ckpt: checkpoint.Checkpoint, device: torch.device, rounds: int
+) -> tuple[checkpoint.Checkpoint | None, tuple[Task, Env, Any] | None]:
+    """`ckpt` when it fits the job (`checkpoint.problem` against a freshly initialised state),
+    else None after a one-line warning: the run then starts from round 0 and its rows are
+    rewritten, never continued from a round the file made up. Also the job's built task,
+    environment and algorithm (None if building fails: the run fails, recorded, later)."""
+    try:
+        built = build(job, device)
+        task, env, alg = built
+        with rounds_mode(task.model, job.config["algorithm"]["name"]):
+            fresh = alg.init(initial_point(job, task, device), env, RoundRng(job.seed, 0, device))
+    except Exception:
+        return None, None
+    reason = checkpoint.problem(ckpt, fresh, rounds)
+    if reason is None:
+        return ckpt, built
+    print(
+        f"warning: job {job.key}: ignoring its checkpoint ({reason}); starting from round 0",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None, built
+
+
+def initial_point(job: Job, task: Task, device: torch.device) -> torch.Tensor:
+    """x⁰: zeros with `[task] init = "zeros"`, else the model's seeded initialisation."""
+    if job.config["task"]["init"] == "zeros":
+        return torch.zeros(task.d, device=device)
+    return task.init_params(seeding.generator(job.seed, 0, seeding.INIT))
 
 
 def _flush_quietly(rows: RoundWriter) -> None:
@@ -371,10 +406,7 @@ def _loop(
     coherence = bool(exp.get("coherence", False))
     eps = privacy_tracker(job, task.n)  # ε at each evaluation when the job has [privacy]
     if ckpt is None:
-        if job.config["task"]["init"] == "zeros":
-            x0 = torch.zeros(task.d, device=device)
-        else:
-            x0 = task.init_params(seeding.generator(job.seed, 0, seeding.INIT))
+        x0 = initial_point(job, task, device)
         state = alg.init(x0, env, RoundRng(job.seed, 0, device))
         bits_up = bits_down = wall0 = 0.0
         metrics = {"bits_up": 0.0, "bits_down": 0.0, "wall_s": 0.0}

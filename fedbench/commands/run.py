@@ -301,7 +301,7 @@ def _until_finished(
     """Run `todo` until every job has ended: jobs another launcher holds are skipped, then
     waited for (taken over when their lease goes stale); jobs of a pool worker that died are
     requeued, and failed after dying with their worker twice."""
-    from fedbench import executors
+    from fedbench import executors, runner
 
     remaining, said, deaths = list(todo), False, Counter[str]()
     keys = [j.key for j in todo]
@@ -311,11 +311,18 @@ def _until_finished(
                 go(remaining, display.on_event)
             except executors.WorkerDiedError as e:
                 store.release(launch.prefix)  # every run of this launcher back in the queue
-                deaths.update(e.keys)
-                display.worker_died(e.keys)
+                deaths.update(e.keys)  # only the jobs of the dead worker: the others are healthy
+                display.worker_died(e.keys, e.others)
                 dead = [k for k in e.keys if deaths[k] >= 2]
                 if dead:
-                    store.fail_runs(dead, "its worker process died twice (killed or out of memory)")
+                    why = "its worker process died twice (killed or out of memory)"
+                    store.fail_runs(dead, why)
+                    for k in dead:  # counted in the summary like any failed job
+                        display.on_event(
+                            executors.Event(
+                                "end", k, 0, {}, runner.Outcome(k, "failed", why, 0, 0.0, {})
+                            )
+                        )
         status = store.statuses(keys)
         left = [k for k in keys if status.get(k) in TODO]
         if not left:
@@ -471,12 +478,13 @@ class _Display:
         if rnd < rounds and (rnd // step > last // step or time.monotonic() - when >= 60):
             self._plain(key, "progress", f"round {rnd}/{rounds}{tail}", rnd)
 
-    def worker_died(self, keys: list[str]) -> None:
+    def worker_died(self, keys: list[str], others: list[str]) -> None:
         for key in list(self.running):
             self.bar.remove_task(self.running.pop(key))
+        running = f" running {', '.join(keys)}" if keys else ""
         console.print(
-            f"[yellow]a worker process died[/yellow] (killed or out of memory) with "
-            f"{len(keys)} job(s) in flight: back in the queue",
+            f"[yellow]a worker process died[/yellow] (killed or out of memory){running}; "
+            f"{len(keys) + len(others)} job(s) in flight: back in the queue",
             highlight=False,
         )
 
