@@ -159,7 +159,7 @@ def build(job: Job, device: torch.device) -> tuple[Task, Env, Any]:
     up, down = cfg["compressor"], cfg["downlink"]
     env = Env(
         task=task,
-        uplink=build_compressor(up["name"], up, task.d, task.model.spec.shapes),
+        uplink=build_compressor(up["name"], up, task.d, task.model.spec.shapes, task.n),
         downlink=build_compressor(down["name"], down, task.d, task.model.spec.shapes),
         participation=a["participation"],
         batch_size=a["batch_size"],

@@ -534,7 +534,7 @@ def state_bytes_per_client(cfg: dict, model: Model, x: np.ndarray, y: np.ndarray
     shapes = model.spec.shapes
     env = Env(
         task=task,
-        uplink=build_compressor(up["name"], up, model.d, shapes),
+        uplink=build_compressor(up["name"], up, model.d, shapes, k),
         downlink=build_compressor(down["name"], down, model.d, shapes),
         participation=a["participation"],
         batch_size=a["batch_size"],

@@ -434,3 +434,38 @@ def test_onebit_chunked_scales_contraction_and_bits():
     sign, _ = draw("sign", x)
     torch.testing.assert_close(one.value, sign.value)
     assert torch.equal(one.bits, sign.bits)
+
+
+def _permk_exact_omega(d: int, m: int) -> float:
+    """E‖C_j(x) − x‖² / ‖x‖², worst row j, averaged exactly over all D! permutations (PermK's
+    shared randomness), for one random x: PermK's per-row variance is exactly (s − 1)‖x‖²."""
+    import itertools
+    from unittest import mock
+
+    from fedbench.compressors import permk as pk
+
+    big = pk.slots(d, m)
+    x = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    rows = x.expand(m, d).clone()  # [m, d] every row the same input
+    total = torch.zeros(m, dtype=torch.float64)
+    perms = list(itertools.permutations(range(big)))
+    c = pk.permk(d)
+    for p in perms:
+        with mock.patch.object(pk.torch, "randperm", lambda *a, p=p, **k: torch.tensor(p)):
+            q, _ = c.compress(rows, torch.arange(m), None, torch.Generator())
+        total += ((q.value - rows) ** 2).sum(1)
+    return float((total / len(perms)).max() / (x**2).sum())
+
+
+@pytest.mark.parametrize("d,n", [(6, 3), (4, 4), (5, 2), (3, 5), (4, 6)])
+def test_permk_declared_omega_is_the_exact_variance_constant(d, n):
+    """Declared ω with n clients = max over cohorts m ≤ n of the exact per-row constant,
+    computed over every permutation; = n − 1 for n ≤ d (the old d − 1 was wrong for n < d,
+    and too small in the dual case d < n with dummy slots, e.g. d = 3, m = 5: ω = 4)."""
+    declared = build_compressor("permk", {}, d, None, n).param
+    exact = [_permk_exact_omega(d, m) for m in range(1, n + 1)]
+    assert declared == pytest.approx(max(exact), rel=1e-9)
+    if n <= d:
+        assert declared == n - 1
+        assert exact[-1] == pytest.approx(n - 1, rel=1e-9)
+    assert build_compressor("permk", {}, d, None).param == d - 1  # no client count: m = d

@@ -3,10 +3,13 @@ the mean of the clients' g_i, the momentum a = 1/(2ω+1), exact bits, progress w
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import full_grad, make_env, make_task, run_rounds
 
+from fedbench.compressors import build_compressor
 from fedbench.seeding import generator
 
 
@@ -67,3 +70,30 @@ def test_bits_are_exact_under_both_conventions(convention):
     assert logs[0].bits_up.tolist() == [32 * d] * 6 + [per_msg] * 6  # dense g_i⁰, then m_i
     assert all(log.bits_up.tolist() == [per_msg] * 6 for log in logs[1:])
     assert all(log.bits_down.tolist() == [32 * d] * 6 for log in logs)
+
+
+@pytest.mark.parametrize("omega,n", [(0.0, 5), (9.0, 5), (2.5, 20), (49.0, 50)])
+def test_theory_step_is_theorem_6_1(omega, n):
+    """γ = 1/(L + √(16ω(2ω+1)/n)·√(mean L_i²)) (Theorem 6.1), not the authors' code's
+    1/(mean L_i + √(ω(4ω+1)/n)·L̂), for given (L, L_i, ω, n)."""
+    from fedbench.algorithms.dasha import dasha_gamma
+    from fedbench.task import Smoothness
+
+    L_i = [1.0, 2.0, 4.0, 0.5, 3.0] * (n // 5)
+    sm = Smoothness(1.7, torch.tensor(L_i, dtype=torch.float64))
+    L_hat = math.sqrt(sum(v * v for v in L_i) / len(L_i))
+    want = 1.0 / (1.7 + math.sqrt(16 * omega * (2 * omega + 1) / n) * L_hat)
+    assert dasha_gamma(sm, omega, n) == pytest.approx(want, rel=1e-12)
+    code = 1.0 / (sum(L_i) / len(L_i) + L_hat * math.sqrt(omega * (4 * omega + 1) / n))
+    if omega > 0:  # the code's value is a different (larger) step
+        assert dasha_gamma(sm, omega, n) < code
+
+
+def test_automatic_momentum_with_permk_uses_its_exact_omega():
+    """PermK with n ≤ d clients is unbiased with ω = n − 1 per client: a = 1/(2n − 1)."""
+    task = make_task(model="logreg", n=6)
+    assert task.d >= 6
+    env = make_env(task)._replace(uplink=build_compressor("permk", {}, task.d, None, task.n))
+    state, _, _ = run_rounds("dasha", {"lr": 0.1}, env, rounds=1)
+    assert env.uplink.param == 5.0
+    assert state.a == pytest.approx(1.0 / (2 * 5 + 1))

@@ -13,8 +13,18 @@ by every client and charged to the first round; g⁰ = mean_i g_i⁰. Each round
             = ∇f_i(x^{t+1}; ξ) + (1 − b)(h_i^t − ∇f_i(x^t; ξ))  (DASHA-MVR, same minibatch ξ)
   m_i^{t+1} = C_i(h_i^{t+1} − h_i^t − a (g_i^t − h_i^t))      (the only uplink message)
   g_i^{t+1} = g_i^t + m_i^{t+1},  g^{t+1} = g^t + mean_i m_i^{t+1}.
-Momentum a = "auto" = 1/(2ω + 1) (official code). lr = "theory": Theorem 6.1's
-γ = 1/(L + √(16 ω (2ω + 1)/n) L̂) with L̂ = √(mean L_i²) (recalled, not verified; DASHA only).
+Momentum a = "auto" = 1/(2ω + 1) (Theorem 6.1's a; official code `_estimate_momentum`).
+
+lr = "theory" (DASHA only): Theorem 6.1 (gradient setting) γ = 1/(L + √(16ω(2ω+1)/n) L̂),
+L = the smoothness of f, L̂ = √(mean_i L_i²). The authors' research code
+(mysteryresearcher/dasha, `ZeroMarinaMasterAlgorithm._estimate_gamma`, "zero_marina" being
+DASHA's working name) computes 1/(mean_i L_i + L̂ √(ω(4ω+1)/n)) instead, a √-term ≈ 2.9×
+smaller at ω = 9: that is not the theorem. fedbench keeps the theorem's value, which is safe:
+the Lyapunov argument Φ = f − f* + γ/(2a)‖g − h‖² + (γω/n)(1/n)Σ‖g_i − h_i‖² with
+a = 1/(2ω+1) ((1 − a)² + 2ωa² = 1 − a) and ‖u − v‖² ≤ 2‖u‖² + 2‖v‖² closes whenever
+1/γ ≥ L + √(2ω(4ω+1)/n) L̂, and 16ω(2ω+1) ≥ 2ω(4ω+1). (The paper's text was not reachable from
+this session's sources; the theorem's constant is as recalled, the derivation is checked.)
+With PermK, ω is its exact per-client constant for the job's n (compressors/permk.py).
 With C = I (ω = 0, a = 1): g_i^{t+1} = h_i^{t+1} = ∇f_i(x^{t+1}), i.e. gradient descent.
 """
 
@@ -55,7 +65,8 @@ def momentum(a: float | str, omega: float) -> float:
 
 
 def dasha_gamma(sm: Smoothness, omega: float, n: int) -> float:
-    """Theorem 6.1 (DASHA, gradient setting): γ = 1/(L + √(16ω(2ω+1)/n) L̂)."""
+    """Theorem 6.1 (DASHA, gradient setting): γ = 1/(L + √(16ω(2ω+1)/n) L̂), L̂ = √(mean L_i²);
+    not the authors' code's 1/(mean L_i + √(ω(4ω+1)/n) L̂) (see the module docstring)."""
     return 1.0 / (sm.L + math.sqrt(16.0 * omega * (2.0 * omega + 1.0) / n) * sm.L_qm)
 
 

@@ -28,13 +28,15 @@ def build_compressor(
     params: Mapping[str, Any],
     d: int,
     shapes: Sequence[Sequence[int]] | None = None,
+    clients: int | None = None,
 ) -> Compressor:
     """The configured compressor for messages of length d.
 
     `params` is the resolved grid section: the component's own fields plus `bits`, the bit
     convention ("full" | "values", ALGORITHMS §0.2). `shapes` are the model's parameter shapes
     (`task.model.spec.shapes`), needed by layer-wise compressors (`extra["shapes"]`); without
-    them the whole vector is one layer.
+    them the whole vector is one layer. `clients` is the job's number of clients n, passed to
+    compressors whose declared constant depends on it (`extra["clients"]`: PermK's ω).
     """
     comp = COMPRESSORS[name]
     convention = params.get("bits", "full")
@@ -43,6 +45,8 @@ def build_compressor(
     kw = comp.resolve(params)
     if comp.extra.get("shapes", False):
         kw["shapes"] = check_shapes(shapes, d)
+    if comp.extra.get("clients", False) and clients is not None:
+        kw["clients"] = clients
     c: Compressor = comp.build(d, values_only=convention == "values", **kw)
     return c
 
