@@ -464,7 +464,11 @@ def task_section(run: TaskRun, frame: pd.DataFrame) -> list[str]:
     rs = rows(task, frame, run.methods, budget)
     what = task.metric.replace("_", " ")
     cmp = "≥" if task.higher_better else "≤"
-    how = "given" if task.bits_budget is not None else "the least any method spends in its run"
+    how = (
+        "fixed in the suite file"
+        if task.bits_budget is not None
+        else "the least any method spends in its run"
+    )
     out = [
         f"## {task.name}: {task.title}" if task.title else f"## {task.name}",
         "",
