@@ -265,7 +265,7 @@ def run_task(suite: Suite, task: Task, db: str, best_dir: Path | None, say: Say)
                     f"{task.name}: {job.algorithm} seed {job.seed}: {out.status}"
                     f"{'' if out.error is None else ' ' + out.error.splitlines()[0]}"
                 )
-        storage = tunelib.storage(Store(db).url, tunelib.heartbeat_seconds())
+        storage = tunelib.storage(db, tunelib.heartbeat_seconds())  # db: a URL
         methods = []
         for (cell, values), name in zip(seeded, _names([c for c, _ in seeded]), strict=True):
             study = optuna.load_study(study_name=cell.study, storage=storage)
@@ -447,7 +447,8 @@ def _space_sentence(suite: Suite) -> str:
 
 def protocol(suite: Suite, tasks: Sequence[Task], val: str) -> str:
     """The validation protocol in one sentence."""
-    bys = ", ".join(sorted({t.by for t in tasks}))
+    names = sorted({t.by for t in tasks})
+    bys = f"`{names[0]}`" if len(names) == 1 else "each task's validation metric (named below)"
     return (
         f"Each method was tuned with `fedbench tune` ({suite.trials} complete + pruned trials "
         f"per method, {suite.pruner} pruning, over {_space_sentence(suite)}, seed 0) on {bys} "
