@@ -1,6 +1,6 @@
 # fedbench: `make help` lists the targets.
 .DEFAULT_GOAL := help
-.PHONY: help install install-demo demo test test-all lint format bench clean
+.PHONY: help install install-demo demo test test-all lint format bench leaderboard clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -58,6 +58,16 @@ bench: $(BASE) ## speed (idle and loaded), CLI start-up, theory-scale, scale, pf
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_pfl.py  # needs `pip install -e '.[bench]'` (pfl); else says so
 	PY=$(PY) bash benchmarks/gpu_check.sh  # CUDA path; says so and exits 0 without a GPU
+
+# From an empty results/leaderboard.db (its own database): tune every method of every task of
+# experiments/suite/ with `fedbench tune` under one budget, run the choices with 3 seeds, write
+# results/leaderboard.md (and each task's chosen settings under results/leaderboard/).
+leaderboard: $(BASE) ## tune + run the suite (~25 min on 2 cores), write results/leaderboard.md
+	@$(PY) -c "import optuna" 2>/dev/null || $(PY) -m pip install --quiet -e ".[tune]"
+	@echo "== machine: $$(nproc) cores; $$(uptime)"
+	rm -f results/leaderboard.db results/leaderboard.db-wal results/leaderboard.db-shm
+	$(PY) -m fedbench.leaderboard experiments/suite/suite.toml --db results/leaderboard.db \
+		--out results/leaderboard.md --best-dir results/leaderboard
 
 clean: ## remove the virtualenv, caches and results
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache results/*.db* results/plots
