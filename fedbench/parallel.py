@@ -14,6 +14,9 @@ What a block runs must only touch its own rows: a `local_sgd` correction opts in
 `rowwise` (a correction that counts calls or draws random numbers in call order does not;
 one whose draws come from a generator of their own per step, as Entropy-SGD's Langevin
 noise, and are shared under a lock, does).
+The model must be `thread_safe` too (`models.base.Model`): the hand-batched models and the
+transformers are; models on the generic `functional_call` path run their blocks in order.
+Each block steps a copy of its rows (autograd's version counters belong to a storage).
 `FEDBENCH_BLOCK_THREADS=0` turns this off.
 """
 

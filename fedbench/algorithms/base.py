@@ -185,7 +185,10 @@ def local_sgd(
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
-        yb = y[rows]  # a view: updated in place
+        # the block's own copy, written back at the end: autograd's version counter belongs to
+        # a storage, so in-place steps on a view of the shared `y` in one block thread would
+        # invalidate the graph another block thread saved (models differentiated by autograd)
+        yb = y[rows].clone()
         i = ids[rows]
         g = torch.empty_like(yb)
         for k in range(steps):
@@ -200,9 +203,11 @@ def local_sgd(
                 g = correction(yb, g, rows)
             loss_sum[rows] += loss
             yb.add_(g, alpha=-lr)
+        y[rows] = yb
 
     starts = range(0, m, block)
-    threads = block_threads(y.device, len(starts)) if is_rowwise(correction) else 1
+    side_by_side = is_rowwise(correction) and env.task.model.thread_safe
+    threads = block_threads(y.device, len(starts)) if side_by_side else 1
     for_each_block(run_block, starts, threads)
     return y, loss_sum / steps
 

@@ -126,6 +126,10 @@ class Model:
     # a hand-batched model whose loss_grad records no autograd graph: the runner may run its
     # rounds under torch.inference_mode (runner.rounds_mode), which cuts torch's per-call cost
     autograd_free = False
+    # loss_grad may run for several blocks of clients at once on block threads
+    # (fedbench.parallel): true of models computed as pure functions of the flat weights; the
+    # generic path is not, since functional_call swaps the weights into the shared template
+    thread_safe = False
 
     def sample_loss(self, z: Tensor, y: Tensor) -> Tensor:
         """Per-sample loss `[B]` of outputs `z [B, ...]` for labels `y [B, ...]` (cross-entropy;

@@ -22,6 +22,7 @@ class BinaryLogReg(Model):
     curvature = 0.25
     has_bias = False
     autograd_free = True
+    thread_safe = True
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         super().__init__(

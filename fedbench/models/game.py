@@ -28,6 +28,7 @@ class QuadraticGame(Model):
     reports_accuracy = False
     has_bias = False
     autograd_free = True
+    thread_safe = True
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         width = int(input_shape[-1])

@@ -22,6 +22,7 @@ class MLP(Model):
     """Fully connected ReLU network (logreg when there are no hidden layers), hand-batched."""
 
     autograd_free = True
+    thread_safe = True
 
     def __init__(self, sizes: list[int]) -> None:
         layers: list[nn.Module] = []

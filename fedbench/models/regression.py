@@ -38,6 +38,7 @@ class LinReg(Model):
     reports_accuracy = False
     has_bias = False
     autograd_free = True
+    thread_safe = True
     robust_alpha = 0.0
 
     def __init__(self, input_shape: tuple[int, ...]) -> None:

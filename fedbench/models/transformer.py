@@ -163,6 +163,7 @@ class Transformer(Model):
     """Decoder-only LM over a flat parameter vector, batched over clients."""
 
     reports_perplexity = True
+    thread_safe = True  # `forward` is a function of the per-client weights, no module swap
 
     def __init__(
         self, vocab: int, context: int, layers: int, width: int, heads: int, tied: bool
@@ -260,6 +261,7 @@ class LoRATransformer(Model):
     linear layers: the flat vector `[d]` holds only the adapters (module docstring)."""
 
     reports_perplexity = True
+    thread_safe = True  # as Transformer; the per-device copy of W₀ is the same from any thread
 
     def __init__(
         self, full: Transformer, rank: int, alpha: float, seed: int, norms: bool = False
