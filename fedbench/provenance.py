@@ -210,3 +210,27 @@ def load_range(provs: Sequence[Mapping[str, Any] | None]) -> tuple[float, float]
         if isinstance(p.get(k), list) and p[k]
     ]
     return (min(values), max(values)) if values else None
+
+
+def recorded(reader: Any, run_id: int) -> dict[str, Any] | None:
+    """The provenance recorded for run `run_id` from a `Store` (`Store.provenance`) or the
+    stdlib SQLite reader of `fedbench show` (one SELECT in its read snapshot); None when none
+    was recorded or the database predates the column."""
+    own = getattr(reader, "provenance", None)
+    if callable(own):
+        value = own(run_id)
+        return value if isinstance(value, dict) else None
+    import json
+
+    try:
+        with reader._snapshot() as query:  # SqliteReader: no provenance read of its own yet
+            rows = query("SELECT provenance FROM runs WHERE id = :id", {"id": int(run_id)})
+    except Exception:  # an old file (no such column), a reader without snapshots
+        return None
+    raw = rows[0][0] if rows else None
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return raw if isinstance(raw, dict) else None
