@@ -104,3 +104,20 @@ def test_eval_clients_is_a_caption_line_when_shared_and_a_label_when_it_differs(
     differ = pd.DataFrame({**base, "experiment.eval_clients": [0, 100], "algorithm.lr": [0.1, 0.2]})
     labels = config_labels(differ).tolist()
     assert all("eval_clients" in label for label in labels)
+
+
+def test_run_names_the_runs_an_edited_grid_no_longer_has(tmp_path: Path) -> None:
+    grid, db = write(tmp_path, TINY), tmp_path / "g.db"
+    only = ("--only", "algorithm.name=fedavg", "--only", "compressor.name=identity")
+    first = invoke("run", grid, "--db", db, *only)
+    assert first.exit_code == 0 and "no longer in this grid" not in first.output
+    # compressor identity -> only topk: the two identity runs (2 seeds) are stale
+    write(
+        tmp_path,
+        TINY.replace('"compressor.name" = ["identity", "topk"]', '"compressor.name" = ["topk"]'),
+    )
+    again = invoke("run", grid, "--db", db, "--only", "algorithm.name=fedavg")
+    assert again.exit_code == 0
+    assert f"2 runs are no longer in this grid: fedbench prune {grid}" in " ".join(
+        again.output.split()
+    )
