@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 FLOAT32_MAX = 3.4028234663852886e38
 
-Kind = Literal["int", "float", "bool", "str", "int_list", "int_or_full", "float_or_str"]
+Kind = Literal[
+    "int", "float", "bool", "str", "int_list", "int_or_full", "float_or_str", "bool_or_str"
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Param:
 
     def allowed(self) -> str:
         """Human description of the allowed values, used in error messages."""
+        if self.choices and self.kind == "bool_or_str":  # e.g. per_client_eval = true | "all"
+            return "true, false or " + ", ".join(repr(c) for c in self.choices)
         if self.choices and self.kind != "float_or_str":
             return "one of " + ", ".join(repr(c) for c in self.choices)
         base = {
@@ -55,6 +59,7 @@ class Param:
             "int_list": "a list of positive integers",
             "int_or_full": 'a positive integer or "full"',
             "float_or_str": "a number or a string",
+            "bool_or_str": "true, false or a string",
         }[self.kind]
         bounds = []
         num = (lambda v: str(int(v))) if self.kind == "int" else (lambda v: f"{v:g}")
@@ -95,6 +100,8 @@ class Param:
 def _coerce(kind: Kind, value: Any) -> Any:
     if kind == "bool":
         return value if isinstance(value, bool) else None
+    if kind == "bool_or_str":
+        return value if isinstance(value, (bool, str)) else None
     if isinstance(value, bool):
         return None
     if kind == "int":

@@ -17,6 +17,7 @@ PLOTS = (
     "bits-vs-gradnorm",
     "time-vs-accuracy",
     "time-vs-loss",
+    "client-accuracy-cdf",  # per_client_eval = "all": the clients' accuracies at the last round
 )
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 X_AXES = ("round", "bits", "wall", "time", "steps")  # time: simulated s ([network]); steps: inner

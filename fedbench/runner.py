@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from fedbench import checkpoint, seeding
+from fedbench import checkpoint, provenance, seeding
 from fedbench.algorithms import ALGORITHMS, Env, build_algorithm
 from fedbench.compressors import build_compressor
 from fedbench.data import FederatedDataset, load_federated
@@ -51,7 +51,7 @@ from fedbench.store import (
     StoreBusyError,
     StoreError,
 )
-from fedbench.task import ClientData, Task
+from fedbench.task import ClientData, Task, client_metrics
 
 Progress = Callable[[Job, int, dict[str, float]], None]  # (job, round, metrics) after each round
 FLUSH_SECONDS = 0.05  # longest wall time between two writes of a run's rounds
@@ -311,6 +311,7 @@ def _claimed(
             )
         )
         rows = RoundWriter(store, run_id, token)
+        prov = _record_provenance(store, run_id, job)
         try:
             task, env, alg = built if built is not None else build(job, device)
             with rounds_mode(task.model, job.config["algorithm"]["name"]):
@@ -332,11 +333,31 @@ def _claimed(
                 run_id, status, error, token=token, rounds=rounds if status == "done" else None
             )
         )
+        _record_provenance(store, run_id, job, prov)
     except LeaseLostError as e:  # another launcher took the run over: it is theirs now
         return Outcome(job.key, "lost", str(e), 0, time.perf_counter() - start, final)
     checkpoint.remove(folder, job.key)
     note = f"took over from {claim.taken_over}" if claim.taken_over else None
     return Outcome(job.key, status, error, rounds_done, time.perf_counter() - start, final, note)
+
+
+def _record_provenance(
+    store: Store, run_id: int, job: Job, start: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Record the run's provenance (`fedbench.provenance`): at its start (`start` None) the
+    commit, grid file, CPU and load average, at its end `start` plus the load then. Returns
+    what was recorded; a failure to record is a warning, never the job's failure."""
+    try:
+        if start is None:
+            grid = store.experiment_grid(job.experiment)
+            prov = provenance.at_start(*(grid if grid is not None else (None, None)))
+        else:
+            prov = provenance.at_end(start)
+        busy_retry(lambda: store.set_provenance(run_id, prov))
+        return prov
+    except Exception as e:  # best effort: a run without provenance is still a run
+        print(f"warning: job {job.key}: provenance not recorded: {e}", file=sys.stderr)
+        return start
 
 
 def _trusted(
@@ -404,6 +425,7 @@ def _loop(
     rounds, every, save_every = exp["rounds"], exp["eval_every"], exp["checkpoint_every"]
     grad_norm = bool(exp["grad_norm"])
     coherence = bool(exp.get("coherence", False))
+    per_client = exp.get("per_client_eval", False)  # false | true | "all"
     eps = privacy_tracker(job, task.n)  # ε at each evaluation when the job has [privacy]
     if ckpt is None:
         x0 = initial_point(job, task, device)
@@ -413,7 +435,7 @@ def _loop(
         sim_time = 0.0  # simulated seconds ([network] section or an asynchronous method)
         if env.network is not None:
             metrics["sim_time_s"] = 0.0
-        metrics.update(evaluate(task, x0, grad_norm, coherence))
+        metrics.update(evaluate(task, x0, grad_norm, coherence, bool(per_client)))
         if alg.metrics is not None:
             metrics.update(alg.metrics(state, env))
         if eps is not None:
@@ -445,7 +467,8 @@ def _loop(
         finite = all_finite(x) and all(math.isfinite(v) for v in log.extra.values())
         evaluated = finite and (t % every == 0 or t == rounds)
         if evaluated:
-            metrics.update(evaluate(task, x, grad_norm, coherence))
+            last = per_client == "all" and t == rounds  # every client's value, once
+            metrics.update(evaluate(task, x, grad_norm, coherence, bool(per_client), last))
             if alg.metrics is not None:
                 metrics.update(alg.metrics(state, env))
             if eps is not None:
@@ -495,11 +518,20 @@ def privacy_tracker(job: Job, n: int) -> Any:
 
 
 def evaluate(
-    task: Task, x: torch.Tensor, grad_norm: bool = False, coherence: bool = False
+    task: Task,
+    x: torch.Tensor,
+    grad_norm: bool = False,
+    coherence: bool = False,
+    per_client: bool = False,
+    vectors: bool = False,
 ) -> dict[str, float]:
     """Evaluation metrics of the server model: train_loss (the objective), test loss/accuracy,
-    grad_norm_sq = ‖∇f(x)‖² and the per-client gradient `coherence` when asked."""
+    grad_norm_sq = ‖∇f(x)‖², the per-client gradient `coherence` and, with `per_client`, the
+    distribution of per-client accuracy and loss (`fedbench.task.client_metrics`; every
+    client's own value too with `vectors`) when asked."""
     out = {"train_loss": task.train_loss(x), **task.evaluate(x)}
+    if per_client:
+        out.update(client_metrics(task.client_values(x), vectors))
     if grad_norm:
         out["grad_norm_sq"] = float(task.full_gradient(x).square().sum())
     if coherence:

@@ -47,6 +47,9 @@ class ClientData:
     y_test: Tensor  # [N_test]
     x_val: Tensor | None = None  # [N_val, *shape] held out of training ([task] val_fraction)
     y_val: Tensor | None = None  # [N_val]
+    # client id of each test sample when the test set is split per client (None: one global
+    # test set); `Task.client_values` then scores each client on its own test samples
+    test_client_of: Tensor | None = None  # [N_test] int64
 
     @property
     def n(self) -> int:
@@ -301,6 +304,30 @@ class Task:
         r, _ = regulariser(w, self.reg, self.lam)
         return float(per_client.mean() + r)
 
+    @torch.no_grad()
+    def client_values(self, w: Tensor) -> ClientValues:
+        """Each client's mean loss `[n]` (regulariser included, as in `train_loss`) and
+        accuracy `[n]` (None for models without accuracy) of the server model `w [d]`, in one
+        pass over the samples summed per client with `index_add_` (no loop over clients): on
+        each client's own test samples when the task splits its test set per client
+        (`ClientData.test_client_of`), else on its training samples. Clients without a test
+        sample are dropped from the vectors (`ids` says which clients they are)."""
+        d = self.data
+        if d.test_client_of is not None:
+            x, y, owner, source = d.x_test, d.y_test, d.test_client_of, "test"
+            counts = torch.bincount(owner, minlength=self.n)  # [n]
+        else:
+            x, y, owner, source = d.x, d.y, d.client_of, "train"
+            counts = d.counts
+        loss, correct = self._sample_losses(w, x, y)  # [N], [N]
+        per_loss = torch.zeros(self.n, device=w.device).index_add_(0, owner, loss)  # [n]
+        per_acc = torch.zeros(self.n, device=w.device).index_add_(0, owner, correct)  # [n]
+        ids = torch.nonzero(counts > 0).squeeze(1)  # [n'] clients with samples
+        c = counts[ids].float()
+        r, _ = regulariser(w, self.reg, self.lam)
+        acc = per_acc[ids] / c if getattr(self.model, "reports_accuracy", True) else None
+        return ClientValues(ids, per_loss[ids] / c + r, acc, source)
+
     def smoothness(self) -> Smoothness:
         """L and L_i for theory step sizes (cached; linear models only)."""
         if self._smoothness is None:
@@ -377,6 +404,52 @@ def _game_constants(task: Task, k: int) -> tuple[Tensor, ...]:
     A, C = (A + A.T) / 2, (C + C.T) / 2
     z_star = torch.linalg.solve(M, -c)
     return torch.linalg.inv(A), torch.linalg.inv(C), A, B, C, c[:k], c[k:], z_star
+
+
+class ClientValues(NamedTuple):
+    """Per-client evaluation of one model (`Task.client_values`)."""
+
+    ids: Tensor  # [n'] the clients scored (every client with samples in `source`)
+    loss: Tensor  # [n'] mean loss of each client
+    acc: Tensor | None  # [n'] accuracy of each client (None: the model has no accuracy)
+    source: str  # "test" (each client's own test samples) or "train" (its training samples)
+
+
+CLIENT_QUANTILE = 0.1  # the "worst 10%" boundary of fairness papers (q-FFL, Ditto, ...)
+
+
+def client_stats(values: Tensor, name: str, higher_is_worse: bool) -> dict[str, float]:
+    """The distribution of a per-client metric `values [n]` as fairness and personalisation
+    papers report it: `{name}_mean`, `{name}_std` (population std over the clients: they are
+    the whole population, not a sample), the worst-10% boundary (`{name}_p10`, the 10th
+    percentile, for accuracy; `{name}_p90` for a loss, where high is bad; linear interpolation
+    between order statistics as numpy's default) and `{name}_worst` (min accuracy / max loss)."""
+    v = values.double()  # [n]
+    q = 1.0 - CLIENT_QUANTILE if higher_is_worse else CLIENT_QUANTILE
+    tag = f"p{round(100 * q)}"
+    worst = v.max() if higher_is_worse else v.min()
+    return {
+        f"{name}_mean": float(v.mean()),
+        f"{name}_std": float(v.std(correction=0)),
+        f"{name}_{tag}": float(torch.quantile(v, q)),
+        f"{name}_worst": float(worst),
+    }
+
+
+def client_metrics(values: ClientValues, vectors: bool = False) -> dict[str, float]:
+    """The `[experiment] per_client_eval` metrics of `values`: `client_acc_*` and
+    `client_loss_*` (`client_stats`), and with `vectors` ("all", at the last round) every
+    client's own value as `client_acc/<i>`, `client_loss/<i>` (i the client id)."""
+    out = client_stats(values.loss, "client_loss", higher_is_worse=True)
+    if values.acc is not None:
+        out.update(client_stats(values.acc, "client_acc", higher_is_worse=False))
+    if vectors:
+        ids = values.ids.tolist()
+        out.update({f"client_loss/{i}": v for i, v in zip(ids, values.loss.tolist(), strict=True)})
+        if values.acc is not None:
+            accs = values.acc.tolist()
+            out.update({f"client_acc/{i}": v for i, v in zip(ids, accs, strict=True)})
+    return out
 
 
 EVAL_PURPOSE = "eval_clients"  # seeding purpose of the evaluation sample

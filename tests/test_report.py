@@ -359,6 +359,12 @@ def test_plot_writes_png(
     if kind.startswith("time-"):  # simulated time: logged by runs with a [network] section
         clock = metrics[metrics["name"] == "bits_up"].assign(name="sim_time_s")
         metrics = pd.concat([metrics, clock.assign(value=clock["round"] * 0.5)])
+    if kind == "client-accuracy-cdf":  # per_client_eval = "all": each client's accuracy
+        acc = metrics[metrics["name"] == "test_accuracy"]
+        last = acc[acc["round"] == acc.groupby("run_id")["round"].transform("max")]
+        per = [last.assign(name=f"client_acc/{i}", value=last["value"] * (0.8 + 0.1 * i))
+               for i in range(3)]  # fmt: skip
+        metrics = pd.concat([metrics, *per])
     out = rep.plot(runs, metrics, kind, tmp_path / "plots" / f"{kind}.png")
     assert out == tmp_path / "plots" / f"{kind}.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000

@@ -189,6 +189,15 @@ def run(
     check_experiment_owner(store, g, grid)
     exp_id = store.upsert_experiment(g.name, str(grid), g.text)
     info = store.ensure_runs(exp_id, [runner.run_spec(j) for j in jobs])
+    from fedbench.report.select import stale_runs
+
+    stale = stale_runs(store, g.name, {j.key for j in g.jobs})  # the whole grid, not --only
+    if stale:
+        err_console.print(
+            f"note: {len(stale)} run{'s are' if len(stale) > 1 else ' is'} no longer in this "
+            f"grid: fedbench prune {grid}",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
     todo = [j for j in jobs if info[j.key].status in wanted]
     finished = Counter(info[j.key].status for j in jobs if j not in todo)
     others = ", ".join(f"{v} {k}" for k, v in sorted(finished.items()))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from fedbench import provenance
 from fedbench.commands.common import (
     DbOption,
     FormatOption,
@@ -42,6 +43,7 @@ def show(
     with open_reader(db) as store:  # SQLite: the stdlib driver, read-only, no pandas
         info = store.get_run(run)
         summary = metric_summary(store.metrics_records([int(info["id"])]))
+        prov = provenance.recorded(store, int(info["id"]))
     if fmt == "csv":  # the run's metrics summary, one row per metric, the run in each row
         emit_rows(
             [{"run_id": info["id"], "key": info["key"], "status": info["status"], **r}
@@ -53,7 +55,9 @@ def show(
     if fmt == "json":
         sys.stdout.write(
             json.dumps(
-                {"run": info, "metrics": summary, "partition": partition}, indent=2, default=str
+                {"run": info, "metrics": summary, "partition": partition, "provenance": prov},
+                indent=2,
+                default=str,
             )
             + "\n"
         )
@@ -81,6 +85,8 @@ def show(
         console.print(
             f"[bold red]{'error':>12}[/bold red]  {escape(info['error'])}", highlight=False
         )
+    for label, text in provenance.lines(prov):  # commit, grid file, cpu, load
+        console.print(f"[bold]{escape(label):>12}[/bold]  {escape(text)}", highlight=False)
     config = info.get("config") or {}
     for section, fields in config.items():
         if isinstance(fields, dict):

@@ -67,6 +67,17 @@ COMMON: dict[str, dict[str, Param]] = {
             low=0,
             since="0.3",
         ),
+        "per_client_eval": Param(
+            False,
+            "log the distribution of per-client accuracy and loss at every evaluation "
+            "(client_acc_mean/std/p10/worst, client_loss_mean/std/p90/worst) on each client's own "
+            "test samples where the task splits its test set per client, else on its training "
+            'data; "all" also stores every client\'s value at the last round '
+            "(client_acc/<i>, client_loss/<i>)",
+            "bool_or_str",
+            choices=("all",),
+            since="0.4",
+        ),
     },
     "task": {
         "dataset": Param("digits", "dataset (see `fedbench datasets`)", "str"),

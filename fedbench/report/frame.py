@@ -38,6 +38,7 @@ def _wide(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         raise ReportError("no runs to report")
     m = metrics[metrics["run_id"].isin(runs["run_id"])]
+    m = m[~m["name"].astype(str).str.contains("/", regex=False)]  # client_acc/<i>: see cdf
     if m.empty:
         return pd.DataFrame(index=pd.MultiIndex.from_arrays([[], []], names=["run_id", "round"]))
     wide = m.pivot_table(index=["run_id", "round"], columns="name", values="value", aggfunc="last")
@@ -294,5 +295,17 @@ def _read(store: Store, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def load(store: Store, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, metrics) of an experiment for the report, by way of its tidy frame
     (:func:`tidy` then :func:`split`): what the report shows is what :func:`load_frame`
-    gives a script."""
-    return split(tidy(*_read(store, experiment)))
+    gives a script. The runs frame also holds each run's recorded ``provenance`` (a dict, or
+    None: `fedbench.provenance`), for the load range of wall-clock captions."""
+    runs, raw = _read(store, experiment)
+    # per-client vectors (client_acc/<i>, per_client_eval = "all") skip the tidy round trip:
+    # one column per client would make the wide frame n columns wider for one round's values
+    vec = raw["name"].astype(str).str.contains("/", regex=False).to_numpy()
+    runs, metrics = split(tidy(runs, raw[~vec]))
+    if vec.any():
+        more = raw.loc[vec, ["run_id", "round", "name", "value"]].dropna(subset=["value"])
+        metrics = pd.concat([metrics, more.astype(metrics.dtypes.to_dict())], ignore_index=True)
+    if hasattr(store, "provenance"):
+        provs = [store.provenance(int(r)) for r in runs["run_id"]]
+        runs["provenance"] = pd.Series(provs, index=runs.index, dtype=object)
+    return runs, metrics

@@ -237,10 +237,32 @@ def html_page(
         parts.append(f"<pre>{e(str(row['grid_toml'].iloc[0]))}</pre>")
     parts.append("<h2>Host and versions</h2>")
     parts.append(_records_html(_versions(runs)))
+    parts.append("<h2>Provenance</h2>")
+    parts.append(_records_html(_provenance(store, runs, labels)))
     parts.append("<h2>Table as CSV</h2>")
     parts.append(f"<pre>{e(render(table, 'csv'))}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _provenance(store: Store, runs: pd.DataFrame, labels: pd.Series) -> list[dict[str, Any]]:
+    """Per run what `fedbench.provenance` recorded: commit (and uncommitted changes), grid
+    file and hash, CPU, load average at start and end."""
+    from fedbench import provenance
+
+    rows: list[dict[str, Any]] = []
+    for i, (_, r) in enumerate(runs.iterrows()):
+        prov = r.get("provenance")
+        if not isinstance(prov, dict):
+            prov = provenance.recorded(store, int(r["run_id"]))
+        text = dict(provenance.lines(prov))
+        if not text:
+            continue
+        rows.append({
+            "id": int(r["run_id"]), "configuration": labels.iloc[i], "seed": r["seed"],
+            **{k: text.get(k) for k in ("commit", "grid sha256", "cpu", "load start", "load end")},
+        })  # fmt: skip
+    return rows
 
 
 def _versions(runs: pd.DataFrame) -> list[dict[str, Any]]:

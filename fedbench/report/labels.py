@@ -231,6 +231,8 @@ def config_labels(runs: pd.DataFrame, group_by: Sequence[str] | None = None) -> 
 
 # Fields that say how a run was run, not what was compared: left out of default labels when
 # the other varying fields already tell the configurations apart.
+# experiment fields that change what a metric means: a label whenever they differ
+MEANINGFUL = ("experiment.eval_clients",)
 QUIET = ("eval_every", "deadline_s", "log_every", "checkpoint_every", "rounds")
 
 
@@ -239,7 +241,11 @@ def _without_bookkeeping(runs: pd.DataFrame, fields: list[str]) -> list[str]:
     dropping one keeps as many distinct configurations. When they are the axis of
     comparison (the only thing that differs), they stay."""
     out = list(fields)
-    quiet = [f for f in fields if f.startswith("experiment.") or f.rpartition(".")[2] in QUIET]
+    quiet = [
+        f
+        for f in fields
+        if (f.startswith("experiment.") and f not in MEANINGFUL) or f.rpartition(".")[2] in QUIET
+    ]
 
     def distinct(cols: list[str]) -> int:
         return len({tuple(_keys(runs, c)[i] for c in cols) for i in range(len(runs))})
@@ -338,4 +344,7 @@ def shared_settings(runs: pd.DataFrame) -> str:
             )
     if task:
         parts.append(", ".join(task))
+    sample = one("experiment.eval_clients")  # train_loss on a fixed sample of clients
+    if sample is not None and not _absent(sample) and int(sample) > 0:
+        parts.append(f"train loss on {int(sample)} sampled clients")
     return " · ".join(parts)

@@ -429,6 +429,11 @@ def figure(
         _check(kind, PLOTS, "plot")
     elif not y:
         raise ReportError("a figure needs a plot kind or at least one metric (y)")
+    if kind == CDF_KIND:
+        return client_cdf_figure(
+            runs, metrics, group_by, title, at_common_round=at_common_round, notes=notes,
+            labels=labels,
+        )  # fmt: skip
     spec = KINDS[kind] if kind is not None else None
     xv = x or (spec.x if spec is not None else "round")
     xv = "round" if xv == "rounds" else xv
@@ -512,11 +517,124 @@ def figure(
         lines.append(f"smoothed: trailing moving average over {shape.smooth} evaluations")
     if chosen.note:
         lines.append(chosen.note.split(" (--at")[0])
+    if xv == "wall":
+        lines += wall_load_note(runs)
     lines += list(notes)
     if lines:
         width = int(14 * (4.4 * cols + 2.8))  # characters of "small" text the figure holds
         text = "\n".join(textwrap.fill(line, width) for line in lines)
         fig.supxlabel(text, fontsize="small")
+    plain_text(fig)
+    return fig
+
+
+CDF_KIND = "client-accuracy-cdf"
+CLIENT_ACC = "client_acc/"  # per_client_eval = "all": client i's accuracy at the last round
+
+
+def wall_load_note(runs: pd.DataFrame) -> list[str]:
+    """The caption line of a wall-clock plot: the range of the machines' 1-minute load average
+    at the start and end of the plotted runs (their recorded provenance), since seconds on a
+    loaded machine are not seconds on an idle one; [] when no run recorded it."""
+    from fedbench.provenance import load_range
+
+    if "provenance" not in runs.columns:
+        return []
+    span = load_range([p if isinstance(p, dict) else None for p in runs["provenance"]])
+    if span is None:
+        return []
+    lo, hi = span
+    what = f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+    cpus: set[int] = {
+        int(p["cpu_count"])
+        for p in runs["provenance"]
+        if isinstance(p, dict) and p.get("cpu_count")
+    }
+    on = f" on {'/'.join(str(c) for c in sorted(cpus))} logical CPUs" if cpus else ""
+    return [f"wall-clock: machine load (1-min average) {what}{on} at the runs' start and end"]
+
+
+def client_accuracies(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per run the accuracy of every client at its last evaluation (``client_acc/<i>``,
+    logged with ``per_client_eval = "all"``): columns run_id, client, value."""
+    m = metrics[
+        metrics["run_id"].isin(runs["run_id"])
+        & metrics["name"].astype(str).str.startswith(CLIENT_ACC)
+    ]
+    if m.empty:
+        return pd.DataFrame({"run_id": [], "client": [], "value": []})
+    last = m.groupby("run_id")["round"].transform("max")
+    m = m[m["round"] == last]
+    client = m["name"].astype(str).str.removeprefix(CLIENT_ACC).astype(int)
+    return pd.DataFrame(
+        {"run_id": m["run_id"].to_numpy(), "client": client.to_numpy(), "value": m["value"]}
+    ).reset_index(drop=True)
+
+
+def client_cdf_figure(
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    group_by: Sequence[str] | None = None,
+    title: str | None = None,
+    *,
+    at_common_round: bool = False,
+    notes: Sequence[str] = (),
+    labels: pd.Series | None = None,
+) -> Figure:
+    """The empirical CDF of per-client accuracy at the last evaluation, one step curve per
+    configuration: the share of clients (y) whose accuracy is at most x, every client of
+    every seed of the configuration pooled. The 10th percentile (the "worst 10%" column of
+    the table) is where a curve crosses 0.1. Needs ``per_client_eval = "all"``."""
+    from fedbench.report.select import comparable
+
+    chosen = comparable(runs, metrics, at_common_round)
+    if chosen.runs.empty:
+        raise ReportError(f"nothing to plot: {chosen.note}")
+    runs, metrics = chosen.runs, chosen.metrics
+    values = client_accuracies(runs, metrics)
+    if values.empty:
+        raise ReportError(
+            'no per-client accuracies: the runs need [experiment] per_client_eval = "all"'
+        )
+    runs = runs[runs["run_id"].isin(values["run_id"])]
+    labels = plot_labels(runs, group_by, labels)
+    order = _label_order(runs, labels)
+    styles = _styles(runs, labels, order)
+    label_of = dict(zip(runs["run_id"], labels, strict=True))
+    fig = Figure(figsize=(7.2, 4.5), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    per = values.assign(label=values["run_id"].map(label_of))
+    for label in order:
+        g = per[per["label"] == label]
+        v = np.sort(g["value"].to_numpy(dtype=float))  # [clients × seeds]
+        share = np.arange(1, v.size + 1) / v.size
+        color, linestyle, _ = styles[label]
+        seeds = g["run_id"].nunique()
+        ax.step(
+            v, share, where="post", color=color, linestyle=linestyle,
+            label=f"{label} ({seeds} run{'s' * (seeds > 1)})",
+        )  # fmt: skip
+    ax.axhline(0.1, color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("client accuracy at the last evaluation")
+    ax.set_ylabel("share of clients with accuracy ≤ x")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(0.0, 1.0)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    exps = list(runs["experiment"].dropna().unique()) if "experiment" in runs.columns else []
+    what = "per-client accuracy (CDF)"
+    ax.set_title(title or (f"{exps[0]}: {what}" if len(exps) == 1 else what))
+    caption = shared_settings(runs)
+    lines = [f"all runs: {caption}"] if caption else []
+    lines.append(
+        "each client scored on its own test samples where the task splits its test set per "
+        "client, else on its training data; clients of every run of a curve pooled; "
+        "dotted: the worst 10%"
+    )
+    if chosen.note:
+        lines.append(chosen.note.split(" (--at")[0])
+    lines += list(notes)
+    fig.supxlabel("\n".join(textwrap.fill(line, 140) for line in lines), fontsize="small")
     plain_text(fig)
     return fig
 

@@ -49,6 +49,8 @@ def _per_run(
     for name in ("train_loss", "test_loss", "grad_norm_sq"):
         if name in wide.columns:
             out[f"final_{name}"] = by_run[name].last().reindex(ids)
+    if "client_acc_p10" in wide.columns:  # per_client_eval: the worst 10% of clients
+        out["final_client_acc_p10"] = by_run["client_acc_p10"].last().reindex(ids)
     bits_ok = {"up": ["bits_up"], "down": ["bits_down"], "total": ["bits_up", "bits_down"]}[bits]
     b = _bits(wide, runs, bits, per_client) if set(bits_ok) <= set(wide.columns) else None
     if b is not None:
@@ -268,6 +270,12 @@ def summary(
         )
         at = f" at δ = {', '.join(deltas)}" if deltas else ""
         notes.append(f"ε: privacy spent by the last evaluation{at}")
+    if "final_client_acc_p10_mean" in table.columns:
+        notes.append(
+            "worst 10% clients acc: 10th percentile of the clients' accuracies at the last "
+            "evaluation (per_client_eval; each client's own test samples where split per "
+            "client, else its training data)"
+        )
     if "time_mean" in table.columns:
         notes.append("sim time: simulated seconds at the last round ([network] / async clock)")
     table.attrs["notes"] = notes
@@ -343,7 +351,7 @@ def _fmt(col: str, v: Any, std: bool = False) -> str:
         return f"{f:+.3f}"
     if "bits" in col:
         return f"{f:.1e}"
-    if "accuracy" in col:
+    if "accuracy" in col or "client_acc" in col:
         return f"{f:.3f}"
     if f.is_integer() and (
         isinstance(v, (int, np.integer)) or "round" in col or col in ("seeds", "runs")
@@ -358,6 +366,7 @@ HEADERS = {
     "x_fewer_bits_to_target": "× fewer bits to target",
     "x_fewer_bits": "× fewer bits",
     "delta_final_accuracy": "Δ final accuracy",
+    "final_client_acc_p10": "worst 10% clients acc",
 }
 
 
