@@ -87,7 +87,7 @@ def export(
             f"{out}: exists and is not a directory; allowed: a directory to write into"
         )
     store = open_store(db)
-    frames = []
+    frames: list[tuple[str, Iterator[Any]]] = []
     if experiment is not None:
         from fedbench.report import load, tidy
 
@@ -104,10 +104,10 @@ def export(
         raise CommandError(f"{out}: cannot create the directory ({e.strerror or e})") from None
     from fedbench.report.safe import atomic_write, printable, slug
 
-    for name, frame in frames:
+    for name, parts in frames:
         # a temp file renamed into place: a full disk or a kill leaves no partial file
         path = out / f"{slug(name)}.{fmt}"
-        atomic_write(path, functools.partial(_write, frame, fmt))
+        atomic_write(path, functools.partial(_write, parts, fmt))
         console.print(f"wrote {printable(path)}", highlight=False, markup=False)
 
 

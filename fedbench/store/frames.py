@@ -115,14 +115,15 @@ class Frames(Database):
         stamps = [c.name for c in t.columns if isinstance(c.type, UTCDateTime)]
         return _utc_columns(frame, stamps)
 
-    def export_chunks(self, table: str, rows: int = EXPORT_CHUNK) -> Iterator[pd.DataFrame]:
-        """`export(table)` as consecutive frames of at most `rows` rows each, in primary-key
-        order, at least one (empty when the table is): the metrics table (10⁷ rows for
-        10,000 runs × 1,000 rounds) is streamed through one cursor in one read transaction,
-        so an export holds one chunk at a time; experiments and runs (a row per run) come
-        as one frame."""
+    def export_chunks(self, table: str, rows: int | None = None) -> Iterator[pd.DataFrame]:
+        """`export(table)` as consecutive frames of at most `rows` rows each (default
+        `EXPORT_CHUNK`), in primary-key order, at least one (empty when the table is): the
+        metrics table (10⁷ rows for 10,000 runs × 1,000 rounds) is streamed through one cursor
+        in one read transaction, so an export holds one chunk at a time; experiments and runs
+        (a row per run) come as one frame."""
         import pandas as pd
 
+        rows = EXPORT_CHUNK if rows is None else max(int(rows), 1)
         if table != "metrics" or not self._tables:
             yield self.export(table)
             return
