@@ -56,6 +56,7 @@ bench: $(BASE) ## speed (idle and loaded), CLI start-up, theory-scale, scale, pf
 	$(PY) benchmarks/bench_cli.py
 	$(PY) benchmarks/bench_theory.py
 	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_reports.py  # 10^7 metric rows, built once into /tmp (about a minute)
 	$(PY) benchmarks/bench_pfl.py  # needs `pip install -e '.[bench]'` (pfl); else says so
 	PY=$(PY) bash benchmarks/gpu_check.sh  # CUDA path; says so and exits 0 without a GPU
 

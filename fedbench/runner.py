@@ -307,7 +307,12 @@ def _claimed(
     try:
         run_id = busy_retry(
             lambda: store.start_run(
-                job.key, socket.gethostname(), str(device), resume_round=resume, token=token
+                job.key,
+                socket.gethostname(),
+                str(device),
+                resume_round=resume,
+                token=token,
+                rounds=rounds,
             )
         )
         rows = RoundWriter(store, run_id, token)

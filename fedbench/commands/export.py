@@ -4,6 +4,7 @@ Parquet files for other tools."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,7 +87,7 @@ def export(
             f"{out}: exists and is not a directory; allowed: a directory to write into"
         )
     store = open_store(db)
-    frames = []
+    frames: list[tuple[str, Iterator[Any]]] = []
     if experiment is not None:
         from fedbench.report import load, tidy
 
@@ -94,25 +95,41 @@ def export(
         if fmt == "parquet":  # config values may be tuples: parquet needs one type a column
             obj = [c for c in frame.columns if frame[c].dtype == object]
             frame[obj] = frame[obj].map(lambda v: str(list(v)) if isinstance(v, tuple) else v)
-        frames.append((experiment, frame))
-    else:
-        frames = [(t, store.export(t)) for t in table or TABLES]
+        frames.append((experiment, iter([frame])))
+    else:  # the metrics table streamed in chunks: memory bounded by one chunk
+        frames = [(t, store.export_chunks(t)) for t in table or TABLES]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CommandError(f"{out}: cannot create the directory ({e.strerror or e})") from None
     from fedbench.report.safe import atomic_write, printable, slug
 
-    for name, frame in frames:
+    for name, parts in frames:
         # a temp file renamed into place: a full disk or a kill leaves no partial file
         path = out / f"{slug(name)}.{fmt}"
-        write = frame.to_csv if fmt == "csv" else frame.to_parquet
-        atomic_write(path, functools.partial(_write, write))
+        atomic_write(path, functools.partial(_write, parts, fmt))
         console.print(f"wrote {printable(path)}", highlight=False, markup=False)
 
 
-def _write(write: Any, path: Path) -> None:
-    write(path, index=False)
+def _write(chunks: Iterator[Any], fmt: str, path: Path) -> None:
+    """Frames written one after the other into one CSV (one header) or Parquet file (a row
+    group each), never concatenated in memory."""
+    if fmt == "csv":
+        for i, chunk in enumerate(chunks):
+            chunk.to_csv(path, index=False, mode="w" if i == 0 else "a", header=i == 0)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for chunk in chunks:
+            t = pa.Table.from_pandas(chunk, preserve_index=False, schema=writer and writer.schema)
+            writer = writer or pq.ParquetWriter(path, t.schema)
+            writer.write_table(t)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _track(db: str | None, experiment: str | None, table: list[str] | None,

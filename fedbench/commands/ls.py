@@ -19,6 +19,8 @@ from fedbench.commands.common import (
     open_reader,
 )
 
+PAGE = 50  # runs a table shows by default: rendering 10⁴ rows takes rich tens of seconds
+
 
 @one_line_errors
 def ls(
@@ -31,7 +33,14 @@ def ls(
     experiments: Annotated[
         bool, typer.Option("--experiments", help="list experiments instead of runs")
     ] = False,
-    limit: Annotated[int, typer.Option(help="show at most this many runs (0 = all)")] = 0,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help=f"show at most this many runs, the newest (0 = all; default: {PAGE} in a "
+            "table, all with --format json|csv)",
+            show_default=False,
+        ),
+    ] = None,
     fmt: FormatOption = "table",
 ) -> None:
     """List runs with their status, rounds and final accuracy (or experiments with --experiments).
@@ -48,9 +57,15 @@ def ls(
         if experiments:
             records = store.experiments_records()
         else:
-            runs = store.runs_records(experiment=experiment, status=status or None)
-            if limit:
-                runs = runs[-limit:]  # as pandas' tail(limit), negative limits included
+            if limit is None:  # a table shows a page; json and csv list every run
+                limit = PAGE if fmt == "table" else 0
+            last = limit if limit > 0 else None  # the newest `limit`, read in SQL
+            runs = store.runs_records(experiment=experiment, status=status or None, last=last)
+            if limit < 0:
+                runs = runs[-limit:]  # as pandas' tail(limit) always did for negative limits
+            total = len(runs)
+            if last is not None and len(runs) == last:
+                total = store.count_runs(experiment=experiment, status=status or None)
             ids = [int(r["run_id"]) for r in runs]
             finals = store.final_metrics(ids, ["test_accuracy", "bits_up"]) if ids else {}
     if experiments:
@@ -92,6 +107,10 @@ def ls(
             }
         )
     title = f"{len(rows)} runs" + (f" of {experiment}" if experiment else "")
+    if total > len(rows):
+        title = f"the newest {len(rows)} of {total} runs" + (
+            f" of {experiment}" if experiment else ""
+        )
     if fmt != "table":
         emit_rows(rows, fmt, title=title)
         return
@@ -108,7 +127,8 @@ def ls(
         title,
         cols,
         note="acc: final test accuracy; up/client: cumulative uplink bits per client "
-        "(--format json has the total over all clients, full keys and every field)",
+        "(--format json has the total over all clients, full keys and every field)"
+        + (f"; --limit 0 lists all {total} runs" if total > len(rows) else ""),
     )
 
 

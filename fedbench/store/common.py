@@ -16,7 +16,8 @@ ENV_VAR = "FEDBENCH_DB"
 READER_ENV = "FEDBENCH_READER"
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 TABLES = ("experiments", "runs", "metrics")
-SCHEMA_VERSION = 3  # 2: lease columns on runs; 3: holder identity and timeout, provenance
+SCHEMA_VERSION = 4  # 2: lease columns on runs; 3: holder identity and timeout, provenance;
+# 4: runs.rounds (the run's R) and the metrics index on (run_id, name, round)
 LEASE_COLUMNS = ("lease_token", "lease_owner", "heartbeat_at", "attempts")
 MIN_PREFIX = 4  # shortest key prefix get_run accepts
 CHUNK = 500  # values per IN (...) clause: well below every backend's parameter limit

@@ -253,8 +253,18 @@ class Database(Reads):
             yield no_rows
             return
         with self._read() as conn:
+            if conn.dialect.name == "sqlite":  # the driver takes :name itself
+                raw = conn.connection.driver_connection
+                assert raw is not None
 
-            def query(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-                return [tuple(r) for r in conn.execute(sa.text(sql), dict(params))]
+                def query(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+                    # the stdlib cursor in the same transaction: SQLAlchemy's per-row result
+                    # processing took most of a 100-run report's 10⁵-row read
+                    return list(raw.execute(sql, dict(params)).fetchall())
+
+            else:
+
+                def query(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+                    return [tuple(r) for r in conn.execute(sa.text(sql), dict(params))]
 
             yield query

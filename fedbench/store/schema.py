@@ -6,13 +6,17 @@ Tables, in plain SQLAlchemy Core, portable between SQLite and PostgreSQL:
 - ``runs(id, key unique, experiment_id, seed, algorithm, compressor, dataset, model, config,
   status, error, started_at, finished_at, host, device, fedbench_version, torch_version,
   lease_token, lease_owner, heartbeat_at, attempts, lease_timeout, lease_host,
-  lease_started, provenance)``
-- ``metrics(run_id, round, name, value)``, primary key ``(run_id, round, name)``
+  lease_started, provenance, rounds)``
+- ``metrics(run_id, round, name, value)``, primary key ``(run_id, round, name)``, index
+  ``(run_id, name, round)``
 - ``meta(key, value)``: ``schema_version``.
 
 Versions: 1 (fedbench 0.x) had no lease columns; 2 adds them; 3 adds the holder's own lease
 timeout and process identity (`lease_timeout`, `lease_host`, `lease_started`) and the run's
-`provenance` (JSON, nullable). A database of an older version
+`provenance` (JSON, nullable); 4 adds the run's `rounds` (R, set by `start_run`: rows for rounds
+above it are refused at write time; NULL for a run started without it) and the metrics index
+on ``(run_id, name, round)``, which finds a run's last value of one metric (`ls`) without
+reading its other rows. A database of an older version
 is brought up to date by the migration functions of `MIGRATIONS`, in order, each idempotent
 (a migration that finds its columns already there adds nothing), in one transaction that also
 creates any missing table, so several launchers opening one old database at once are safe.
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from fedbench.store.engine import Database
 
 V3_COLUMNS = ("lease_timeout", "lease_host", "lease_started", "provenance")
+V4_COLUMNS = ("rounds",)
 _PG_LOCK = 0x6FEDBE  # advisory lock serialising schema creation on PostgreSQL
 
 
@@ -143,6 +148,8 @@ RUNS = sa.Table(
     sa.Column("lease_host", _NAME),  # hostname/boot id/pid namespace of the holder
     sa.Column("lease_started", sa.String(32)),  # the holder process's start time (ticks)
     sa.Column("provenance", sa.JSON),  # where and how the run ran (Store.set_provenance)
+    # version 4: the run's R (rounds 0..R), when the runner said it (start_run)
+    sa.Column("rounds", sa.Integer),
 )
 
 METRICS = sa.Table(
@@ -157,6 +164,10 @@ METRICS = sa.Table(
     sa.Column("round", sa.Integer, primary_key=True),
     sa.Column("name", _NAME, primary_key=True),
     sa.Column("value", MetricFloat, nullable=True),
+)
+# version 4: a run's rows of one metric in round order (the final value without a scan)
+METRICS_BY_NAME = sa.Index(
+    "ix_metrics_run_id_name", METRICS.c.run_id, METRICS.c.name, METRICS.c.round
 )
 
 META = sa.Table(
@@ -197,8 +208,15 @@ def _to_3(conn: Connection) -> None:
     _add_missing_columns(conn, RUNS, V3_COLUMNS)
 
 
+def _to_4(conn: Connection) -> None:
+    """Version 4: the run's rounds R; the metrics index on (run_id, name, round) (built once
+    over the existing rows: about 10 s for 10⁷ rows)."""
+    _add_missing_columns(conn, RUNS, V4_COLUMNS)
+    METRICS_BY_NAME.create(conn, checkfirst=True)
+
+
 # MIGRATIONS[v] brings a version-v database to version v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4}
 
 
 def schema_version(conn: Connection, url: str) -> int | None:

@@ -204,11 +204,15 @@ class Writes(Database):
         device: str,
         resume_round: int | None = None,
         token: str | None = None,
+        rounds: int | None = None,
     ) -> int:
         """Mark run `key` running and return its id. Its metrics after `resume_round` (all of
         them when None) are deleted, so a restarted run never duplicates rows. With `token`
         (a `claim`'s) nothing is written unless the run is still ours (else LeaseLostError); without
-        one the run has no lease (anyone may take it over)."""
+        one the run has no lease (anyone may take it over). `rounds` = R is recorded with the
+        run: `log_rounds` then refuses rows for rounds above R (None: R unknown, no bound)."""
+        if rounds is not None and (isinstance(rounds, bool) or operator.index(rounds) < 0):
+            raise StoreError(f"run {key}: rounds = {rounds!r}: allowed: an integer R >= 0")
         versions = {"fedbench_version": _fedbench_version(), "torch_version": _torch_version()}
         with self._write() as conn:
             run_id = conn.execute(sa.select(RUNS.c.id).where(RUNS.c.key == key)).scalar()
@@ -233,6 +237,7 @@ class Writes(Database):
                     error=None,
                     host=host,
                     device=device,
+                    rounds=rounds,
                     **versions,
                     **lease,
                 )
@@ -255,7 +260,8 @@ class Writes(Database):
     ) -> None:
         """Write several rounds' metrics, (round, metrics) pairs, in one transaction (the
         runner batches fast rounds this way); as `log_round` otherwise, lease check included.
-        A round that is not an integer ≥ 0 is refused with a StoreError, nothing written."""
+        A round that is not an integer in 0..R (R: the run's `rounds`, when `start_run` was
+        given it) is refused with a StoreError, nothing written."""
         rows: list[tuple[int, int, str, float | None]] = []
         for round, metrics in rounds:
             t = _round_number(run_id, round)
@@ -269,8 +275,15 @@ class Writes(Database):
                 rows.append((run_id, t, name, None if math.isnan(v) else v))
         if not rows:
             return
+        highest = max(r[1] for r in rows)
         with self._write() as conn:
             check_lease(conn, run_id, token, self.url)
+            bound = conn.execute(sa.select(RUNS.c.rounds).where(RUNS.c.id == run_id)).scalar()
+            if bound is not None and highest > bound:
+                raise StoreError(
+                    f"run {run_id}: round {highest} is outside the run's rounds 0..{bound}"
+                    " (rows for rounds above R are refused; nothing written)"
+                )
             _upsert_metrics(conn, rows)
 
     def finish_run(
