@@ -402,18 +402,32 @@ def heartbeat_seconds() -> float:
     return value
 
 
+BEST_SUFFIX = "-best"
+
+
 def best_grid(g: gridlib.Grid, chosen: Sequence[tuple[Cell, Mapping[str, Any]]]) -> str:
     """TOML of a grid running every cell at its chosen values, with the grid's seeds: the
-    first cell in the base sections, each other as a [[variant]] of the fields that differ."""
+    first cell in the base sections, each other as a [[variant]] of the fields that differ.
+    Its experiment is the tuned one's name + BEST_SUFFIX: the tuned experiment belongs to the
+    tuned grid file (`fedbench run` refuses another file's grid under its name), and a report
+    of the chosen settings alone then holds only them. Everything else is the best trials'
+    configuration, so the runs differ from the trials only in the experiment's name."""
     configs = [trial_jobs(c, v)[0].config for c, v in chosen]
     seeds = sorted({s for c, _ in chosen for s in c.seeds})
-    lines = [f"# best settings of {g.path.name}, chosen by fedbench tune", ""]
+    lines = [
+        f"# best settings of {g.path.name}, chosen by fedbench tune (experiment {g.name!r});",
+        "# raise `seeds` and run it: fedbench run THIS_FILE",
+        "",
+    ]
     base = configs[0]
     for s, sec in base.items():
         lines.append(f"[{s}]")
         if s == "experiment":
             lines.append(f"seeds = {_toml(seeds)}")
-        lines += [f"{k} = {_toml(v)}" for k, v in sec.items()]
+        lines += [
+            f"{k} = {_toml(v + BEST_SUFFIX if (s, k) == ('experiment', 'name') else v)}"
+            for k, v in sec.items()
+        ]
         lines.append("")
     flat0 = gridlib.flat_config(base)
     for cfg in configs[1:]:
@@ -422,6 +436,10 @@ def best_grid(g: gridlib.Grid, chosen: Sequence[tuple[Cell, Mapping[str, Any]]])
         lines += [f'"{k}" = {_toml(v)}' for k, v in flat.items() if flat0.get(k) != v]
         lines.append("")
     return "\n".join(lines)
+
+
+def _study_seed(study: str) -> int:
+    return int(hashlib.sha256(study.encode()).hexdigest()[:8], 16)
 
 
 def _toml(value: Any) -> str:
@@ -512,6 +530,8 @@ def tune(
                     storage=rdb,
                     direction=goal,
                     pruner=chosen_pruner,
+                    # seeded per study: one launcher's search is the same on every rerun
+                    sampler=optuna.samplers.TPESampler(seed=_study_seed(c.study)),
                     load_if_exists=True,
                 ),
                 "create the study in",

@@ -143,7 +143,11 @@ def test_trials_are_runs_read_back_and_the_best_grid_runs_them(
     assert sorted(runs["algorithm.lr"]) == [0.05, 0.5]
     (cell, values), = out  # fmt: skip
     best_job = tune.trial_jobs(cell, values)[0]
-    assert [j.key for j in grid.load(best).jobs] == [best_job.key]
+    (written,) = grid.load(best).jobs
+    # the best trial's configuration under the experiment name + "-best" (its own experiment)
+    assert written.config["experiment"]["name"] == "tunetiny-best"
+    renamed = {**written.config, "experiment": {**written.config["experiment"], "name": "tunetiny"}}
+    assert grid.job_key(renamed, written.seed) == best_job.key
     assert best_job.key in set(runs["key"])
     assert any("5 complete + 0 pruned" in line for line in said), said
     # a rerun of the finished study runs nothing
@@ -212,3 +216,32 @@ def test_two_launchers_share_one_study(grid_file: Path, tmp_path: Path) -> None:
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     launchers = {t.user_attrs["launcher"] for t in trials if "launcher" in t.user_attrs}
     assert len(launchers) == 2  # both worked on the one study
+
+
+def test_the_readme_flow_runs_the_written_best_grid_on_the_same_database(
+    grid_file: Path, tmp_path: Path
+) -> None:
+    """`tune --write best.toml` then `run best.toml` on the same database (the README's worked
+    example): the written grid has an experiment of its own, so `run` (and `run --dry-run`)
+    accept it; the tuned grid's experiment still refuses another file's grid."""
+    from typer.testing import CliRunner
+
+    from fedbench.cli import app
+
+    db, best = f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "best.toml"
+    tuned = ["tune", str(grid_file), "--space", "algorithm.lr=[0.05, 0.5]", "--trials", "2"]
+    r = CliRunner().invoke(app, [*tuned, "--pruner", "none", "--db", db, "--write", str(best)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["run", str(best), "--db", db, "--dry-run"])
+    assert r.exit_code == 0 and "1 of 1 jobs would run" in r.output, r.output
+    r = CliRunner().invoke(app, ["run", str(best), "--db", db, "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    s = Store(db)
+    assert set(s.runs_frame("tunetiny-best")["status"]) == {"done"}
+    s.close()
+    # another file under the tuned experiment's name: refused by run and by --dry-run alike
+    other = tmp_path / "other.toml"
+    other.write_text(GRID.replace("rounds = ", "rounds = 1"), encoding="utf-8")
+    for extra in ([], ["--dry-run"]):
+        r = CliRunner().invoke(app, ["run", str(other), "--db", db, *extra])
+        assert r.exit_code == 2 and "belongs to grid file" in r.stderr, r.output

@@ -170,7 +170,9 @@ def run(
     if dry_run:  # reads the database, writes nothing
         known = {}
         if not is_new_sqlite_file(db):
-            known = Store(db, read_only=True).statuses([j.key for j in jobs])
+            reader = Store(db, read_only=True)
+            check_experiment_owner(reader, g, grid)  # what the real run would refuse
+            known = reader.statuses([j.key for j in jobs])
         status = {j.key: known.get(j.key, "new") for j in jobs}
         would = [j for j in jobs if status[j.key] in (*wanted, "new")]
         rows = [
