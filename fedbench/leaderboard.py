@@ -10,10 +10,10 @@ settings with the suite's `seeds` (the tuning run is seed 0 of them: same job ke
 not rerun). The markdown is computed from the database alone: per task, methods ranked by the
 test metric at an uplink bits budget and by the uplink bits to reach a target.
 
-Why one module rather than a shell loop: the seeded runs must land in the tuned grid's own
-experiment (so seed 0 is the tuning run), which `fedbench run best.toml` refuses (the
-experiment belongs to the tuned grid file); and the table needs the runs' job keys, which only
-the grid code can compute.
+Why one module rather than a shell loop: the seeded runs land in the tuned grid's own
+experiment (so seed 0 is the tuning run and is not run twice), while `tune --write`'s grid
+runs as the experiment `<name>-best`; and the table needs the runs' job keys, which only the
+grid code can compute.
 """
 
 from __future__ import annotations
