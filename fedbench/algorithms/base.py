@@ -175,7 +175,7 @@ def local_sgd(
     each client's mean minibatch loss over the steps `[m]`.
     """
     m = ids.numel()
-    y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
+    y = torch.empty(m, y0.shape[-1], dtype=y0.dtype, device=y0.device)  # each block fills its rows
     full = env.batch_size == "full"
     idx = None if full else local_batches(env, y0, ids, steps * draws, gen)
     width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2] * draws
@@ -187,6 +187,7 @@ def local_sgd(
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
         yb = y[rows]  # a view: updated in place
+        yb.copy_(y0 if y0.dim() == 1 else y0[rows])  # here, while the block's rows are in cache
         if fused:  # plain SGD: the model steps in place, no gradient buffer
             assert idx is not None
             wt = torch.full(idx.shape[::2], 1.0 / idx.shape[2], device=y.device)  # [c, B]
