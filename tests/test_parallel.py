@@ -184,3 +184,40 @@ def test_autograd_models_on_block_threads_run_and_match_in_order(
     on_threads = final("", "a.db")
     assert set(spy) == ({2} if AUTOGRAD_TASKS[model][1] else {1})
     assert on_threads == final("0", "b.db")
+
+
+def test_fused_sgd_steps_give_the_gradient_path_numbers_bit_for_bit(
+    two_threads: None, spy: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain local SGD (no correction, no regulariser) steps the model in place
+    (`Model.sgd_step`, no gradient buffer); an identity correction takes the gradient path.
+    Both, on block threads or in order, give the same numbers."""
+    monkeypatch.setenv("FEDBENCH_CACHE_MB", "0.0001")  # one client per block: 8 blocks
+    task = make_task(model="mlp", reg="none", n=8, per_client=20)
+    env = make_env(task, participation=1.0, batch_size=8)
+    fused_calls: list[int] = []
+    real = base.sgd_step
+
+    def counting(*args, **kw):  # type: ignore[no-untyped-def]
+        fused_calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(base, "sgd_step", counting)
+    identity = parallel.rowwise(lambda y, g, rows: g)
+    ids = torch.arange(8)
+    x0 = task.model.init(torch.Generator().manual_seed(0))
+
+    def run(correction, block_threads: str) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setenv(parallel.ENV_VAR, block_threads)
+        gen = torch.Generator().manual_seed(5)
+        with torch.inference_mode():
+            return base.local_sgd(env, x0, ids, 4, 0.1, gen, correction)
+
+    fused = run(None, "")
+    assert len(fused_calls) == 8 * 4 and spy[-1] == 2  # every block step fused, on threads
+    for correction, threads in ((None, "0"), (identity, ""), (identity, "0")):
+        fused_calls.clear()
+        y, loss = run(correction, threads)
+        assert len(fused_calls) == (8 * 4 if correction is None else 0)
+        assert torch.equal(y, fused[0]) and torch.equal(loss, fused[1])
+    assert not torch.equal(fused[0], x0.expand(8, -1))

@@ -236,3 +236,30 @@ def test_sampled_train_loss_is_the_mean_over_the_sampled_clients(model: str) -> 
     assert math.isclose(task.sampled_train_loss(w, everyone), task.train_loss(w), rel_tol=1e-6)
     task.eval_ids = ids  # what [experiment] eval_clients sets: train_loss uses the sample
     assert task.train_loss(w) == task.sampled_train_loss(w, ids)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "params"),
+    [
+        ("logreg", (12,), {}),
+        ("mlp", (1, 3, 4), {"hidden": [16, 8]}),
+        ("mlp", (64,), {"hidden": [200, 200]}),  # bench_round's shapes
+        ("cnn", (1, 8, 8), {"channels": [4], "hidden": [16]}),  # Model's default sgd_step
+    ],
+)
+def test_sgd_step_is_loss_grad_then_the_step_bit_for_bit(name, shape, params):
+    model = build_model(name, params, shape, 10)
+    m, B, lr = 5, 32, 0.05
+    gen = torch.Generator().manual_seed(3)
+    w = torch.stack([model.init(gen) for _ in range(m)])
+    x = torch.randn((m, B, *shape), generator=gen)
+    y = torch.randint(0, 10, (m, B), generator=gen)
+    wt = torch.full((m, B), 1.0 / B)
+    g = torch.empty_like(w)
+    ref_loss, _ = model.loss_grad(w, x, y, wt, out=g)
+    ref_w = w.add(g, alpha=-lr)
+    stepped = w.clone()
+    loss = model.sgd_step(stepped, x, y, wt, lr)
+    assert torch.equal(loss, ref_loss)
+    assert torch.equal(stepped, ref_w)
+    assert not torch.equal(stepped, w)  # it did move

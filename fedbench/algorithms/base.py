@@ -175,20 +175,35 @@ def local_sgd(
     each client's mean minibatch loss over the steps `[m]`.
     """
     m = ids.numel()
-    y = y0.expand(m, -1).clone() if y0.dim() == 1 else y0.clone()
+    y = torch.empty(m, y0.shape[-1], dtype=y0.dtype, device=y0.device)  # each block fills its rows
     full = env.batch_size == "full"
     idx = None if full else local_batches(env, y0, ids, steps * draws, gen)
     width = int(env.task.data.counts[ids].max()) if idx is None else idx.shape[2] * draws
     block = block_rows(env, m, width)
     loss_sum = torch.zeros(m, device=y.device)
     with_step = bool(getattr(correction, "sees_step", False))
+    fused = idx is not None and correction is None and sam_rho is None and plain_loss(env.task)
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
-        # the block's own copy, written back at the end: autograd's version counter belongs to
-        # a storage, so in-place steps on a view of the shared `y` in one block thread would
-        # invalidate the graph another block thread saved (models differentiated by autograd)
-        yb = y[rows].clone()
+        yb = y[rows]  # a view: updated in place
+        yb.copy_(y0 if y0.dim() == 1 else y0[rows])  # here, while the block's rows are in cache
+        if env.task.model.autograd_free:
+            steps_of(yb, rows)
+        else:  # the block steps its own copy, written back at the end: autograd's version
+            # counter belongs to a storage, so in-place steps on a view of the shared `y` in one
+            # block thread would invalidate the graph another block thread saved
+            own = yb.clone()
+            steps_of(own, rows)
+            yb.copy_(own)
+
+    def steps_of(yb: Tensor, rows: slice) -> None:  # the K steps of one block's rows, in place
+        if fused:  # plain SGD: the model steps in place, no gradient buffer
+            assert idx is not None
+            wt = torch.full(idx.shape[::2], 1.0 / idx.shape[2], device=y.device)  # [c, B]
+            for k in range(steps):
+                loss_sum[rows] += sgd_step(env.task, yb, idx[rows, k * draws], wt[rows], lr)
+            return
         i = ids[rows]
         g = torch.empty_like(yb)
         for k in range(steps):
@@ -203,13 +218,33 @@ def local_sgd(
                 g = correction(yb, g, rows)
             loss_sum[rows] += loss
             yb.add_(g, alpha=-lr)
-        y[rows] = yb
 
     starts = range(0, m, block)
     side_by_side = is_rowwise(correction) and env.task.model.thread_safe
     threads = block_threads(y.device, len(starts)) if side_by_side else 1
     for_each_block(run_block, starts, threads)
     return y, loss_sum / steps
+
+
+def plain_loss(task: Task) -> bool:
+    """Whether the task's loss is the model's alone (no regulariser term), so that a step
+    may go through `Model.sgd_step`."""
+    return task.reg == "none" or task.lam == 0.0
+
+
+def sgd_step(task: Task, w: Tensor, bidx: Tensor, wt: Tensor, lr: float) -> Tensor:
+    """`w ← w − lr·∇f_i(w)` in place on minibatches `bidx [m, B]` with weights `wt [m, B]`;
+    the loss `[m]` at the old rows. The same numbers as `Task.loss_grad` then the step, in
+    the same chunks of clients (for a task whose loss is `plain_loss`)."""
+    m, x, y = w.shape[0], task.data.x, task.data.y
+    step = task.chunk_size(bidx.shape[1])
+    if step >= m:
+        return task.model.sgd_step(w, x[bidx], y[bidx], wt, lr)
+    loss = torch.empty(m, device=w.device)
+    for s in range(0, m, step):
+        e = min(m, s + step)
+        loss[s:e] = task.model.sgd_step(w[s:e], x[bidx[s:e]], y[bidx[s:e]], wt[s:e], lr)
+    return loss
 
 
 def step_grad(env: Env, w: Tensor, step: Step, j: int = 0) -> tuple[Tensor, Tensor]:

@@ -96,7 +96,7 @@ def fedavg(
                 log = with_queries(log, ids, env, local_steps, q_up, cand, bits_down)
             return s, log
         y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng(seeding.BATCHES), corr)
-        delta = y - down.x_hat  # Δ_i [m, d]
+        delta = y.sub_(down.x_hat)  # Δ_i [m, d], in place: y is not used again
         x, opt_state, msg, up = average_updates(env, opt, s.x, s.opt, s.up, delta, ids, rng)
         log = cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
         if env.sampling in QUERIED:  # + the candidates' loss reports and models

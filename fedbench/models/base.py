@@ -157,6 +157,14 @@ class Model:
             g = out
         return loss, g
 
+    def sgd_step(self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, lr: float) -> Tensor:
+        """One SGD step on every row, in place: w_i ← w_i − lr·∇loss_i(w_i); returns the loss
+        `[m]` at the old rows. The same numbers as `loss_grad` then `w.add_(g, alpha=-lr)`;
+        a hand-batched model fuses it (`MLP`: no `[m, d]` gradient buffer is written)."""
+        loss, g = self.loss_grad(w, x, y, wt)
+        w.add_(g, alpha=-lr)
+        return loss
+
 
 REG_PARAMS = {
     "reg": Param(

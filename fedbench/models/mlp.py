@@ -52,15 +52,20 @@ class MLP(Model):
     def logits(self, w: Tensor, x: Tensor) -> Tensor:
         return self._forward(w, x)[-1]
 
-    def loss_grad(
-        self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, out: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        h = self._forward(w, x)
-        logp = torch.log_softmax(h[-1], dim=-1)  # [m, B, C]
+    def _head(self, z: Tensor, y: Tensor, wt: Tensor) -> tuple[Tensor, Tensor]:
+        """Weighted cross-entropy `[m]` of logits `z [m, B, C]` and its gradient in z."""
+        logp = torch.log_softmax(z, dim=-1)  # [m, B, C]
         loss = -(logp.gather(2, y.unsqueeze(2)).squeeze(2) * wt).sum(1)  # [m]
         dz = logp.exp_()  # softmax, reused in place
         dz.scatter_add_(2, y.unsqueeze(2), torch.full_like(dz[..., :1], -1.0))
         dz.mul_(wt.unsqueeze(2))  # [m, B, C] = ∂loss/∂logits
+        return loss, dz
+
+    def loss_grad(
+        self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        h = self._forward(w, x)
+        loss, dz = self._head(h[-1], y, wt)
         g = torch.empty_like(w) if out is None else out
         grads = self._layers(g)
         layers = self._layers(w)
@@ -73,6 +78,23 @@ class MLP(Model):
             if i > 0:  # through W and the ReLU: [m, B, in]
                 dz = torch.ops.aten.threshold_backward(torch.bmm(dz, layers[i][0]), h[i], 0)
         return loss, g
+
+    def sgd_step(self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, lr: float) -> Tensor:
+        """`loss_grad` and the step fused, layer by layer from the top: each weight gradient
+        is applied from the GEMM's own contiguous output while it is in cache, after the
+        layer's input gradient has used the old W (no `[m, d]` gradient, no copy)."""
+        h = self._forward(w, x)
+        loss, dz = self._head(h[-1], y, wt)
+        layers = self._layers(w)
+        for i in range(len(layers) - 1, -1, -1):
+            W, b = layers[i]  # [m, out, in], [m, out]: views of w
+            gW = torch.bmm(dz.transpose(1, 2), h[i])  # [m, out, in]
+            gb = torch.sum(dz, dim=1)  # [m, out]
+            if i > 0:  # through the old W and the ReLU: [m, B, in]
+                dz = torch.ops.aten.threshold_backward(torch.bmm(dz, W), h[i], 0)
+            W.add_(gW, alpha=-lr)
+            b.add_(gb, alpha=-lr)
+        return loss
 
 
 def _build_logreg(
