@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from fedbench import grid, runner
 from fedbench.cli import app
+from fedbench.memory import MemoryEstimate, data_bytes, memory_estimate
 from fedbench.models import build_model
-from fedbench.task import MemoryEstimate, data_bytes, eval_sample, memory_estimate
+from fedbench.task import eval_sample
 
 GRID = """
 [experiment]

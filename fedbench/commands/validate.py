@@ -38,7 +38,7 @@ def validate(
     """
     from fedbench import grid as gridlib
     from fedbench import runner
-    from fedbench.task import memory_lines
+    from fedbench.memory import memory_lines
 
     check_format(fmt, ("table", "json", "csv"))
     if no_plugins:

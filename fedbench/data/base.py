@@ -1,7 +1,7 @@
 """Federated datasets: raw samples -> held-out test split -> partition -> samples grouped by client.
 
 A dataset build returns `RawData` (all samples, optionally with the natural client of each
-sample); a partition build returns the client id of every training sample. `load_federated`
+sample); a partition build returns the client id of every training sample. `partitioned`
 wires them together from a resolved `[task]` section and returns a `FederatedDataset` whose
 training samples are grouped by client (`x[offsets[i] : offsets[i] + counts[i]]` is client i's
 data), which is the layout `fedbench.task.ClientData` puts on the device.
@@ -274,8 +274,9 @@ def _grouped_run(train: np.ndarray, owner: np.ndarray) -> bool:
 REQUIRED = ("dataset", "partition", "clients", "test_fraction", "data_seed")
 
 
-def load_federated(task: Mapping[str, Any], seed: int) -> FederatedDataset:
-    """Build the federated dataset of a resolved `[task]` section.
+def partitioned(task: Mapping[str, Any], seed: int) -> FederatedDataset:
+    """Build the federated dataset of a resolved `[task]` section, before any validation
+    share is held out (`fedbench.data.load_federated` holds it out).
 
     `task` holds `dataset` (`name` or `name:path` for file datasets), `partition`, `clients`,
     `test_fraction`, `data_seed` and the chosen dataset's and partition's parameters (other
@@ -337,9 +338,7 @@ def load_federated(task: Mapping[str, Any], seed: int) -> FederatedDataset:
             f"partition {part.name} returned {owner.shape[0]} ids for {train.size} samples"
         )
     check_assignment(owner, n, part.name)
-    from fedbench.data import validation  # val_fraction: a share of the training samples
-
-    return validation.from_task(assemble(raw, train, test, owner, n), task)
+    return assemble(raw, train, test, owner, n)
 
 
 def lookup(registry: Registry, name: str) -> Component:
