@@ -25,6 +25,7 @@ def load_federated(task: Mapping[str, Any], seed: int) -> FederatedDataset:
     the validation share `[task] val_fraction` asks for held out (`data.validation`)."""
     return validation.from_task(partitioned(task, seed), task)
 
+
 __all__ = [
     "DATASETS",
     "PARTITIONS",
