@@ -520,12 +520,17 @@ def figure(
     if xv == "wall":
         lines += wall_load_note(runs)
     lines += list(notes)
-    if lines:
-        width = int(14 * (4.4 * cols + 2.8))  # characters of "small" text the figure holds
-        text = "\n".join(textwrap.fill(line, width) for line in lines)
-        fig.supxlabel(text, fontsize="small")
+    caption_under(fig, lines, 4.4 * cols + 2.8)
     plain_text(fig)
     return fig
+
+
+def caption_under(fig: Figure, lines: Sequence[str], inches: float) -> None:
+    """The caption lines under the axes, each wrapped to what a figure `inches` wide holds
+    in "small" text (about 14 characters an inch)."""
+    if lines:
+        width = int(14 * inches)
+        fig.supxlabel("\n".join(textwrap.fill(line, width) for line in lines), fontsize="small")
 
 
 CDF_KIND = "client-accuracy-cdf"
@@ -634,7 +639,7 @@ def client_cdf_figure(
     if chosen.note:
         lines.append(chosen.note.split(" (--at")[0])
     lines += list(notes)
-    fig.supxlabel("\n".join(textwrap.fill(line, 140) for line in lines), fontsize="small")
+    caption_under(fig, lines, 7.2)
     plain_text(fig)
     return fig
 
