@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
 from test_faults import GRID, child_env, fedbench
 from test_leases import _wait_for
 from test_reliability import rows_per_run, status_and_rounds
@@ -32,11 +33,14 @@ def test_a_healthy_job_survives_its_neighbours_worker_dying_twice(tmp_path: Path
     runs A in the new pool is killed again, each time while job B runs beside it. A is failed
     ("died twice"); B was in flight both times yet ends done with rounds 0..R exactly once;
     the summary says 1 done, 1 failed (it used to fail B too and say "0 done, 0 failed")."""
-    rounds = 3000
+    # ~1 ms rounds: 30,000 give windows of seconds, wider than a new pool's start-up lag
+    # between its two workers (with 3,000 the healthy job could finish before the other
+    # worker started, and the second kill's window never came)
+    rounds = 30_000
     grid = tmp_path / "g.toml"
     grid.write_text(
         GRID.replace('"compressor.name" = ["identity", "topk"]\n', "").format(
-            seeds=1, rounds=rounds, ckpt=50
+            seeds=1, rounds=rounds, ckpt=500
         )
     )
     db = tmp_path / "deaths.db"
@@ -48,6 +52,8 @@ def test_a_healthy_job_survives_its_neighbours_worker_dying_twice(tmp_path: Path
     victim_key: list[str] = []
 
     def both_running() -> tuple[str, int] | None:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before kill {len(killed) + 1}: {proc.communicate()[0]}")
         held = holders(db)
         if len(held) != 2 or any(p == proc.pid or p in killed for p, _ in held.values()):
             return None
@@ -102,7 +108,7 @@ def test_killing_the_pools_manager_process_requeues_the_jobs(tmp_path: Path) -> 
     ended the launcher with a ConnectionResetError traceback or a false "stdout was closed"
     (exit 141). Now the jobs in flight go back to the queue, nobody is blamed, a new pool
     finishes the grid with every round exactly once."""
-    rounds = 3000
+    rounds = 10_000  # seconds of rounds: both jobs mid-way at once despite start-up lag
     grid = tmp_path / "g.toml"
     grid.write_text(
         GRID.replace('"compressor.name" = ["identity", "topk"]\n', "").format(
@@ -116,6 +122,8 @@ def test_killing_the_pools_manager_process_requeues_the_jobs(tmp_path: Path) -> 
     )
 
     def manager() -> int | None:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before its manager was killed: {proc.communicate()[0]}")
         held = holders(db)
         if len(held) != 2 or any(r < 1 or r > rounds - 200 for _, r in held.values()):
             return None
