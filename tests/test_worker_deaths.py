@@ -28,6 +28,20 @@ def holders(db: Path) -> dict[str, tuple[int, int]]:
     return {k: (int(str(o).rsplit(":", 1)[1]), r or 0) for k, o, r in rows if o}
 
 
+def two_jobs_on_two_workers(tmp_path: Path, db: Path, rounds: int, ckpt: int) -> subprocess.Popen:
+    """A real `fedbench run` of a two-job grid (one seed, two algorithms) on 2 workers."""
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        GRID.replace('"compressor.name" = ["identity", "topk"]\n', "").format(
+            seeds=1, rounds=rounds, ckpt=ckpt
+        )
+    )
+    cmd = fedbench("run", str(grid), "--db", str(db), "--workers", "2")
+    return subprocess.Popen(
+        cmd, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def test_a_healthy_job_survives_its_neighbours_worker_dying_twice(tmp_path: Path) -> None:
     """Two jobs on two workers; the worker running job A is killed (-9), then the worker that
     runs A in the new pool is killed again, each time while job B runs beside it. A is failed
@@ -37,17 +51,8 @@ def test_a_healthy_job_survives_its_neighbours_worker_dying_twice(tmp_path: Path
     # between its two workers (with 3,000 the healthy job could finish before the other
     # worker started, and the second kill's window never came)
     rounds = 30_000
-    grid = tmp_path / "g.toml"
-    grid.write_text(
-        GRID.replace('"compressor.name" = ["identity", "topk"]\n', "").format(
-            seeds=1, rounds=rounds, ckpt=500
-        )
-    )
     db = tmp_path / "deaths.db"
-    cmd = fedbench("run", str(grid), "--db", str(db), "--workers", "2")
-    proc = subprocess.Popen(
-        cmd, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = two_jobs_on_two_workers(tmp_path, db, rounds, ckpt=500)
     killed: list[int] = []
     victim_key: list[str] = []
 
@@ -109,17 +114,8 @@ def test_killing_the_pools_manager_process_requeues_the_jobs(tmp_path: Path) -> 
     (exit 141). Now the jobs in flight go back to the queue, nobody is blamed, a new pool
     finishes the grid with every round exactly once."""
     rounds = 10_000  # seconds of rounds: both jobs mid-way at once despite start-up lag
-    grid = tmp_path / "g.toml"
-    grid.write_text(
-        GRID.replace('"compressor.name" = ["identity", "topk"]\n', "").format(
-            seeds=1, rounds=rounds, ckpt=50
-        )
-    )
     db = tmp_path / "manager.db"
-    cmd = fedbench("run", str(grid), "--db", str(db), "--workers", "2")
-    proc = subprocess.Popen(
-        cmd, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = two_jobs_on_two_workers(tmp_path, db, rounds, ckpt=50)
 
     def manager() -> int | None:
         if proc.poll() is not None:
