@@ -183,6 +183,9 @@ def local_sgd(
     loss_sum = torch.zeros(m, device=y.device)
     with_step = bool(getattr(correction, "sees_step", False))
     fused = idx is not None and correction is None and sam_rho is None and plain_loss(env.task)
+    wt = None  # the fused step's per-sample weights: each minibatch's mean, made once  # [m, B]
+    if fused and idx is not None:
+        wt = torch.full(idx.shape[::2], 1.0 / idx.shape[2], device=y.device)
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
@@ -199,8 +202,7 @@ def local_sgd(
 
     def steps_of(yb: Tensor, rows: slice) -> None:  # the K steps of one block's rows, in place
         if fused:  # plain SGD: the model steps in place, no gradient buffer
-            assert idx is not None
-            wt = torch.full(idx.shape[::2], 1.0 / idx.shape[2], device=y.device)  # [c, B]
+            assert idx is not None and wt is not None
             for k in range(steps):
                 loss_sum[rows] += sgd_step(env.task, yb, idx[rows, k * draws], wt[rows], lr)
             return
