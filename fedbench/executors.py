@@ -318,6 +318,13 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
                     _drain(events, relay)
                     for f in done:
                         f.result()  # a worker that died raises here (BrokenProcessPool)
+                    # ... but not always at once: the pool's own thread watches the workers it
+                    # had when it last woke, and CPython 3.11 wakes it before spawning the
+                    # worker a submit adds, so a death of that worker went unseen until the
+                    # next result (its neighbour's job ran to its end first). Watched here too.
+                    workers |= getattr(pool, "_processes", None) or {}
+                    if _dead_workers(workers):
+                        raise BrokenProcessPool("a worker process died")
                 _drain(events, relay)
             except MANAGER_GONE:  # the queues' server process died (killed)
                 raise WorkerDiedError([], sorted(in_flight)) from None
