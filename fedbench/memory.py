@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
+from fedbench.data.lazy import is_lazy
 from fedbench.models.base import Model
 from fedbench.task import DEFAULT_MEMORY_GB, ClientData, Task, _activation_floats
 
@@ -57,6 +58,8 @@ def _size(b: float) -> str:
 def data_bytes(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, n: int) -> int:
     """Bytes of `ClientData.from_numpy` of these arrays: float32 samples, int64 labels, the
     int64 client of each training sample, offsets and counts."""
+    if is_lazy(x):  # computed on demand (data.lazy): the per-client tables, no samples
+        return int(8 * x.shape[0] + 40 * n)
     samples = 4 * (x.size + x_test.size) + 8 * (y.size + y_test.size)
     return int(samples + 8 * x.shape[0] + 16 * n)
 

@@ -18,13 +18,14 @@ import functools
 import math
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fedbench import seeding
+from fedbench.data.lazy import is_lazy
 from fedbench.models import Model
 
 DEFAULT_MEMORY_GB = 2.0
@@ -69,16 +70,26 @@ class ClientData:
         counts_t = torch.as_tensor(counts, dtype=torch.int64)
         offsets = torch.cumsum(counts_t, 0) - counts_t
         client_of = torch.repeat_interleave(torch.arange(counts_t.numel()), counts_t)
+
+        def put(a: Any, dtype: torch.dtype) -> Any:
+            """Stored arrays onto the device; samples computed on demand (`data.lazy`, which
+            answer an index with tensors on that device) stay so."""
+            if a is None:
+                return None
+            if is_lazy(a):  # nothing to copy
+                return a.to(device)
+            return torch.as_tensor(a, dtype=dtype).to(device)
+
         return cls(
-            x=torch.as_tensor(x, dtype=torch.float32).to(device),
-            y=torch.as_tensor(y, dtype=torch.int64).to(device),
+            x=put(x, torch.float32),
+            y=put(y, torch.int64),
             offsets=offsets.to(device),
             counts=counts_t.to(device),
             client_of=client_of.to(device),
-            x_test=torch.as_tensor(x_test, dtype=torch.float32).to(device),
-            y_test=torch.as_tensor(y_test, dtype=torch.int64).to(device),
-            x_val=None if x_val is None else torch.as_tensor(x_val, dtype=torch.float32).to(device),
-            y_val=None if y_val is None else torch.as_tensor(y_val, dtype=torch.int64).to(device),
+            x_test=put(x_test, torch.float32),
+            y_test=put(y_test, torch.int64),
+            x_val=put(x_val, torch.float32),
+            y_val=put(y_val, torch.int64),
         )
 
 

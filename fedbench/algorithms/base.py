@@ -14,6 +14,9 @@ those imports this package.
 
 from __future__ import annotations
 
+import math
+import mmap
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -283,7 +286,26 @@ def client_rows(env: Env) -> Tensor:
     fits the task's memory budget, else in host memory (rows are gathered per cohort)."""
     itemsize = torch.empty((), dtype=env.state_dtype).element_size()
     fits = env.device.type == "cpu" or env.n * env.d * itemsize <= env.task.memory_bytes
-    return torch.zeros(env.n, env.d, dtype=env.state_dtype, device=env.device if fits else "cpu")
+    if fits and env.device.type != "cpu":
+        return torch.zeros(env.n, env.d, dtype=env.state_dtype, device=env.device)
+    return zeroed_host((env.n, env.d), env.state_dtype)
+
+
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
+LAZY_ZERO_BYTES = 64 * 2**20  # host state from this size up is mapped zero pages, not memset
+
+
+def zeroed_host(shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """A zeroed host tensor. From LAZY_ZERO_BYTES up it is fresh anonymous memory (zero pages
+    the kernel fills when a row is first written), so rows of clients never sampled cost neither
+    time nor memory: SCAFFOLD's [n, d] c_i for 10⁵ clients took 4.7 s to zero before the first
+    round (page faults of 1.8 GB), of which a 1% round touches 1%."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes < LAZY_ZERO_BYTES:
+        return torch.zeros(shape, dtype=dtype)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE  # committed when written
+    buf = mmap.mmap(-1, nbytes, flags=flags)
+    return torch.frombuffer(buf, dtype=dtype).view(shape)  # keeps `buf` alive
 
 
 def gather_rows(rows: Tensor, ids: Tensor, device: torch.device) -> Tensor:

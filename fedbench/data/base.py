@@ -50,9 +50,14 @@ class RawData:
     y_test: np.ndarray | None = None  # [N_test] int64
 
 
+LAZY_STATS_CLIENTS = 10_000  # clients whose labels `heterogeneity` counts when computed on demand
+
+
 @dataclass(frozen=True)
 class FederatedDataset:
-    """Training samples grouped by client, plus the held-out test set."""
+    """Training samples grouped by client, plus the held-out test set. The arrays may be
+    `data.lazy.LazyRows` (samples computed on demand, e.g. synthetic `generator = 3`), which
+    index like the arrays they stand for."""
 
     name: str
     x: np.ndarray  # [N, *shape] float32, client 0's samples first, then client 1's, ...
@@ -94,7 +99,22 @@ class FederatedDataset:
 
     def heterogeneity(self) -> dict[str, float]:
         """`heterogeneity` of this partition; client sizes only when a sample's label is not
-        one class (e.g. a language model's token sequence)."""
+        one class (e.g. a language model's token sequence). Labels computed on demand
+        (`data.lazy`) are counted over the first LAZY_STATS_CLIENTS clients only (clients are
+        i.i.d. there), sizes over all; `sampled_clients` then says how many."""
+        from fedbench.data.lazy import is_lazy
+
+        if is_lazy(self.y) and self.n > LAZY_STATS_CLIENTS:
+            k = LAZY_STATS_CLIENTS
+            rows = int(self.counts[:k].sum())
+            owner = np.repeat(np.arange(k, dtype=np.int64), self.counts[:k])
+            lc = np.bincount(
+                owner * self.num_classes + self.y[:rows], minlength=k * self.num_classes
+            )
+            out = heterogeneity(lc.reshape(k, self.num_classes))
+            sizes = heterogeneity(self.counts[:, None])  # every client's size
+            out.update({key: v for key, v in sizes.items() if key.startswith("samples_")})
+            return {**out, "clients": self.n, "sampled_clients": k}
         if self.y.ndim == 1:
             return heterogeneity(self.label_counts())
         sizes = heterogeneity(self.counts[:, None])  # [n, 1]: one pseudo-class
@@ -312,6 +332,12 @@ def partitioned(task: Mapping[str, Any], seed: int) -> FederatedDataset:
         raise DataError(f"dataset {ds.name} takes no path (got {task['dataset']!r})")
 
     raw = ds.build(seeding.numpy_rng(data_seed, DATA), clients=n, **extra, **resolve(ds, task))
+    from fedbench.data import lazy  # imports nothing of this module's at import time
+
+    if isinstance(raw, lazy.LazyRaw):  # samples computed on demand (e.g. synthetic generator 3)
+        if part.name != "natural":
+            raise DataError(f"dataset {ds.name} computed on demand takes partition natural")
+        return lazy.federated(raw, fraction, FederatedDataset)
     check_raw(raw)
     split_rng = seeding.numpy_rng(data_seed, SPLIT)
     if raw.x_test is not None:  # the dataset's own test split: test_fraction is ignored

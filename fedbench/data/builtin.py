@@ -242,6 +242,62 @@ def make_synthetic2(
     return SyntheticDraw(x=x, y=y, client=client, W=W, b=b)
 
 
+# streams of generator 3 (counter-based): one per quantity
+_STREAM_X, _STREAM_V, _STREAM_W, _STREAM_B = 1, 2, 3, 4
+
+
+class SyntheticSource:
+    """Synthetic(α, β), generator 3: every sample computed on demand from (data seed, client,
+    index), nothing stored (`data.lazy`). The same distribution as generators 1 and 2: sizes,
+    u_k and B_k are drawn from `rng` as there ([K] each, kept); then, with counter-based
+    normals z (`data.lazy.normals`), v_k = B_k + z_v(k), W_k = u_k + z_W(k) [dim, classes],
+    b_k = u_k + z_b(k), the j-th sample x = v_k + sd ⊙ z_x(k, j) (rounded to float32) and its
+    label argmax(x W_k + b_k) in float64. A cohort's rows cost O(rows · dim + clients · dim ·
+    classes), whatever the number of clients."""
+
+    def __init__(
+        self, rng: np.random.Generator, clients: int, alpha: float, beta: float, dim: int,
+        classes: int, max_samples: int,
+    ) -> None:  # fmt: skip
+        from fedbench.data import lazy
+
+        K = clients
+        self.sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)
+        self.u = rng.normal(0.0, alpha, K)  # [K]
+        self.B = rng.normal(0.0, beta, K)  # [K]
+        seed = int(rng.integers(0, 2**63))
+        self.seeds = [
+            lazy.stream_seed(seed, s) for s in (_STREAM_X, _STREAM_V, _STREAM_W, _STREAM_B)
+        ]
+        self.dim, self.classes = dim, classes
+        self.sd = np.arange(1, dim + 1, dtype=np.float64) ** -0.6  # [dim] sqrt of Σ_jj
+        self.input_shape = (dim,)
+
+    def models(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """v_k `[m, dim]`, W_k `[m, dim, classes]`, b_k `[m, classes]` (float64) of clients
+        `k [m]`."""
+        from fedbench.data.lazy import normals
+
+        _, sv, sw, sb = self.seeds
+        key = k.astype(np.uint64)
+        v = self.B[k][:, None] + normals(sv, key, self.dim)  # [m, dim]
+        W = self.u[k][:, None, None] + normals(sw, key, self.dim * self.classes).reshape(
+            -1, self.dim, self.classes
+        )  # [m, dim, classes]
+        b = self.u[k][:, None] + normals(sb, key, self.classes)  # [m, classes]
+        return v, W, b
+
+    def rows(self, client: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from fedbench.data.lazy import normals
+
+        uniq, inv = np.unique(client, return_inverse=True)  # the rows' clients, each once
+        v, W, b = self.models(uniq)
+        key = client.astype(np.uint64) << np.uint64(32) | index.astype(np.uint64)  # [R]
+        x = (v[inv] + self.sd * normals(self.seeds[0], key, self.dim)).astype(np.float32)
+        logits = np.einsum("rd,rdc->rc", x.astype(np.float64), W[inv]) + b[inv]  # [R, classes]
+        return x, np.argmax(logits, axis=1).astype(np.int64)
+
+
 def synthetic(
     rng: np.random.Generator,
     *,
@@ -255,9 +311,14 @@ def synthetic(
 ) -> RawData:
     """FedProx's Synthetic(α, β) with `clients` natural clients (`generator` 1: numpy's one
     stream, the data of every existing grid; 2: block streams, for millions of clients)."""
+    name = f"synthetic({alpha:g},{beta:g})"
+    if generator == 3:  # counter-based: computed on demand, nothing stored
+        from fedbench.data.lazy import LazyRaw
+
+        src = SyntheticSource(rng, clients, alpha, beta, dim, classes, max_samples)
+        return LazyRaw(src, src.sizes, classes, name)  # type: ignore[return-value]
     make = make_synthetic if generator == 1 else make_synthetic2
     d = make(rng, clients, alpha, beta, dim, classes, max_samples)
-    name = f"synthetic({alpha:g},{beta:g})"
     return RawData(x=d.x, y=d.y, num_classes=classes, client=d.client, name=name)
 
 
@@ -315,10 +376,12 @@ DATASETS.add(
                 1,
                 "random stream: 1 = numpy's single stream (the data of existing grids), 2 = one "
                 "torch stream per block of 4096 clients on all cores (same distribution, other "
-                "draws; for 10^5-10^6 clients)",
+                "draws; for 10^5-10^6 clients), 3 = counter-based: every sample computed when "
+                "its client is sampled, nothing stored (same distribution, other draws; "
+                "10^6 clients in little memory)",
                 "int",
                 low=1,
-                high=2,
+                high=3,
                 since="0.3",
             ),
         },

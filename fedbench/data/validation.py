@@ -25,6 +25,7 @@ import numpy as np
 
 from fedbench import seeding
 from fedbench.data.base import DataError, FederatedDataset
+from fedbench.data.lazy import LazyRows
 
 VALIDATION = "validation"  # seeding purpose
 MODES = ("samples", "clients")
@@ -69,6 +70,8 @@ def split(fd: FederatedDataset, fraction: float, mode: str, data_seed: int) -> F
     if fraction == 0:
         return fd
     rng = seeding.numpy_rng(data_seed, VALIDATION)
+    if isinstance(fd.x, LazyRows):
+        return _split_lazy(fd, fd.x, fraction, mode, rng)
     if mode == "clients":
         out = held_out_clients(fd.n, fraction, rng)  # [n]
         val = out[fd.client_of]  # [N]
@@ -89,6 +92,27 @@ def split(fd: FederatedDataset, fraction: float, mode: str, data_seed: int) -> F
         x_val=np.ascontiguousarray(fd.x[val]),
         y_val=fd.y[val],
     )
+
+
+def _split_lazy(
+    fd: FederatedDataset, x: LazyRows, fraction: float, mode: str, rng: np.random.Generator
+) -> FederatedDataset:
+    """`split` of samples computed on demand (`data.lazy`): the same held-out clients
+    (`clients`); with `samples`, each client's last `round(fraction · count_i)` training
+    samples (at most count_i − 1; its samples are i.i.d., so which ones does not matter)."""
+    if mode == "clients":
+        out = held_out_clients(fd.n, fraction, rng)  # [n]
+        train, val = x.select(~out), x.select(out)
+    else:
+        k = np.minimum(np.floor(fraction * fd.counts + 0.5), fd.counts - 1).astype(np.int64)
+        if not k.any():
+            raise DataError(
+                f"val_fraction = {fraction}: holds out no sample (clients have "
+                f"{int(fd.counts.max())} or fewer); allowed: a larger fraction"
+            )
+        train, val = x.split_tail(k)
+    lazy: dict[str, Any] = {"x": train, "y": train.labels(), "x_val": val, "y_val": val.labels()}
+    return dataclasses.replace(fd, counts=train.counts.copy(), **lazy)
 
 
 def from_task(fd: FederatedDataset, task: Mapping[str, Any]) -> FederatedDataset:
