@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
+from fedbench.algorithms.base import LAZY_ZERO_BYTES
 from fedbench.data.lazy import is_lazy
 from fedbench.models.base import Model
 from fedbench.task import DEFAULT_MEMORY_GB, ClientData, Task, _activation_floats
@@ -33,17 +34,27 @@ class MemoryEstimate(NamedTuple):
     data_bytes: int  # training and test samples, labels and client index, on the device
     state_bytes_per_client: int  # persistent per-client rows of the method ([n, d] state)
     cohort_bytes: int  # the cohort's model rows plus one memory-budget chunk of activations
+    # share of the state rows the run writes (host state from LAZY_ZERO_BYTES up is mapped
+    # zero pages: a client's row costs memory once written, 1 − (1 − p)^rounds of them)
+    written: float = 1.0
 
     @property
     def total_bytes(self) -> int:
-        return self.data_bytes + self.clients * self.state_bytes_per_client + self.cohort_bytes
+        state = self.clients * self.state_bytes_per_client * self.written
+        return int(self.data_bytes + state + self.cohort_bytes)
 
     def line(self) -> str:
         state = self.clients * self.state_bytes_per_client
+        held = (
+            ""
+            if self.written >= 1.0
+            else f" (held as rows are first written: {self.written:.1%} of them, "
+            f"{_size(state * self.written)}, over the run)"
+        )
         return (
             f"data {_size(self.data_bytes)} (stored once), per-client state "
-            f"{_size(self.state_bytes_per_client)} × {self.clients:,} = {_size(state)}, cohort "
-            f"working set {_size(self.cohort_bytes)}: about {_size(self.total_bytes)} in all"
+            f"{_size(self.state_bytes_per_client)} × {self.clients:,} = {_size(state)}{held}, "
+            f"cohort working set {_size(self.cohort_bytes)}: about {_size(self.total_bytes)} in all"
         )
 
 
@@ -131,11 +142,17 @@ def memory_estimate(
     per_client = 4 * (3 * model.d + 3 * batch * act)  # as Task._client_bytes
     budget = float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB)) * 2**30
     cohort = COHORT_COPIES * 4 * model.d * m + min(m * per_client, int(budget))
+    state = state_bytes_per_client(cfg, model, x, y)
+    written = 1.0
+    if n * state >= LAZY_ZERO_BYTES:  # host state (the CPU path; a GPU holds it dense)
+        p = min(1.0, float(a["participation"]))
+        written = 1.0 - (1.0 - p) ** int(cfg["experiment"]["rounds"])
     return MemoryEstimate(
         clients=n,
         data_bytes=data_bytes(x, y, x_test, y_test, n),
-        state_bytes_per_client=state_bytes_per_client(cfg, model, x, y),
+        state_bytes_per_client=state,
         cohort_bytes=int(cohort),
+        written=written,
     )
 
 

@@ -310,3 +310,25 @@ def test_zeroed_host_state_costs_memory_only_for_rows_written() -> None:
     assert torch.equal(torch.load(buf, weights_only=True)["c"], t)
     small = zeroed_host((10, 4), torch.float16)
     assert small.dtype == torch.float16 and not small.any()
+
+
+def test_the_memory_estimate_counts_the_state_rows_a_run_writes() -> None:
+    """Host state from LAZY_ZERO_BYTES up costs the rows written: 1 − (1 − p)^rounds of them."""
+    from fedbench.memory import memory_estimate
+    from fedbench.models import build_model
+
+    def estimate(rounds: int, clients: int) -> object:
+        j = job_of(rounds=rounds, clients=clients, participation=0.01)
+        t = j.config["task"]
+        fd = runner.load_dataset(t)
+        model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+        return memory_estimate(j.config, model, fd.x, fd.y, fd.x_test, fd.y_test, fd.counts)
+
+    big = estimate(3, 30_000)
+    assert big.clients * big.state_bytes_per_client >= LAZY_ZERO_BYTES
+    assert big.written == pytest.approx(1 - 0.99**3)
+    state = big.clients * big.state_bytes_per_client * big.written
+    assert big.total_bytes == int(big.data_bytes + state + big.cohort_bytes)
+    assert "held as rows are first written: 3.0% of them" in big.line()
+    small = estimate(3, 200)  # dense: every row counts
+    assert small.written == 1.0 and "held as" not in small.line()
