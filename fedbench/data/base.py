@@ -50,7 +50,7 @@ class RawData:
     y_test: np.ndarray | None = None  # [N_test] int64
 
 
-LAZY_STATS_CLIENTS = 10_000  # clients whose labels `heterogeneity` counts when computed on demand
+LAZY_STATS_CLIENTS = 1_000  # clients whose labels `heterogeneity` counts when computed on demand
 
 
 @dataclass(frozen=True)
