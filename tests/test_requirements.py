@@ -1,4 +1,4 @@
-"""A grid that validates runs (issue 23): every registered algorithm at its defaults on four
+"""A grid that validates runs (issue 23): every registered algorithm at its defaults on five
 small tasks either is refused by `fedbench validate` in one line or runs to done/diverged, never
 failed; and the model facts the components declare (Component.check) match the built models."""
 
@@ -17,7 +17,8 @@ from fedbench.algorithms.ef21_rare import RARE_MODELS
 from fedbench.models import MODELS, build_model
 from fedbench.store import Store
 
-# the four small tasks of issue 23, each as small as its model allows (2 rounds are run)
+# the four small tasks of issue 23 and one computed on demand, each as small as its model allows
+# (2 rounds are run)
 TASKS = {
     "digits_logreg": '[task]\ndataset = "digits"\nmodel = "logreg"\nclients = 3\n',
     "digits_mlp": '[task]\ndataset = "digits"\nmodel = "mlp"\nhidden = [8]\nclients = 3\n',
@@ -27,6 +28,9 @@ TASKS = {
     ),
     "quadratic_game": '[task]\ndataset = "quadratic_game"\nclients = 3\ndim = 3\n'
     "samples_per_client = 4\n",
+    # samples computed on demand (data.lazy): every method's data access goes through LazyRows
+    "lazy_synthetic_logreg": '[task]\ndataset = "synthetic"\ngenerator = 3\nmax_samples = 60\n'
+    'clients = 3\nmodel = "logreg"\n',
 }
 
 # (task, algorithm) pairs that validation refuses at defaults, with a word of the one line
@@ -35,6 +39,8 @@ REFUSED = {
     **{(t, "dadao"): "algorithm.mu" for t in TASKS},  # μ = "auto" needs reg = "l2"
     **{(t, "ef21_rare"): "algorithm.lr" for t in TASKS},  # (L₊, c) of linear regression only
     ("digits_logreg", "dipaco"): "algorithm.levels",  # 2 levels of a 1-layer model
+    ("lazy_synthetic_logreg", "dipaco"): "algorithm.levels",
+    ("lazy_synthetic_logreg", "fedbr"): "algorithm.name",
     ("text_transformer_1_layer", "dipaco"): "algorithm.levels",
     ("quadratic_game", "dipaco"): "algorithm.levels",
     ("digits_logreg", "fedbr"): "algorithm.name",  # needs a feature layer
