@@ -23,9 +23,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "comparison plots and an HTML page."),
     "ls": ("ls", "ls", "List runs with their status, rounds and final accuracy (or "
            "experiments with --experiments)."),
-    "show": ("show", "show", "Show a run: status, error, resolved configuration, the "
-             "heterogeneity of its data split (rebuilt from the configuration) and its final "
-             "and best metrics."),
+    "show": ("show", "show", "Show a run: status, error, resolved configuration and final "
+             "and best metrics (with --partition: the heterogeneity of its data split, rebuilt "
+             "from the configuration)."),
     "validate": ("validate", "validate", "Check a grid (names, types, ranges, algorithm × "
                  "compressor, data) and list its jobs."),
     "algorithms": ("catalog", "algorithms", "List the algorithms, their papers and parameters "

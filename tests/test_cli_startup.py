@@ -56,18 +56,20 @@ def test_help_imports_no_heavy_library(args: tuple[str, ...]):
 
 def test_ls_and_show_import_no_heavy_library(tmp_path: Path):
     db = str(tmp_path / "r.db")
-    config = {"task": {"dataset": "digits", "clients": 4, "partition": "iid"}}
+    config = {"task": {"dataset": "digits", "clients": 4, "partition": "iid", "test_fraction": 0.2,
+                       "data_seed": 0}}  # fmt: skip
     with Store(db) as s:
         exp = s.upsert_experiment("e", "g.toml", "")
         s.ensure_runs(exp, [RunSpec("abcdef01", 0, "fedavg", "identity", "digits", "mlp", config)])
         run_id = int(s.get_run("abcdef01")["id"])
         s.log_round(run_id, 0, {"bits_up": 0.0, "test_accuracy": 0.1})
     # an SQLite file is read through stdlib sqlite3 (fedbench.store.sqlite_reader), without
-    # pandas or SQLAlchemy; show rebuilds the data split with numpy only
+    # pandas or SQLAlchemy; show --partition rebuilds the data split with numpy only
     assert heavy_imports("ls", "--db", db) == []
     assert heavy_imports("ls", "--db", db, "--experiments", "--format", "csv") == []
     assert heavy_imports("show", "abcd", "--db", db) == []
     assert heavy_imports("show", "abcd", "--db", db, "--format", "json") == []
+    assert heavy_imports("show", "abcd", "--db", db, "--partition") == []
 
 
 def test_run_help_default_max_jobs_is_the_grids():
