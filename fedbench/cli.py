@@ -9,6 +9,7 @@ that and that the listing matches the commands' own docstrings).
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
 import typer
@@ -23,9 +24,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "comparison plots and an HTML page."),
     "ls": ("ls", "ls", "List runs with their status, rounds and final accuracy (or "
            "experiments with --experiments)."),
-    "show": ("show", "show", "Show a run: status, error, resolved configuration, the "
-             "heterogeneity of its data split (rebuilt from the configuration) and its final "
-             "and best metrics."),
+    "show": ("show", "show", "Show a run: status, error, resolved configuration and final "
+             "and best metrics (with --partition: the heterogeneity of its data split, rebuilt "
+             "from the configuration)."),
     "validate": ("validate", "validate", "Check a grid (names, types, ranges, algorithm × "
                  "compressor, data) and list its jobs."),
     "algorithms": ("catalog", "algorithms", "List the algorithms, their papers and parameters "
@@ -59,11 +60,85 @@ def load_command(name: str) -> Any:
         group.name = name
         return group
     one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-    one.command(name)(fn)
+    one.command(name, cls=PlainCommand)(fn)
     return typer.main.get_command(one)  # a click command (typer's own click from typer 0.26)
 
 
-class LazyGroup(TyperGroup):
+# Typer (0.29) converts every parameter's value with a pydantic TypeAdapter: importing
+# pydantic and building the adapters took ~0.25 s of `fedbench ls` (0.45 s in all). The plain
+# values of our options (str, list[str], a decimal int or float, a default) are converted here
+# as pydantic converts them; anything else (a Path, a bound, a parser, an unusual spelling)
+# goes to typer's own coercion, built on first use, so its messages are unchanged.
+_INT = re.compile(r"-?[0-9]{1,18}")
+_FLOAT = re.compile(r"[-+]?([0-9]{1,18}(\.[0-9]{0,18})?|\.[0-9]{1,18})([eE][-+]?[0-9]{1,3})?")
+
+
+def plain_value(annotation: Any, info: Any, value: Any) -> tuple[bool, Any]:
+    """(True, what typer's coercion gives for `value`) when that is plain, else (False, None)."""
+    if info.parser is not None:
+        return False, None
+    if annotation is str and type(value) is str:
+        return True, value
+    if annotation == list[str] and isinstance(value, (list, tuple)):
+        if all(type(v) is str for v in value):
+            return True, list(value)
+        return False, None
+    if annotation in (int, float) and (info.min, info.max, info.clamp) != (None, None, False):
+        return False, None
+    if annotation is int and type(value) is int:
+        return True, value
+    if annotation is int and type(value) is str and _INT.fullmatch(value):
+        return True, int(value)
+    if annotation is float and type(value) in (int, float):
+        return True, float(value)
+    if annotation is float and type(value) is str and _FLOAT.fullmatch(value):
+        return True, float(value)
+    return False, None
+
+
+class PlainValues:
+    """A command (or group) whose parameters, --help included, take `plain_values`."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            plain_values(option)
+        return option
+
+
+class PlainCommand(PlainValues, TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            plain_values(param)
+
+
+def plain_values(param: Any) -> None:
+    """Give a typer parameter the plain conversion of `plain_value` (no-op for a typer
+    without the 0.29 coercion layer)."""
+    try:
+        from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
+    except ImportError:
+        return
+    descriptor = getattr(param, "type_descriptor", None)
+    if not isinstance(descriptor, TypeDescriptor) or descriptor.file_annotation is not None:
+        return
+    if getattr(param, "_runtime_param", False) is not None:
+        return
+    typed: TypeDescriptor = descriptor  # the closure below keeps its type
+
+    class Plain(RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            ok, out = plain_value(self.annotation, self.parameter_info, value)
+            if ok:
+                return out
+            param._runtime_param = real = build_runtime_param(typed)
+            return real._coerce_value(value, param=param, ctx=ctx)
+
+    param._runtime_param = Plain(typed.parameter_info, typed.annotation)
+
+
+class LazyGroup(PlainValues, TyperGroup):
     """The top-level group: commands are imported on first use."""
 
     def list_commands(self, ctx: Any) -> list[str]:

@@ -205,6 +205,63 @@ def test_edited_grid_leaves_stale_runs_out_with_a_note(tmp_path: Path) -> None:
     assert sorted(row["label"] for row in rows) == ["fedprox, mu=0.01", "fedprox, mu=0.1"]
 
 
+def test_grid_keys_from_the_child_process_are_current_keys(tmp_path: Path) -> None:
+    """`report` expands the grid in a child process (commands/report.start_grid_keys): it
+    finds what select.current_keys finds, for the named or the latest experiment, for an
+    edited grid file and for a stored grid that does not expand; a job for another
+    experiment is not used, and a stopped job leaves no process."""
+    from fedbench.commands import report as cmd
+
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.1"))
+    grid = load_grid(grid_file)
+    db = tmp_path / "r.db"
+    with Store(str(db)) as s:
+        exp = s.upsert_experiment("prox", str(grid_file), grid.text)
+        log_runs(s, exp, grid.jobs[:2], lambda j, t: 0.1 * t)
+        s.upsert_experiment("broken", str(tmp_path / "gone.toml"), "[experiment\n")
+    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.05"))
+    with Store(str(db)) as s:
+        for name in ("prox", "broken"):
+            job = cmd.start_grid_keys(str(db), name)
+            assert job is not None and job.experiment == name
+            assert cmd.grid_keys_of(job, name) == select.current_keys(s, name)
+            cmd.stop(job)
+        prox = select.current_keys(s, "prox")
+    assert prox[0] == {j.key for j in load_grid(grid_file).jobs} and prox[1] == str(grid_file)
+    latest = cmd.start_grid_keys(str(db), None)  # the latest experiment
+    assert latest is not None and latest.experiment == "broken"
+    assert cmd.grid_keys_of(latest, "prox") is None
+    cmd.stop(latest)
+    assert latest.process.poll() is not None
+    assert cmd.start_grid_keys(str(tmp_path / "none.db"), "prox") is None
+    assert cmd.start_grid_keys(str(db), "no such experiment") is None
+
+
+def test_report_through_the_child_process_says_what_in_process_says(tmp_path: Path) -> None:
+    """A fresh `python -m fedbench report` (grid expanded in a child process) prints what the
+    report in this process (fedbench.grid already imported: expanded in-process) prints."""
+    import subprocess
+    import sys
+
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.1"))
+    grid = load_grid(grid_file)
+    db = tmp_path / "r.db"
+    with Store(str(db)) as s:
+        exp = s.upsert_experiment("prox", str(grid_file), grid.text)
+        log_runs(s, exp, grid.jobs, lambda j, t: 0.2 * t * (1 + j.config["algorithm"]["mu"]))
+    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.05"))
+    root = Path(__file__).resolve().parents[1]
+    for args in (["-f", "json"], ["--wide"], ["-f", "csv", "--all-runs"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "fedbench", "report", "--db", str(db), *args],
+            capture_output=True, text=True, check=True, cwd=root, timeout=120,
+        )  # fmt: skip
+        assert out.stdout == invoke("report", "--db", db, *args).stdout
+        assert "2 runs no longer in the grid" in out.stdout or "--wide" not in args
+
+
 def test_curves_use_finished_runs_only(tmp_path: Path) -> None:
     grid = parse_grid(GRID.format(name="p", mus="0.01"), tmp_path / "g.toml")
     runs, metrics = frames(grid.jobs, lambda j, t: 0.1 * t + 0.5 * j.seed)

@@ -91,6 +91,7 @@ COMMANDS = [
     ("show", "c0ffee00", "-f", "json"), ("show", "c0ffee00", "-f", "csv"), ("show", "c0ffee00"),
     ("show", "c0ffee11", "-f", "json"), ("show", "12345678", "-f", "json"), ("show", "3"),
     ("show", "feedface", "-f", "json"), ("show", "c0ff"), ("show", "ab"), ("show", "1%"),
+    ("show", "c0ffee00", "--partition"), ("show", "c0ffee00", "-f", "json", "--partition"),
 ]  # fmt: skip
 
 
@@ -120,6 +121,32 @@ def test_show_json_keeps_nan_inf_and_utc_timestamps(db: Path):
     assert metrics["test_accuracy"]["max"] == 0.5 and metrics["loss"]["max"] == math.inf
     assert shown["run"]["started_at"].endswith("+00:00") and shown["run"]["experiment"] == "exp-ünï"
     assert shown["run"]["config"] == CONFIG and shown["run"]["attempts"] == 0
+
+
+def test_show_describes_the_data_split_only_with_partition(db: Path):
+    """Without --partition the split is not rebuilt (a hint says how to get it; json has
+    null); with it, the statistics are those of the run's [task] split, and a split that
+    cannot be rebuilt is said in one line."""
+    from fedbench.commands.show import NOT_COMPUTED
+    from fedbench.data import load_federated
+
+    task = {**CONFIG["task"], "test_fraction": 0.2, "data_seed": 0}
+    with Store(str(db)) as s:
+        e = s.upsert_experiment("split", "grids/d.toml", "")
+        s.ensure_runs(e, [RunSpec("5p1170aa", 0, "fedavg", "identity", "digits", "mlp",
+                                  {**CONFIG, "task": task})])  # fmt: skip
+    code, out = cli("show", "5p1170", "--db", db)
+    assert code == 0 and NOT_COMPUTED in out and "samples per client" not in out
+    assert json.loads(cli("show", "5p1170", "--db", db, "-f", "json")[1])["partition"] is None
+    het = load_federated(task, seed=0).heterogeneity()
+    code, out = cli("show", "5p1170", "--db", db, "--partition")
+    assert code == 0 and NOT_COMPUTED not in out
+    assert f"samples per client min / median / max = {het['samples_min']} / " in out
+    assert "label TV from the global mix" in out
+    code, out = cli("show", "5p1170", "--db", db, "--partition", "-f", "json")
+    assert code == 0 and json.loads(out)["partition"] == het
+    code, out = cli("show", "c0ffee00", "--db", db, "--partition")  # [task] without data_seed
+    assert code == 0 and "cannot rebuild the data: [task] is missing" in out
 
 
 def test_ls_final_accuracy_is_the_last_value_that_is_not_nan(db: Path):

@@ -9,52 +9,68 @@ Each part reads alone:
 - :mod:`fedbench.report.plots`: :func:`figure` / :func:`plot` (the only matplotlib importer).
 - :mod:`fedbench.report.html`: one self-contained HTML page per experiment.
 
-The plotting and HTML modules are imported lazily (matplotlib is slow to import).
+Every name is imported from its submodule on first use (pandas and matplotlib are slow to
+import).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedbench.report.frame import (
-    bits_axis_label,
-    bits_convention,
-    curves,
-    load,
-    load_frame,
-    logged_metrics,
-    split,
-    tidy,
-)
-from fedbench.report.labels import (
-    BAND,
-    BITS,
-    FORMATS,
-    PLOTS,
-    X_AXES,
-    ReportError,
-    config_labels,
-    pooled_fields,
-    varying_fields,
-)
-from fedbench.report.tables import check_target, render, summary
+if TYPE_CHECKING:
+    from fedbench.report.frame import (
+        bits_axis_label,
+        bits_convention,
+        curves,
+        load,
+        load_frame,
+        logged_metrics,
+        split,
+        tidy,
+    )
+    from fedbench.report.labels import (
+        BAND,
+        BITS,
+        FORMATS,
+        PLOTS,
+        X_AXES,
+        ReportError,
+        config_labels,
+        pooled_fields,
+        varying_fields,
+    )
+    from fedbench.report.tables import check_target, render, summary
 
+# name -> the submodule that defines it, imported on first use: importing a submodule alone
+# (`fedbench.report.select` in `report`'s grid-expanding child process) loads no pandas
 _LAZY = {
-    "figure": "plots",
-    "plot": "plots",
-    "KINDS": "plots",
-    "Y_LABELS": "plots",
+    **dict.fromkeys(
+        ("bits_axis_label", "bits_convention", "curves", "load", "load_frame",
+         "logged_metrics", "split", "tidy"),
+        "frame",
+    ),
+    **dict.fromkeys(
+        ("BAND", "BITS", "FORMATS", "PLOTS", "X_AXES", "ReportError", "config_labels",
+         "pooled_fields", "varying_fields"),
+        "labels",
+    ),
+    **dict.fromkeys(("check_target", "render", "summary"), "tables"),
+    **dict.fromkeys(("figure", "plot", "KINDS", "Y_LABELS"), "plots"),
     "html_page": "html",
-}
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    """figure, plot, KINDS (fedbench.report.plots) and html_page (fedbench.report.html),
-    imported on first use."""
+    """The names below, imported from their submodule on first use (plots and html import
+    matplotlib, frame, labels and tables pandas)."""
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"fedbench.report.{_LAZY[name]}"), name)
+        module = _LAZY[name]
+        value = getattr(importlib.import_module(f"fedbench.report.{module}"), name)
+        if module not in ("plots", "html"):  # those are looked up on every use (patchable)
+            globals()[name] = value
+        return value
     raise AttributeError(f"module 'fedbench.report' has no attribute {name!r}")
 
 

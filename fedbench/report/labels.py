@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,18 @@ BAND = "min–max"
 
 class ReportError(ValueError):
     """A report that cannot be made as asked; the message is one line."""
+
+
+class Shape(NamedTuple):
+    """How a figure is shaped beyond its data (the report's --color-by ... --smooth). Here,
+    not in plots.py, so that `report` without plots does not import matplotlib."""
+
+    color_by: str | None = None  # one colour per value of this field
+    style_by: str | None = None  # one line style and marker per value of this field
+    logy: bool | None = None  # None: the metric's default
+    xlim: tuple[float, float] | None = None
+    ylim: tuple[float, float] | None = None
+    smooth: int = 1  # moving average over this many evaluations (1: none)
 
 
 # --------------------------------------------------------------------------- configurations

@@ -31,6 +31,7 @@ from fedbench.report.labels import (
     MISSING,
     PLOTS,
     ReportError,
+    Shape,
     _absent,
     _label_order,
     _show,
@@ -118,17 +119,6 @@ def _component(runs: pd.DataFrame, section: str) -> list[str]:
 
 
 Style = tuple[Any, Any, Any]  # (colour, line style, marker or None: one per curve in turn)
-
-
-class Shape(NamedTuple):
-    """How a figure is shaped beyond its data (the report's --color-by ... --smooth)."""
-
-    color_by: str | None = None  # one colour per value of this field
-    style_by: str | None = None  # one line style and marker per value of this field
-    logy: bool | None = None  # None: the metric's default
-    xlim: tuple[float, float] | None = None
-    ylim: tuple[float, float] | None = None
-    smooth: int = 1  # moving average over this many evaluations (1: none)
 
 
 def _factor_styles(

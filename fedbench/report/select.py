@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
-
-from fedbench.report.labels import ReportError, _absent, _resolve_group_by, _show
-
 if TYPE_CHECKING:
+    import pandas as pd
+
     from fedbench.store import Store
+
+# pandas (and labels.py, which imports it) are imported in the functions that use them:
+# `grid_keys` runs in a child process of `report` that should load only fedbench.grid
 
 FINISHED = ("done", "diverged")  # a diverged run is a result, not an error
 UNUSABLE = ("failed",)  # an error: never a number, also not at a common round
@@ -30,6 +31,8 @@ UNUSABLE = ("failed",)  # an error: never a number, also not at a common round
 
 def parse_where(clause: str) -> tuple[str, list[str]]:
     """ "FIELD=VALUE[,VALUE]" -> (FIELD, [VALUE, ...]); refused in one line otherwise."""
+    from fedbench.report.labels import ReportError
+
     field, eq, values = clause.partition("=")
     vals = [v.strip() for v in values.split(",") if v.strip()]
     if not eq or not field.strip() or not vals:
@@ -45,6 +48,10 @@ def where(runs: pd.DataFrame, clauses: Sequence[str]) -> pd.DataFrame:
     config field ("compressor.ratio", or its last part when unambiguous), a per-run column
     (algorithm, seed, ...) or ``status``; a value matches as the grid would write it (0.01,
     true, topk) or as a number (1e-2 matches 0.01); "-" matches a run without the field."""
+    import pandas as pd
+
+    from fedbench.report.labels import ReportError, _absent, _resolve_group_by, _show
+
     keep = pd.Series(True, index=runs.index)
     for clause in clauses:
         field, values = parse_where(clause)
@@ -68,6 +75,8 @@ def where(runs: pd.DataFrame, clauses: Sequence[str]) -> pd.DataFrame:
 
 
 def _number(v: Any) -> float | None:
+    from fedbench.report.labels import _absent
+
     if isinstance(v, bool) or _absent(v):
         return None
     try:
@@ -83,17 +92,22 @@ def current_keys(store: Store, experiment: str) -> tuple[set[str] | None, str]:
     """The job keys the experiment's grid produces now, and where the grid came from: the
     grid file on disk when it is still there (it may have been edited since the runs), else
     the grid text stored with the experiment. (None, why) when neither expands."""
-    from fedbench.grid import GridError, load, parse
-
     exps = store.export("experiments")
     row = exps[exps["name"] == experiment]
     if row.empty:
         return None, "no grid stored"
-    path = Path(str(row["grid_path"].iloc[0]))
+    return grid_keys(str(row["grid_path"].iloc[0]), str(row["grid_toml"].iloc[0]))
+
+
+def grid_keys(grid_path: str, grid_toml: str) -> tuple[set[str] | None, str]:
+    """`current_keys` of an experiment stored with this grid path and text."""
+    from fedbench.grid import GridError, load, parse
+
+    path = Path(grid_path)
     try:
         if path.is_file():
             return {j.key for j in load(path).jobs}, str(path)
-        grid = parse(str(row["grid_toml"].iloc[0]), path)
+        grid = parse(grid_toml, path)
         return {j.key for j in grid.jobs}, "the grid stored with the experiment"
     except (GridError, OSError, RecursionError) as e:
         return None, f"its grid does not expand ({str(e).splitlines()[0][:120]})"
@@ -109,13 +123,17 @@ def stale_runs(store: Store, experiment: str, keys: set[str] | Sequence[str]) ->
 
 
 def drop_stale(
-    store: Store, experiment: str, runs: pd.DataFrame, keep: bool = False
+    store: Store,
+    experiment: str,
+    runs: pd.DataFrame,
+    keep: bool = False,
+    current: tuple[set[str] | None, str] | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """``runs`` without those the current grid no longer produces, and one note naming them
     ("" when none). ``keep`` (--all-runs) keeps them and still names them. When no stored run
     is in the current grid (a grid from elsewhere, or keys of another version) nothing is
-    left out: the note says so."""
-    keys, source = current_keys(store, experiment)
+    left out: the note says so. ``current``: `current_keys` when already known."""
+    keys, source = current if current is not None else current_keys(store, experiment)
     if keys is None:
         return runs, ""
     stale = ~runs["key"].astype(str).isin(keys)
@@ -167,6 +185,10 @@ def comparable(
     pending, running and failed runs are counted in the note, never averaged in. With
     ``at_common_round`` every run with metrics that did not fail, each cut at the last round
     all of them reached (diverged runs, which stop early by design, do not lower it)."""
+    import pandas as pd
+
+    from fedbench.report.labels import ReportError
+
     status = (
         runs["status"].astype(str)
         if "status" in runs.columns

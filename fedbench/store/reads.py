@@ -328,6 +328,12 @@ def experiments_records(query: Query) -> list[dict[str, Any]]:
     return [experiment_record(r) for r in query(EXPERIMENTS_SQL, {})]
 
 
+def experiment_grid(query: Query, name: str) -> tuple[str, str] | None:
+    """(grid path, grid text) stored for experiment `name`, None if there is none."""
+    rows = query("SELECT grid_path, grid_toml FROM experiments WHERE name = :name", {"name": name})
+    return None if not rows else (str(rows[0][0]), str(rows[0][1]))
+
+
 def no_rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """The `Query` of a database without fedbench's tables: every read is empty."""
     return []
@@ -403,3 +409,8 @@ class Reads:
         and run counts in all and per status."""
         with self._snapshot() as q:
             return experiments_records(q)
+
+    def experiment_grid(self, name: str) -> tuple[str, str] | None:
+        """(grid path, grid text) stored for experiment `name`, None if there is none."""
+        with self._snapshot() as q:
+            return experiment_grid(q, name)
