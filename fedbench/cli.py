@@ -135,7 +135,10 @@ def plain_values(param: Any) -> None:
             param._runtime_param = real = build_runtime_param(typed)
             return real._coerce_value(value, param=param, ctx=ctx)
 
-    param._runtime_param = Plain(typed.parameter_info, typed.annotation)
+    try:  # typer's private layer: any other shape of it leaves typer's own coercion
+        param._runtime_param = Plain(typed.parameter_info, typed.annotation)
+    except Exception:
+        return
 
 
 class LazyGroup(PlainValues, TyperGroup):

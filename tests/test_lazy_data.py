@@ -332,3 +332,15 @@ def test_the_memory_estimate_counts_the_state_rows_a_run_writes() -> None:
     assert "held as rows are first written: 3.0% of them" in big.line()
     small = estimate(3, 200)  # dense: every row counts
     assert small.written == 1.0 and "held as" not in small.line()
+
+
+def test_show_says_the_partition_labels_were_counted_over_a_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fedbench.commands.show import partition_lines, partition_stats
+
+    monkeypatch.setattr(data_base, "LAZY_STATS_CLIENTS", 20)
+    stats = partition_stats({"task": lazy_task()})
+    assert stats["sampled_clients"] == 20 and stats["clients"] == 60
+    assert partition_lines(stats)[-1] == "(labels counted over the first 20 clients)"
+    assert "sampled_clients" not in partition_stats({"task": lazy_task(generator=1)})

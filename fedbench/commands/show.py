@@ -170,4 +170,6 @@ def partition_lines(stats: Mapping[str, Any]) -> list[str]:
             f"label TV from the global mix = {stats['label_tv']:.3f} (0 = iid); "
             f"label entropy = {stats['label_entropy']:.3f} (1 = uniform over all classes)"
         )
+    if "sampled_clients" in stats:  # labels computed on demand: counted over the first clients
+        lines.append(f"(labels counted over the first {stats['sampled_clients']:,} clients)")
     return lines
