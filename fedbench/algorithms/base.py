@@ -131,6 +131,18 @@ class Algorithm(NamedTuple):
     metrics: Callable[[State, Env], dict[str, float]] | None = None
 
 
+def needs_minibatches(name: str, why: str) -> Callable[[dict], list[str]]:
+    """A `Component.check` refusing `batch_size = "full"` before anything runs, for a method
+    that draws minibatches (`why` says what it draws them for)."""
+
+    def check(cfg: dict) -> list[str]:
+        if cfg["algorithm"].get("batch_size") != "full":
+            return []
+        return [f'algorithm.batch_size = "full": {name} {why}; allowed: a whole number of samples']
+
+    return check
+
+
 def update_compressor(env: Env) -> Compressor:
     """The uplink compressor for model updates: wrapped in error feedback when the grid asks.
 

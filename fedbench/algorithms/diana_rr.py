@@ -31,6 +31,7 @@ from fedbench.algorithms.base import (
     broadcast,
     broadcast_init,
     cohort_log,
+    needs_minibatches,
     sample_cohort,
 )
 from fedbench.algorithms.diana import SHIFT_ALPHA, shift_rate
@@ -97,5 +98,9 @@ ALGORITHMS.add(
         paper="Sadiev et al. 2022 (arXiv 2206.07021)",
         requires="unbiased",
         extra={"error_feedback": False, "local": False},
+        check=needs_minibatches(
+            "diana_rr",
+            "shifts each minibatch of a reshuffled epoch (with full batches it is diana)",
+        ),
     )
 )

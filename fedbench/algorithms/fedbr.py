@@ -61,6 +61,7 @@ from fedbench.algorithms.base import (
     broadcast,
     broadcast_init,
     local_batches,
+    needs_minibatches,
     sample_cohort,
     update_compressor,
 )
@@ -299,5 +300,6 @@ ALGORITHMS.add(
         paper="Guo, Tang, Lin, ICML 2023 (arXiv 2205.13462); code lins-lab/fedbr",
         # the grid refuses token sequences (inputs are averaged) and models without features
         extra={"continuous_inputs": True, "models": ("mlp", "cnn"), "autograd": True},
+        check=needs_minibatches("fedbr", "contrasts features on minibatches"),
     )
 )

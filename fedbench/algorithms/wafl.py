@@ -44,6 +44,7 @@ from fedbench.algorithms.base import (
     broadcast_init,
     cohort_log,
     local_batches,
+    needs_minibatches,
     sample_cohort,
     update_compressor,
 )
@@ -139,5 +140,6 @@ ALGORITHMS.add(
         "ℓ − (γ/2)‖ζ − x‖², then a descent step at the perturbed inputs",
         paper="Nguyen et al. 2022 (arXiv 2206.01432); code dual-grp/WAFL",
         extra={"continuous_inputs": True, "autograd": True},
+        check=needs_minibatches("wafl", "moves the inputs of each minibatch"),
     )
 )
