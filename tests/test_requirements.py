@@ -159,3 +159,18 @@ def test_declared_model_facts_match_the_built_model(model: str, fields: dict) ->
     with pytest.raises(ValueError, match=f"the model has {units[0]}$"):
         levels_of(built, units[0] + 1)
     assert int(levels_of(built, units[0]).max()) == units[0] - 1
+
+
+@pytest.mark.parametrize("name", ["diana_rr", "fedbr", "wafl"])
+def test_methods_that_draw_minibatches_refuse_full_batches_at_validation(name: str) -> None:
+    """They raised at run time (a grid that validated, then failed); now validation refuses."""
+    text = (
+        '[task]\ndataset = "digits"\nmodel = "mlp"\nhidden = [8]\n'
+        f'[algorithm]\nname = "{name}"\nbatch_size = "full"\n'
+    )
+    with pytest.raises(grid.GridError) as e:
+        grid.parse(text, Path("g.toml"))
+    (line,) = e.value.problems
+    assert line.startswith('g.toml: [algorithm] algorithm.batch_size = "full": ' + name)
+    assert line.endswith("allowed: a whole number of samples")
+    assert grid.parse(text.replace('"full"', "8"), Path("g.toml")).jobs
