@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import mmap
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -131,11 +131,13 @@ class Algorithm(NamedTuple):
     metrics: Callable[[State, Env], dict[str, float]] | None = None
 
 
-def needs_minibatches(name: str, why: str) -> Callable[[dict], list[str]]:
+def needs_minibatches(
+    name: str, why: str
+) -> Callable[[Mapping[str, Mapping[str, Any]]], list[str]]:
     """A `Component.check` refusing `batch_size = "full"` before anything runs, for a method
     that draws minibatches (`why` says what it draws them for)."""
 
-    def check(cfg: dict) -> list[str]:
+    def check(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
         if cfg["algorithm"].get("batch_size") != "full":
             return []
         return [f'algorithm.batch_size = "full": {name} {why}; allowed: a whole number of samples']
