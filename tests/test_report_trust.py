@@ -179,9 +179,9 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- issue 26 item 1
 
 
-def test_edited_grid_leaves_stale_runs_out_with_a_note(tmp_path: Path) -> None:
-    """Edit "algorithm.mu" = [0.01, 0.1] to [0.01, 0.05] in place: μ = 0.1 runs leave the
-    report (named in one note), --all-runs keeps them, stale_runs lists them."""
+def edited_prox_study(tmp_path: Path) -> tuple[Path, Path, Any]:
+    """(db, grid file, the grid as first run): "algorithm.mu" = [0.01, 0.1] run for every
+    job, then edited in place to [0.01, 0.05] (the μ = 0.1 runs are stale)."""
     grid_file = tmp_path / "g.toml"
     grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.1"))
     grid = load_grid(grid_file)
@@ -190,6 +190,13 @@ def test_edited_grid_leaves_stale_runs_out_with_a_note(tmp_path: Path) -> None:
         exp = s.upsert_experiment("prox", str(grid_file), grid.text)
         log_runs(s, exp, grid.jobs, lambda j, t: 0.2 * t * (1 + j.config["algorithm"]["mu"]))
     grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.05"))
+    return db, grid_file, grid
+
+
+def test_edited_grid_leaves_stale_runs_out_with_a_note(tmp_path: Path) -> None:
+    """Edit "algorithm.mu" = [0.01, 0.1] to [0.01, 0.05] in place: μ = 0.1 runs leave the
+    report (named in one note), --all-runs keeps them, stale_runs lists them."""
+    db, grid_file, grid = edited_prox_study(tmp_path)
     new = load_grid(grid_file)
     with Store(str(db)) as s:
         stale = select.stale_runs(s, "prox", {j.key for j in new.jobs})
@@ -244,14 +251,7 @@ def test_report_through_the_child_process_says_what_in_process_says(tmp_path: Pa
     import subprocess
     import sys
 
-    grid_file = tmp_path / "g.toml"
-    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.1"))
-    grid = load_grid(grid_file)
-    db = tmp_path / "r.db"
-    with Store(str(db)) as s:
-        exp = s.upsert_experiment("prox", str(grid_file), grid.text)
-        log_runs(s, exp, grid.jobs, lambda j, t: 0.2 * t * (1 + j.config["algorithm"]["mu"]))
-    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.05"))
+    db, _, _ = edited_prox_study(tmp_path)
     root = Path(__file__).resolve().parents[1]
     for args in (["-f", "json"], ["--wide"], ["-f", "csv", "--all-runs"]):
         out = subprocess.run(
