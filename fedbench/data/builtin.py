@@ -123,6 +123,15 @@ class SyntheticDraw(NamedTuple):
 ROWS = 1 << 16  # samples per chunk of the synthetic generator: bounds its float64 working set
 
 
+def client_draws(
+    rng: np.random.Generator, K: int, alpha: float, beta: float, max_samples: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first draws of every generator: sizes `[K]` int64 (lognormal(4, 2) + 50, capped),
+    u_k ~ N(0, α) and B_k ~ N(0, β) `[K]` float64, in this order from `rng`."""
+    sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)  # [K]
+    return sizes, rng.normal(0.0, alpha, K), rng.normal(0.0, beta, K)
+
+
 def make_synthetic(
     rng: np.random.Generator,
     clients: int,
@@ -139,9 +148,7 @@ def make_synthetic(
     of the per-client definition) and written straight into the float32 result; labels come
     from batched [n_k, dim] @ [dim, classes] products over blocks of equal-sized clients."""
     K = clients
-    sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)  # [K]
-    u = rng.normal(0.0, alpha, K)  # [K]
-    B = rng.normal(0.0, beta, K)  # [K]
+    sizes, u, B = client_draws(rng, K, alpha, beta, max_samples)  # [K] each
     W = u[:, None, None] + rng.standard_normal((K, dim, classes))  # [K, dim, classes]
     b = u[:, None] + rng.standard_normal((K, classes))  # [K, classes]
     v = B[:, None] + rng.standard_normal((K, dim))  # [K, dim]
@@ -205,9 +212,8 @@ def make_synthetic2(
     import torch  # here, not at the top: `fedbench show` rebuilds splits without torch
 
     K = clients
-    sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)  # [K]
-    u = rng.normal(0.0, alpha, K).astype(np.float32)  # [K]
-    B = rng.normal(0.0, beta, K).astype(np.float32)  # [K]
+    sizes, u64, B64 = client_draws(rng, K, alpha, beta, max_samples)  # [K] each
+    u, B = u64.astype(np.float32), B64.astype(np.float32)  # [K]
     seeds = rng.integers(0, 2**62, -(-K // BLOCK))  # [blocks]
     starts = np.cumsum(sizes) - sizes  # [K]
     x = np.empty((int(sizes.sum()), dim), dtype=np.float32)  # [N, dim]
@@ -262,9 +268,7 @@ class SyntheticSource:
         from fedbench.data import lazy
 
         K = clients
-        self.sizes = np.minimum(rng.lognormal(4.0, 2.0, K).astype(np.int64) + 50, max_samples)
-        self.u = rng.normal(0.0, alpha, K)  # [K]
-        self.B = rng.normal(0.0, beta, K)  # [K]
+        self.sizes, self.u, self.B = client_draws(rng, K, alpha, beta, max_samples)  # [K]
         seed = int(rng.integers(0, 2**63))
         self.seeds = [
             lazy.stream_seed(seed, s) for s in (_STREAM_X, _STREAM_V, _STREAM_W, _STREAM_B)
