@@ -18,6 +18,7 @@ vanishingly rare cases.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -97,9 +98,14 @@ class LazyRows:
 
     # -- what a stored array would say of itself ------------------------------------------------
 
+    @functools.cached_property
+    def rows(self) -> int:
+        """N, the number of rows (computed once per view)."""
+        return int(self.counts.sum())
+
     @property
     def shape(self) -> tuple[int, ...]:
-        n = int(self.counts.sum())
+        n = self.rows
         return (n, *self.source.input_shape) if self.part == "x" else (n,)
 
     @property
@@ -130,9 +136,10 @@ class LazyRows:
     def __len__(self) -> int:
         return self.shape[0]
 
-    @property
+    @functools.cached_property
     def offsets(self) -> np.ndarray:
-        """Row of each client's first sample. [n]"""
+        """Row of each client's first sample, computed once per view (every gather maps rows
+        to clients through it). [n]"""
         return np.cumsum(self.counts) - self.counts
 
     # -- views ----------------------------------------------------------------------------------
