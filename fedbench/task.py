@@ -102,6 +102,17 @@ class FullBatch(NamedTuple):
     wt: Tensor  # [n, W] 1/count_i on real samples, 0 on padding
 
 
+def take(a: Any, idx: Tensor) -> Any:
+    """`a[idx]` for an index tensor `idx [*s]` into the first dimension of `a [N, *f]`: the
+    rows `[*s, *f]`. A stored tensor gathers through `index_select` (the same rows, about 4×
+    faster on CPU than advanced indexing for minibatches of small images); lazily computed
+    rows (fedbench.data.lazy) are indexed as they are."""
+    if not isinstance(a, Tensor):
+        return a[idx]
+    flat = idx.reshape(-1).to(a.device)  # a CUDA tensor may be indexed from the host
+    return a.index_select(0, flat).view(*idx.shape, *a.shape[1:])
+
+
 def regulariser(w: Tensor, kind: str, lam: float) -> tuple[Tensor, Tensor | None]:
     """Value `[...]` and gradient of the regulariser for `w [..., d]` (None when absent)."""
     if kind == "none" or lam == 0.0:
@@ -223,7 +234,7 @@ class Task:
             else:
                 bidx = idx[s:e]
                 wt = torch.full(bidx.shape, 1.0 / bidx.shape[1], device=w.device)
-            x, y = self.data.x[bidx], self.data.y[bidx]  # [c, B, *shape], [c, B]
+            x, y = take(self.data.x, bidx), self.data.y[bidx]  # [c, B, *shape], [c, B]
             loss[s:e], _ = self.model.loss_grad(w[s:e], x, y, wt, out=g[s:e])
         return self._regularised(w, loss, g)
 
@@ -248,7 +259,7 @@ class Task:
             return None
         everyone = torch.arange(self.n, device=self.device)
         idx, wt = self._full_batch(everyone)
-        return FullBatch(everyone, self.data.x[idx], self.data.y[idx], wt)
+        return FullBatch(everyone, take(self.data.x, idx), self.data.y[idx], wt)
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -308,7 +319,7 @@ class Task:
         first = torch.cumsum(counts, 0) - counts  # [m] where each client starts in the gather
         rows = self.data.offsets[ids][local] + torch.arange(local.numel(), device=self.device)
         rows -= first[local]  # [M] sample indices of the chosen clients
-        loss, _ = self._sample_losses(w, self.data.x[rows], self.data.y[rows])
+        loss, _ = self._sample_losses(w, take(self.data.x, rows), self.data.y[rows])
         per_client = torch.zeros(ids.numel(), device=w.device).index_add_(0, local, loss)
         per_client /= counts
         r, _ = regulariser(w, self.reg, self.lam)

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from fedbench.models import MLP, build_model
 from fedbench.seeding import generator
-from fedbench.task import Task, regulariser
+from fedbench.task import Task, regulariser, take
 
 
 def loop_loss_grad(model, w, x, y):
@@ -263,3 +263,44 @@ def test_sgd_step_is_loss_grad_then_the_step_bit_for_bit(name, shape, params):
     assert torch.equal(loss, ref_loss)
     assert torch.equal(stepped, ref_w)
     assert not torch.equal(stepped, w)  # it did move
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "params"),
+    [
+        ("logreg", (12,), {}),
+        ("mlp", (64,), {"hidden": [200, 200]}),
+        ("cnn", (1, 8, 8), {"channels": [4], "hidden": [16]}),  # Model's default sgd_step
+    ],
+)
+@pytest.mark.parametrize("shared", [True, False], ids=["start-d", "start-md"])
+def test_sgd_step_from_a_start_point_is_the_copy_then_the_step_bit_for_bit(
+    name, shape, params, shared
+):
+    """The first fused local step reads the broadcast model (a batch-stride-0 view when every
+    client starts there) and writes the stepped rows: the numbers of copying it in first."""
+    model = build_model(name, params, shape, 10)
+    m, B, lr = 6, 32, 0.05
+    gen = torch.Generator().manual_seed(4)
+    start = model.init(gen) if shared else torch.stack([model.init(gen) for _ in range(m)])
+    x = torch.randn((m, B, *shape), generator=gen)
+    y = torch.randint(0, 10, (m, B), generator=gen)
+    wt = torch.full((m, B), 1.0 / B)
+    ref = start.expand(m, -1).clone()
+    ref_loss = model.sgd_step(ref, x, y, wt, lr)
+    before = start.clone()
+    out = torch.full_like(ref, float("nan"))  # every entry must be written
+    loss = model.sgd_step(out, x, y, wt, lr, start=start)
+    assert torch.equal(loss, ref_loss)
+    assert torch.equal(out, ref)
+    assert torch.equal(start, before)  # the start point is read, never written
+    assert not torch.equal(out, start.expand(m, -1))
+
+
+def test_take_gathers_the_rows_indexing_does():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 1, 8, 8, generator=gen)
+    idx = torch.randint(0, 50, (7, 3), generator=gen)
+    assert torch.equal(take(x, idx), x[idx])
+    assert take(x, idx).shape == (7, 3, 1, 8, 8)
+    assert torch.equal(take(x, idx[0]), x[idx[0]])

@@ -14,6 +14,7 @@ those imports this package.
 
 from __future__ import annotations
 
+import inspect
 import math
 import mmap
 import sys
@@ -27,11 +28,12 @@ from fedbench import curriculum, network, seeding
 from fedbench.cohort import cohort_size as cohort_size  # re-exported: methods import it from here
 from fedbench.cohort import sample_cohort as sample_cohort
 from fedbench.compressors import Compressed, Compressor, error_feedback
+from fedbench.models import Model
 from fedbench.parallel import block_threads, for_each_block, is_rowwise
 from fedbench.params import Param, Registry
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import ServerOpt
-from fedbench.task import Task
+from fedbench.task import Task, take
 
 ALGORITHMS = Registry("algorithm")
 
@@ -203,10 +205,16 @@ def local_sgd(
     wt = None  # the fused step's per-sample weights: each minibatch's mean, made once  # [m, B]
     if fused and idx is not None:
         wt = torch.full(idx.shape[::2], 1.0 / idx.shape[2], device=y.device)
+    # a hand-batched model's first fused step starts from y0 itself, shared by every client of
+    # a block (its weights stay in cache), instead of from a copy of y0 in each row
+    fresh = fused and steps > 0 and steps_from_start(env.task.model)
 
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
         yb = y[rows]  # a view: updated in place
+        if fresh:  # the first fused step reads y0 and writes the block's rows
+            steps_of(yb, rows)
+            return
         yb.copy_(y0 if y0.dim() == 1 else y0[rows])  # here, while the block's rows are in cache
         if env.task.model.autograd_free:
             steps_of(yb, rows)
@@ -220,8 +228,10 @@ def local_sgd(
     def steps_of(yb: Tensor, rows: slice) -> None:  # the K steps of one block's rows, in place
         if fused:  # plain SGD: the model steps in place, no gradient buffer
             assert idx is not None and wt is not None
+            start = (y0 if y0.dim() == 1 else y0[rows]) if fresh else None
             for k in range(steps):
-                loss_sum[rows] += sgd_step(env.task, yb, idx[rows, k * draws], wt[rows], lr)
+                at = start if k == 0 else None
+                loss_sum[rows] += sgd_step(env.task, yb, idx[rows, k * draws], wt[rows], lr, at)
             return
         i = ids[rows]
         g = torch.empty_like(yb)
@@ -251,19 +261,38 @@ def plain_loss(task: Task) -> bool:
     return task.reg == "none" or task.lam == 0.0
 
 
-def sgd_step(task: Task, w: Tensor, bidx: Tensor, wt: Tensor, lr: float) -> Tensor:
+def steps_from_start(model: Model) -> bool:
+    """Whether the model's fused step takes a `start` point (`Model.sgd_step`) and runs its
+    pass in place of the caller's copy: hand-batched models (a plugin's own `sgd_step` with
+    the older five-argument signature gets the copy)."""
+    return model.autograd_free and "start" in inspect.signature(model.sgd_step).parameters
+
+
+def sgd_step(
+    task: Task, w: Tensor, bidx: Tensor, wt: Tensor, lr: float, start: Tensor | None = None
+) -> Tensor:
     """`w ← w − lr·∇f_i(w)` in place on minibatches `bidx [m, B]` with weights `wt [m, B]`;
     the loss `[m]` at the old rows. The same numbers as `Task.loss_grad` then the step, in
-    the same chunks of clients (for a task whose loss is `plain_loss`)."""
+    the same chunks of clients (for a task whose loss is `plain_loss`). With `start` (`[d]`,
+    or `[m, d]`) the step is taken from there and written into `w` (`Model.sgd_step`): the
+    numbers of copying `start` into `w` first."""
     m, x, y = w.shape[0], task.data.x, task.data.y
     step = task.chunk_size(bidx.shape[1])
     if step >= m:
-        return task.model.sgd_step(w, x[bidx], y[bidx], wt, lr)
+        return task.model.sgd_step(w, take(x, bidx), y[bidx], wt, lr, **from_(start))
     loss = torch.empty(m, device=w.device)
     for s in range(0, m, step):
         e = min(m, s + step)
-        loss[s:e] = task.model.sgd_step(w[s:e], x[bidx[s:e]], y[bidx[s:e]], wt[s:e], lr)
+        w0 = None if start is None or start.dim() == 1 else start[s:e]
+        w0 = start if w0 is None else w0
+        xb, yb = take(x, bidx[s:e]), y[bidx[s:e]]
+        loss[s:e] = task.model.sgd_step(w[s:e], xb, yb, wt[s:e], lr, **from_(w0))
     return loss
+
+
+def from_(start: Tensor | None) -> dict[str, Tensor]:
+    """`sgd_step`'s keyword for a start point: none when there is none (any model's step)."""
+    return {} if start is None else {"start": start}
 
 
 def step_grad(env: Env, w: Tensor, step: Step, j: int = 0) -> tuple[Tensor, Tensor]:

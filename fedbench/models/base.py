@@ -157,10 +157,16 @@ class Model:
             g = out
         return loss, g
 
-    def sgd_step(self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, lr: float) -> Tensor:
+    def sgd_step(
+        self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, lr: float, start: Tensor | None = None
+    ) -> Tensor:
         """One SGD step on every row, in place: w_i ← w_i − lr·∇loss_i(w_i); returns the loss
         `[m]` at the old rows. The same numbers as `loss_grad` then `w.add_(g, alpha=-lr)`;
-        a hand-batched model fuses it (`MLP`: no `[m, d]` gradient buffer is written)."""
+        a hand-batched model fuses it (`MLP`: no `[m, d]` gradient buffer is written). With
+        `start` (`[d]` or `[m, d]`) the step is taken from there instead, written into `w`:
+        the numbers of `w.copy_(start)` first."""
+        if start is not None:
+            w.copy_(start.expand_as(w))
         loss, g = self.loss_grad(w, x, y, wt)
         w.add_(g, alpha=-lr)
         return loss

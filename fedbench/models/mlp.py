@@ -121,16 +121,25 @@ class MLP(Model):
             db.copy_(gb)
         return loss, g
 
-    def sgd_step(self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, lr: float) -> Tensor:
+    def sgd_step(
+        self, w: Tensor, x: Tensor, y: Tensor, wt: Tensor, lr: float, start: Tensor | None = None
+    ) -> Tensor:
         """`loss_grad` and the step fused, layer by layer from the top: each weight gradient
         is applied from the GEMM's own contiguous output while it is in cache, after the
-        layer's input gradient has used the old W (no `[m, d]` gradient, no copy)."""
-        layers = self._layers(w)
+        layer's input gradient has used the old W (no `[m, d]` gradient, no copy). From
+        `start [d]` (every client at the same point: a batch-stride-0 view, so the block's
+        products read one set of weights) the pass runs on `start` and the step
+        `start − lr·g` is written into `w`; the same numbers as copying `start` into `w` first."""
+        at = w if start is None else start.expand_as(w)
+        layers = self._layers(at)
         h = self._forward(layers, x)
         loss, dz = self._head(h[-1], y, wt)
-        for (gW, gb), (W, b) in zip(self._backward(layers, h, dz), layers[::-1], strict=True):
-            W.add_(gW, alpha=-lr)
-            b.add_(gb, alpha=-lr)
+        into = layers if start is None else self._layers(w)
+        for (gW, gb), (W, b), (W1, b1) in zip(
+            self._backward(layers, h, dz), layers[::-1], into[::-1], strict=True
+        ):
+            torch.add(W, gW, alpha=-lr, out=W1)  # in place when w is the start
+            torch.add(b, gb, alpha=-lr, out=b1)
         return loss
 
 
