@@ -68,7 +68,8 @@ def _size(b: float) -> str:
 
 def data_bytes(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, n: int) -> int:
     """Bytes of `ClientData.from_numpy` of these arrays: float32 samples, int64 labels, the
-    int64 client of each training sample, offsets and counts."""
+    int64 client of each training sample (built when every client is evaluated), offsets and
+    counts."""
     if is_lazy(x):  # computed on demand (data.lazy): the per-client tables, no samples
         return int(8 * x.shape[0] + 40 * n)
     samples = 4 * (x.size + x_test.size) + 8 * (y.size + y_test.size)

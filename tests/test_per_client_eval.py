@@ -3,6 +3,7 @@ and loss at each evaluation, and every client's value at the last round with "al
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def test_a_per_client_test_split_is_used_and_clients_without_test_samples_droppe
     xt = torch.as_tensor(rng.normal(size=(9, 4)), dtype=torch.float32)
     yt = torch.as_tensor(rng.integers(0, 3, size=9))
     owner = torch.tensor([2, 0, 0, 3, 2, 0, 3, 3, 0])  # client 1 has no test sample
-    data = ClientData(**{**task.data.__dict__, "x_test": xt, "y_test": yt, "test_client_of": owner})
+    data = dataclasses.replace(task.data, x_test=xt, y_test=yt, test_client_of=owner)
     task = Task(task.model, data)
     w = torch.randn(task.d, generator=torch.Generator().manual_seed(2))
     values = task.client_values(w)
