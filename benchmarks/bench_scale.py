@@ -11,10 +11,11 @@ sequential PyTorch loop on the same work, and the memory of 10,000-client SCAFFO
    its own process so that its peak memory (max RSS) is its own.
 
 3. Cross-device: the whole `fedbench run` process for one SCAFFOLD round on FedProx
-   Synthetic(1, 1) (generator 2, 50 samples a client, MLP 60-64-10, 1% participation,
-   train_loss on 1,000 sampled clients, no test split) for 10^5 clients (--cross-device;
-   10^6 clients needs ~13 GB for the data alone and ~9-18 GB of control variates: run it by
-   hand with --cross-device 1000000): wall time and max RSS from /usr/bin/time -v.
+   Synthetic(1, 1) (50 samples a client, MLP 60-64-10, 1% participation at 10^5 clients and
+   0.1% at 10^6, train_loss on 1,000 sampled clients, no test split): wall time and max RSS
+   from /usr/bin/time -v. `--generator 3` (the default) computes each sample when a cohort
+   indexes it; `--generator 2,3` also runs the stored generator (10^6 clients of generator 2
+   need ~13 GB for the data alone).
 
 MNIST-1D stands in for digits at 10,000 clients: digits has 1,797 samples, fewer than the
 clients. Run: make bench  (or python benchmarks/bench_scale.py --help)
