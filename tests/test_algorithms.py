@@ -188,7 +188,24 @@ SWEEP_NO_PROGRESS = {
 }
 
 
-@pytest.mark.parametrize(("alg_name", "comp"), SWEEP)
+# methods whose sweep cases cost seconds each; the default run keeps the compressors listed,
+# the others run under `make test-all`. FZooS (~5 s a case: a float64 Cholesky of its
+# 256-feature surrogate per local step) compresses its update like every other method
+# (update_compressor(env).compress), and every compressor is swept with the other methods:
+# kept are a stochastic one (the uplink generator in the determinism check) and a biased one
+# (its loss decrease has the least margin: 0.775 of the start against 0.8).
+SWEEP_DEFAULT_RUN = {"fzoos": ("randk", "sign")}
+
+
+def sweep_cases():
+    for a, c in SWEEP:
+        if c in SWEEP_DEFAULT_RUN.get(a, (c,)):
+            yield a, c
+        else:
+            yield pytest.param(a, c, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize(("alg_name", "comp"), list(sweep_cases()))
 def test_registry_sweep_reduces_loss_and_is_deterministic(alg_name, comp):
     """Every algorithm with every compressor it accepts, partial participation, minibatches."""
     task = make_task(model="mlp", n=8, per_client=25)
