@@ -188,13 +188,14 @@ SWEEP_NO_PROGRESS = {
 }
 
 
-# methods whose sweep cases cost seconds each; the default run keeps the compressors listed,
-# the others run under `make test-all`. FZooS (~5 s a case: a float64 Cholesky of its
-# 256-feature surrogate per local step) compresses its update like every other method
-# (update_compressor(env).compress), and every compressor is swept with the other methods:
-# kept are a stochastic one (the uplink generator in the determinism check) and a biased one
-# (its loss decrease has the least margin: 0.775 of the start against 0.8).
-SWEEP_DEFAULT_RUN = {"fzoos": ("randk", "sign")}
+# methods whose sweep cases cost over a second each (FZooS ~5 s: a float64 Cholesky of its
+# 256-feature surrogate per local step; FedBR ~1.5 s; WAFL ~1 s): the default run keeps two
+# compressors, the others run under `make test-all`. These methods compress their update
+# through update_compressor(env).compress like every method, and every compressor is swept
+# with all the other methods. Kept: randk (stochastic: the uplink generator in the
+# determinism check) and sign (biased; FZooS's loss decrease has the least margin with it:
+# 0.775 of the start against 0.8).
+SWEEP_DEFAULT_RUN = {a: ("randk", "sign") for a in ("fzoos", "fedbr", "wafl")}
 
 
 def sweep_cases():
