@@ -46,7 +46,7 @@ def test_bench_scale_runs_every_section():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--clients", "10",
          "--repeats", "1", "--sizes", "8", "--size-clients", "4", "--scaffold-clients", "20",
-         "--mlp-clients", "10", "--rounds", "1", "--cross-device", "200"],
+         "--mlp-clients", "10", "--rounds", "1", "--cross-device", "200", "--samples", "400"],
         capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     for section in ("vs clients", "vs model size", "SCAFFOLD"):
