@@ -216,7 +216,7 @@ def test_export_streams_metrics_in_chunks(tmp_path: Path, monkeypatch: pytest.Mo
         empty.close()
 
 
-@pytest.mark.skipif(POSTGRES is None, reason="set FEDBENCH_TEST_POSTGRES to a URL")
+@POSTGRES
 def test_postgresql_final_metrics_rounds_and_streamed_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
