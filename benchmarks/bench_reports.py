@@ -170,7 +170,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=1_000, help="rounds 0..R are logged")
     ap.add_argument("--metrics", default="test_accuracy", help="comma-separated metric names")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs a command (0: build or find the database, time nothing)",
+    )
     ap.add_argument("--db", type=Path, default=None, help="default: /tmp/fedbench-bench-*.db")
     ap.add_argument("--rebuild", action="store_true", help="build the database even if cached")
     args = ap.parse_args()
@@ -194,6 +199,8 @@ def main() -> None:
     with Store(str(db)):  # brings an older schema up to date (a no-op when current)
         pass
     print(f"open for writing (migrates an older schema): {time.perf_counter() - t:.2f} s")
+    if args.repeats == 0:
+        return
     last = f"exp{(args.runs - 1) // 100:04d}"
     key = hashlib.sha256(str(args.runs // 2).encode()).hexdigest()[:8]
     n = args.repeats

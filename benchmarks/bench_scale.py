@@ -62,9 +62,14 @@ client_state = "{state}"
 """
 
 
+# MNIST-1D samples generated (at least 4 a client): 5,000 take ~5 s to generate in every
+# process (this one and each SCAFFOLD case's); tests/test_bench_smoke.py asks for fewer
+SAMPLES = 5000
+
+
 def job_of(clients: int, hidden: list[int], algorithm: str = "fedavg", participation: float = 1.0,
-           state: str = "float32") -> grid.Job:  # fmt: skip
-    samples = max(5000, 4 * clients)
+           state: str = "float32", samples: int = SAMPLES) -> grid.Job:  # fmt: skip
+    samples = max(samples, 4 * clients)
     text = GRID.format(
         samples=samples, hidden=hidden, clients=clients, algorithm=algorithm,
         participation=participation, state=state,
@@ -73,17 +78,21 @@ def job_of(clients: int, hidden: list[int], algorithm: str = "fedavg", participa
     return job
 
 
-def versus_sequential(clients: int, hidden: list[int], repeats: int) -> tuple[float, float]:
+def versus_sequential(
+    clients: int, hidden: list[int], repeats: int, samples: int = SAMPLES
+) -> tuple[float, float]:
     """(sequential, fedbench) seconds per round, fastest of the repeats."""
-    job, dev = job_of(clients, hidden), torch.device("cpu")
+    job, dev = job_of(clients, hidden, samples=samples), torch.device("cpu")
     seq, vec = compare(sequential_round(job, dev), fedbench_round(job, dev), repeats)
     return min(seq), min(vec)
 
 
-def scaffold_case(clients: int, hidden: list[int], state: str, rounds: int) -> dict[str, float]:
+def scaffold_case(
+    clients: int, hidden: list[int], state: str, rounds: int, samples: int = SAMPLES
+) -> dict[str, float]:
     """Run in a child process: build, run `rounds` SCAFFOLD rounds, report time and memory."""
     runner.tune_allocator()
-    job = job_of(clients, hidden, "scaffold", 0.1, state)
+    job = job_of(clients, hidden, "scaffold", 0.1, state, samples)
     dev = torch.device("cpu")
     task, env, alg = runner.build(job, dev)
     s = alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0, dev))
@@ -161,24 +170,28 @@ def main() -> None:
     ap.add_argument(
         "--generator", default="3", help="synthetic generators to compare (comma-separated)"
     )
+    ap.add_argument(
+        "--samples", type=int, default=SAMPLES, help="MNIST-1D samples (at least 4 a client)"
+    )
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: one SCAFFOLD case as JSON
     args = ap.parse_args()
     if args.case:
         clients, hidden, state = json.loads(args.case)
-        print(json.dumps(scaffold_case(clients, hidden, state, args.rounds)))
+        print(json.dumps(scaffold_case(clients, hidden, state, args.rounds, args.samples)))
         return
     runner.tune_allocator()
     print(f"fedbench scale benchmark, cpu, {torch.get_num_threads()} threads")
     print("FedAvg round vs clients (MNIST-1D logistic regression, 5 steps of batch 8)")
     print(f"  {'clients':>8} {'sequential ms':>14} {'fedbench ms':>12} {'speed-up':>9}")
     for n in (int(c) for c in args.clients.split(",")):
-        seq, vec = versus_sequential(n, [], 1 if n >= 5000 else args.repeats)
+        seq, vec = versus_sequential(n, [], 1 if n >= 5000 else args.repeats, args.samples)
         print(f"  {n:8d} {seq * 1e3:14.1f} {vec * 1e3:12.1f} {seq / vec:8.1f}x")
     print(f"FedAvg round vs model size ({args.size_clients} clients)")
     print(f"  {'MLP':>10} {'d':>8} {'sequential ms':>14} {'fedbench ms':>12} {'speed-up':>9}")
     for hidden in ([int(h) for h in size.split(",")] for size in args.sizes.split(";")):
-        seq, vec = versus_sequential(args.size_clients, hidden, args.repeats)
-        d = runner.build(job_of(args.size_clients, hidden), torch.device("cpu"))[0].d
+        seq, vec = versus_sequential(args.size_clients, hidden, args.repeats, args.samples)
+        job = job_of(args.size_clients, hidden, samples=args.samples)
+        d = runner.build(job, torch.device("cpu"))[0].d
         name = "-".join(map(str, hidden))
         print(f"  {name:>10} {d:8d} {seq * 1e3:14.1f} {vec * 1e3:12.1f} {seq / vec:8.1f}x")
     print("SCAFFOLD, 10% participation, control variates kept once as [n, d]")
@@ -190,7 +203,7 @@ def main() -> None:
     for clients, hidden, state in cases:
         out = subprocess.run(
             [sys.executable, __file__, "--case", json.dumps([clients, hidden, state]),
-             "--rounds", str(args.rounds)],
+             "--rounds", str(args.rounds), "--samples", str(args.samples)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         r = json.loads(out.stdout.strip().splitlines()[-1])

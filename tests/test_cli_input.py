@@ -87,6 +87,33 @@ def cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def clis(
+    *commands: tuple[object, ...], timeout: float = 60
+) -> list[subprocess.CompletedProcess[str]]:
+    """`cli` of each command, the processes run at once (each is mostly imports, on one core);
+    a process still running after `timeout` seconds is killed and TimeoutExpired raised."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fedbench", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    try:
+        done = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        return done
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
 def test_a_grid_symlinked_to_dev_zero_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "zero.toml"
     path.symlink_to("/dev/zero")
@@ -101,10 +128,9 @@ def test_a_grid_symlinked_to_dev_zero_is_one_line(tmp_path: Path) -> None:
 def test_a_fifo_as_grid_is_one_line_not_a_hang(tmp_path: Path) -> None:
     path = tmp_path / "fifo.toml"
     os.mkfifo(path)  # nobody writes: reading it would wait forever
-    r = cli("validate", path, "--no-data", timeout=60)
+    r, run = clis(("validate", path, "--no-data"), ("run", path, "--db", tmp_path / "r.db"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"error: {path}: not a regular file (a FIFO); a grid is a TOML file"
     ]
-    r = cli("run", path, "--db", tmp_path / "r.db", timeout=60)
-    assert r.returncode == 2 and "not a regular file (a FIFO)" in r.stderr, r.stderr
+    assert run.returncode == 2 and "not a regular file (a FIFO)" in run.stderr, run.stderr

@@ -253,13 +253,29 @@ def test_report_through_the_child_process_says_what_in_process_says(tmp_path: Pa
 
     db, _, _ = edited_prox_study(tmp_path)
     root = Path(__file__).resolve().parents[1]
-    for args in (["-f", "json"], ["--wide"], ["-f", "csv", "--all-runs"]):
-        out = subprocess.run(
+    variants = (["-f", "json"], ["--wide"], ["-f", "csv", "--all-runs"])
+    # the three processes at once: each is mostly imports, on one core
+    procs = [
+        subprocess.Popen(
             [sys.executable, "-m", "fedbench", "report", "--db", str(db), *args],
-            capture_output=True, text=True, check=True, cwd=root, timeout=120,
-        )  # fmt: skip
-        assert out.stdout == invoke("report", "--db", db, *args).stdout
-        assert "2 runs no longer in the grid" in out.stdout or "--wide" not in args
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=root,
+        )
+        for args in variants
+    ]
+    try:
+        for args, proc in zip(variants, procs, strict=True):
+            stdout, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr
+            assert stdout == invoke("report", "--db", db, *args).stdout
+            assert "2 runs no longer in the grid" in stdout or "--wide" not in args
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 def test_curves_use_finished_runs_only(tmp_path: Path) -> None:

@@ -527,7 +527,9 @@ POSTGRES = pytest.mark.skipif(
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=POSTGRES)])
 def test_concurrent_writer_processes_lose_nothing(db: Path, backend: str) -> None:
     url = f"sqlite:///{db}" if backend == "sqlite" else fresh_postgres_database()
-    ctx = multiprocessing.get_context("spawn")
+    # forked, not spawned: a spawned writer spent ~5 s of CPU importing this module and torch
+    # (start_run records torch's version), eight of them 20-40 s on 2 cores, before a write
+    ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(WRITERS)
     procs = [ctx.Process(target=_writer, args=(url, k, barrier)) for k in KEYS]
     for p in procs:

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -186,21 +187,45 @@ def test_fzoos_trajectory_is_insensitive_to_one_ulp_in_a_fit(monkeypatch) -> Non
     assert len(calls) == 40 * 3  # one batched fit per local step of every round: it was used
 
 
-@pytest.mark.parametrize("cbwr", ["COMPATIBLE", "SSE4_2", "AVX2", "AVX512"])
-def test_fzoos_converges_on_every_mkl_code_path(cbwr: str) -> None:
-    """MKL_CBWR forces MKL's code paths in a fresh process (it is read once at load): the run
-    reaches the convergence test's bound and the same final loss (1e-5 relative) on each."""
+MKL_PATHS = ["COMPATIBLE", "SSE4_2", "AVX2", "AVX512"]
+
+
+@pytest.fixture(scope="module")
+def mkl_runs() -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """fzoos_final_loss() in a fresh process per MKL code path, the four started at once:
+    each is mostly torch's import, on one core (one after the other they took ~16 s)."""
     code = (
         "import sys; sys.path.insert(0, 'tests'); "
         "from test_zeroth_order import fzoos_final_loss; print(fzoos_final_loss())"
     )
-    env = {**os.environ, "MKL_CBWR": cbwr}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
+    procs = {
+        cbwr: subprocess.Popen(
+            [sys.executable, "-c", code],
+            env={**os.environ, "MKL_CBWR": cbwr},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for cbwr in MKL_PATHS
+    }
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("cbwr", MKL_PATHS)
+def test_fzoos_converges_on_every_mkl_code_path(
+    cbwr: str, mkl_runs: dict[str, subprocess.Popen[str]]
+) -> None:
+    """MKL_CBWR forces MKL's code paths in a fresh process (it is read once at load): the run
+    reaches the convergence test's bound and the same final loss (1e-5 relative) on each."""
+    proc = mkl_runs[cbwr]
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
     task = quadratic_task()
-    loss = float(out.stdout.split()[-1])
+    loss = float(stdout.split()[-1])
     assert loss < 0.05 * task.train_loss(torch.zeros(task.d))
     assert abs(loss - fzoos_final_loss()) < 1e-5 * loss
 
