@@ -29,7 +29,7 @@ from fedbench.data.lazy import is_lazy
 from fedbench.models import Model
 
 DEFAULT_MEMORY_GB = 2.0
-DEFAULT_CACHE_MB = 16.0  # working set of one block of clients in local training
+DEFAULT_CACHE_MB = 8.0  # working set of one block of clients in local training (README: Speed)
 EVAL_CHUNK = 8192  # samples per evaluation forward pass
 FULL_BATCH_CACHE_BYTES = 64 * 2**20  # largest padded copy of all clients' data kept
 
