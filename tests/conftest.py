@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -17,6 +20,42 @@ from fedbench.task import ClientData, Task
 # The CLI tests run grids in this process (they monkeypatch the runner); `--workers auto`
 # would spread a grid over a process pool. tests/test_policy.py exercises auto itself.
 os.environ.setdefault("FEDBENCH_WORKERS", "1")
+
+
+@contextlib.contextmanager
+def started(
+    commands: Sequence[Sequence[str]],
+    envs: Sequence[Mapping[str, str] | None] | None = None,
+    cwd: object = None,
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """The commands' processes, all started at once (text pipes; each test process is mostly
+    imports on one core, so several overlap on a 2-core machine); any still running when the
+    block ends is killed and reaped."""
+    procs = [
+        subprocess.Popen(
+            list(cmd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=None if envs is None or envs[i] is None else dict(envs[i]),
+        )
+        for i, cmd in enumerate(commands)
+    ]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def finished(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The stdout of a `started` process, once it exited 0 (its stderr in the failure)."""
+    stdout, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr
+    return stdout
 
 
 def make_data(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import finished, started
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,30 +40,16 @@ def benchmarks(request: pytest.FixtureRequest) -> Iterator[dict[str, subprocess.
     processes importing torch on one core, one after the other ~95 s here, at once ~60 s on 2
     cores (their timings are not asserted)."""
     selected = {item.name for item in request.session.items if item.path == request.path}
-    procs = {
-        test: subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / script), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for test, (script, *args) in BENCHMARKS.items()
-        if test in selected
-    }
-    yield procs
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    tests = [test for test in BENCHMARKS if test in selected]
+    commands = [[sys.executable, str(ROOT / "benchmarks" / script), *args]
+                for script, *args in (BENCHMARKS[t] for t in tests)]  # fmt: skip
+    with started(commands, cwd=ROOT) as procs:
+        yield dict(zip(tests, procs, strict=True))
 
 
 def output(benchmarks: dict[str, subprocess.Popen[str]], request: pytest.FixtureRequest) -> str:
     """The calling test's benchmark's stdout, once it exited 0."""
-    proc = benchmarks[request.node.name]
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
-    return stdout
+    return finished(benchmarks[request.node.name], timeout=300)
 
 
 def test_bench_round_runs_and_reports_the_ratio(benchmarks, request):

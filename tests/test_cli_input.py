@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import started
 from typer.testing import CliRunner
 
 from fedbench import grid as gridlib
@@ -92,26 +93,12 @@ def clis(
 ) -> list[subprocess.CompletedProcess[str]]:
     """`cli` of each command, the processes run at once (each is mostly imports, on one core);
     a process still running after `timeout` seconds is killed and TimeoutExpired raised."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "fedbench", *map(str, args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in commands
-    ]
-    try:
+    with started([[sys.executable, "-m", "fedbench", *map(str, args)] for args in commands]) as ps:
         done = []
-        for proc in procs:
+        for proc in ps:
             out, err = proc.communicate(timeout=timeout)
             done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
         return done
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
 
 
 def test_a_grid_symlinked_to_dev_zero_is_one_line(tmp_path: Path) -> None:

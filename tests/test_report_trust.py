@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import finished, started
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.lines import Line2D
@@ -219,15 +220,9 @@ def test_grid_keys_from_the_child_process_are_current_keys(tmp_path: Path) -> No
     experiment is not used, and a stopped job leaves no process."""
     from fedbench.commands import report as cmd
 
-    grid_file = tmp_path / "g.toml"
-    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.1"))
-    grid = load_grid(grid_file)
-    db = tmp_path / "r.db"
+    db, grid_file, _ = edited_prox_study(tmp_path)
     with Store(str(db)) as s:
-        exp = s.upsert_experiment("prox", str(grid_file), grid.text)
-        log_runs(s, exp, grid.jobs[:2], lambda j, t: 0.1 * t)
         s.upsert_experiment("broken", str(tmp_path / "gone.toml"), "[experiment\n")
-    grid_file.write_text(GRID.format(name="prox", mus="0.01, 0.05"))
     with Store(str(db)) as s:
         for name in ("prox", "broken"):
             job = cmd.start_grid_keys(str(db), name)
@@ -248,34 +243,18 @@ def test_grid_keys_from_the_child_process_are_current_keys(tmp_path: Path) -> No
 def test_report_through_the_child_process_says_what_in_process_says(tmp_path: Path) -> None:
     """A fresh `python -m fedbench report` (grid expanded in a child process) prints what the
     report in this process (fedbench.grid already imported: expanded in-process) prints."""
-    import subprocess
     import sys
 
     db, _, _ = edited_prox_study(tmp_path)
     root = Path(__file__).resolve().parents[1]
     variants = (["-f", "json"], ["--wide"], ["-f", "csv", "--all-runs"])
-    # the three processes at once: each is mostly imports, on one core
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "fedbench", "report", "--db", str(db), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=root,
-        )
-        for args in variants
-    ]
-    try:
+    commands = [[sys.executable, "-m", "fedbench", "report", "--db", str(db), *args]
+                for args in variants]  # fmt: skip
+    with started(commands, cwd=root) as procs:
         for args, proc in zip(variants, procs, strict=True):
-            stdout, stderr = proc.communicate(timeout=120)
-            assert proc.returncode == 0, stderr
+            stdout = finished(proc, timeout=120)
             assert stdout == invoke("report", "--db", db, *args).stdout
             assert "2 runs no longer in the grid" in stdout or "--wide" not in args
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
 
 
 def test_curves_use_finished_runs_only(tmp_path: Path) -> None:

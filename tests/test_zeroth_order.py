@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from conftest import make_env, make_task, run_rounds
+from conftest import finished, make_env, make_task, run_rounds, started
 
 from fedbench.algorithms import fzoos
 from fedbench.algorithms.cbo import combine, consensus
@@ -198,21 +198,10 @@ def mkl_runs() -> Iterator[dict[str, subprocess.Popen[str]]]:
         "import sys; sys.path.insert(0, 'tests'); "
         "from test_zeroth_order import fzoos_final_loss; print(fzoos_final_loss())"
     )
-    procs = {
-        cbwr: subprocess.Popen(
-            [sys.executable, "-c", code],
-            env={**os.environ, "MKL_CBWR": cbwr},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for cbwr in MKL_PATHS
-    }
-    yield procs
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    commands = [[sys.executable, "-c", code]] * len(MKL_PATHS)
+    envs = [{**os.environ, "MKL_CBWR": cbwr} for cbwr in MKL_PATHS]
+    with started(commands, envs) as procs:
+        yield dict(zip(MKL_PATHS, procs, strict=True))
 
 
 @pytest.mark.parametrize("cbwr", MKL_PATHS)
@@ -221,9 +210,7 @@ def test_fzoos_converges_on_every_mkl_code_path(
 ) -> None:
     """MKL_CBWR forces MKL's code paths in a fresh process (it is read once at load): the run
     reaches the convergence test's bound and the same final loss (1e-5 relative) on each."""
-    proc = mkl_runs[cbwr]
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
+    stdout = finished(mkl_runs[cbwr], timeout=300)
     task = quadratic_task()
     loss = float(stdout.split()[-1])
     assert loss < 0.05 * task.train_loss(torch.zeros(task.d))
