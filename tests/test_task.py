@@ -304,3 +304,33 @@ def test_take_gathers_the_rows_indexing_does():
     assert torch.equal(take(x, idx), x[idx])
     assert take(x, idx).shape == (7, 3, 1, 8, 8)
     assert torch.equal(take(x, idx[0]), x[idx[0]])
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["start-d", "start-md"])
+def test_sgd_step_in_memory_chunks_from_a_start_point_is_the_one_pass_numbers(shared):
+    """`algorithms.base.sgd_step` splits a block into memory chunks (`Task.chunk_size`); from a
+    start point each chunk reads its own rows of it (or the shared `[d]`): one client per
+    chunk gives the numbers of one pass, and of copying the start in first."""
+    from fedbench.algorithms import base
+
+    task = make_task(model="mlp", reg="none", n=6, per_client=20)
+    m, B = 6, 8
+    gen = torch.Generator().manual_seed(6)
+    start = task.model.init(gen)
+    if not shared:
+        start = torch.stack([task.model.init(gen) for _ in range(m)])
+    bidx = task.batch_indices(torch.arange(m), 1, B, gen)[:, 0]  # [m, B]
+    wt = torch.full((m, B), 1.0 / B)
+
+    def step(w: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+        with torch.inference_mode():
+            return base.sgd_step(task, w, bidx, wt, 0.1, at)
+
+    whole = torch.empty(m, task.d)
+    loss = step(whole, start)
+    task.memory_bytes = 1  # one client per chunk
+    assert task.chunk_size(B) == 1
+    chunked = torch.empty(m, task.d)
+    copied = start.expand(m, -1).clone()
+    assert torch.equal(step(chunked, start), loss) and torch.equal(chunked, whole)
+    assert torch.equal(step(copied, None), loss) and torch.equal(copied, whole)

@@ -212,11 +212,9 @@ def local_sgd(
     def run_block(s: int) -> None:  # one batched computation over clients s, s+1, ...
         rows = slice(s, min(m, s + block))
         yb = y[rows]  # a view: updated in place
-        if fresh:  # the first fused step reads y0 and writes the block's rows
-            steps_of(yb, rows)
-            return
-        yb.copy_(y0 if y0.dim() == 1 else y0[rows])  # here, while the block's rows are in cache
-        if env.task.model.autograd_free:
+        if not fresh:  # (else the first fused step reads y0 and writes the block's rows)
+            yb.copy_(y0 if y0.dim() == 1 else y0[rows])  # while the block's rows are in cache
+        if env.task.model.autograd_free:  # as every `fresh` model is
             steps_of(yb, rows)
         else:  # the block steps its own copy, written back at the end: autograd's version
             # counter belongs to a storage, so in-place steps on a view of the shared `y` in one
@@ -283,8 +281,7 @@ def sgd_step(
     loss = torch.empty(m, device=w.device)
     for s in range(0, m, step):
         e = min(m, s + step)
-        w0 = None if start is None or start.dim() == 1 else start[s:e]
-        w0 = start if w0 is None else w0
+        w0 = start[s:e] if start is not None and start.dim() == 2 else start  # [d] is shared
         xb, yb = take(x, bidx[s:e]), y[bidx[s:e]]
         loss[s:e] = task.model.sgd_step(w[s:e], xb, yb, wt[s:e], lr, **from_(w0))
     return loss
