@@ -9,9 +9,11 @@ client's own samples of the same partition) and trains one epoch of batch 32: 5 
 32. fedbench runs its real round (grid -> runner.build -> FedAvg), also on one thread. Time per
 round is marginal: both sides are built and warmed up, then timed alternately (fastest of the
 repeats; medians printed too); pfl's is (a run of 1 + R rounds − a run of 1 round) / R.
-Also printed: fedbench's round as a share of this machine's
-large-GEMM rate (bench_round.matmul_rate, one thread), timed in turn with the rounds so that
-both see the same conditions on a shared machine (fastest of each).
+Also printed: the ratio's ceiling on this machine (pfl's round over the round's FLOPs at
+the large-GEMM rate: no implementation of the same arithmetic beats it), and fedbench's round
+as a share of this machine's large-GEMM rate (bench_round.matmul_rate, one thread), timed in
+turn with the rounds so that both see the same conditions on a shared machine (fastest of
+each).
 
 pfl is optional (`pip install 'fedbench[bench]'`, or PFL_PATH=dir holding it): without it
 this benchmark says why and exits 0. Run: python benchmarks/bench_pfl.py --help
@@ -189,6 +191,13 @@ def main() -> None:
     print(f"  pfl      {best_pfl * 1e3:8.1f} ms/round ({statistics.median(t_pfl) * 1e3:.1f})")
     print(f"  fedbench {best_ours * 1e3:8.1f} ms/round ({statistics.median(t_ours) * 1e3:.1f})")
     print(f"  fedbench / pfl speed: {best_pfl / best_ours:.1f}x  (goal >= 5x)")
+    # The round's products cannot run faster than the large-GEMM rate (nor, in blocks, than
+    # the products alone): pfl's time over that bound is the largest ratio this CPU allows.
+    print(
+        f"  ratio ceiling on this machine: {best_pfl * peak / flops:.1f}x with every product at "
+        f"the large-GEMM rate, {best_pfl * max(products) / flops:.1f}x at the rate of the "
+        f"batched products alone (the round's FLOPs are fixed by the workload)"
+    )
     share = flops / best_ours / peak
     print(
         f"  fedbench round: {flops / best_ours / 1e9:.1f} GFLOP/s = {share:.0%} of this "
