@@ -6,7 +6,13 @@ An algorithm: deterministic per seed; its training loss decreases on a small con
 (full gradients, its default parameters); it runs with every compressor its `requires`
 admits; every uplink message is counted (the logged uplink bits of a round are at least the
 bits of every message its uplink compressor produced, and more than 0 when it produced
-any); its state survives a checkpoint round trip (fedbench.checkpoint); the special cases it
+any); every downlink message is counted, with a compressed downlink where the method admits
+one (`DOWNLINKS`): `bits_down` holds what each receiving client got (DESIGN §3), so every
+receiving client's entry is at least the bits of the round's broadcast (a one-row message:
+b bits to k clients cost at least b·k), a message of a row per receiver (DiPaCo's paths) is
+in the log at least once, and a round whose messages cost bits logs more than 0; a method
+that sends nothing through its downlink compressor (gossip) has nothing to miss; its state
+survives a checkpoint round trip (fedbench.checkpoint); the special cases it
 declares in `extra["reduces_to"] = (other, params)` hold bit for bit. A compressor:
 deterministic per generator seed, exact-sized bits `[m]` > 0, the value's shape, its kind's
 bound on one draw where it is deterministic (contractive), and FedAvg runs with it.
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from fedbench import checkpoint, runner
 from fedbench import grid as gridlib
@@ -39,6 +46,9 @@ TASKS: tuple[dict[str, Any], ...] = (
 )
 # full local batches first (no sampling noise), then minibatches for methods that draw them
 BATCHES: tuple[int | str, ...] = ("full", 8)
+# the downlink of the downlink-bits check, the first the method admits: compressed ones first
+# (a method may refuse a kind, as EF21-BC an unbiased and asynchronous methods any but exact)
+DOWNLINKS: tuple[str, ...] = ("topk", "randk", "identity")
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,8 @@ class Result:
 
 
 def _job(algorithm: str, params: Mapping[str, Any], up: str = "identity",
-         up_params: Mapping[str, Any] | None = None, **algo: Any) -> gridlib.Job:  # fmt: skip
+         up_params: Mapping[str, Any] | None = None, down: str = "identity",
+         **algo: Any) -> gridlib.Job:  # fmt: skip
     """The first small task and batch size (`TASKS` × `BATCHES`, in order) on which the
     method's config resolves, validation's checks of what it needs included."""
     errors: list[str] = []
@@ -62,6 +73,7 @@ def _job(algorithm: str, params: Mapping[str, Any], up: str = "identity",
             "task": dict(task),
             "algorithm": {"name": algorithm, "batch_size": batch, **params, **algo},
             "compressor": {"name": up, **(up_params or {})},
+            "downlink": {"name": down},
         }
         try:
             resolved, _ = gridlib.resolve(cfg)
@@ -108,6 +120,7 @@ def check_algorithm(name: str, full: bool = True) -> Iterator[Result]:
     before, after = task.train_loss(x0), task.train_loss(alg.params(s1))
     yield Result("loss decreases", after < before, f"train loss {before:.4g} -> {after:.4g}")
     yield _bits(job)
+    yield _downlink_bits(name)
     yield _checkpoint(job)
     yield from _compressors(name, comp.requires, full)
     reduces = comp.extra.get("reduces_to")
@@ -119,38 +132,97 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
-def _counting(compressor: Compressor, seen: list[int]) -> Compressor:
+def _counting(compressor: Compressor, seen: list[Tensor]) -> Compressor:
+    """`compressor` that also appends the bits `[r]` of each message it produces to `seen`."""
+
     def compress(x: Any, ids: Any, state: Any, gen: Any) -> Any:
         msg, state = compressor.compress(x, ids, state, gen)
-        seen.append(int(msg.bits.sum()))
+        seen.append(msg.bits.detach().to("cpu", torch.int64).reshape(-1))
         return msg, state
 
     return compressor._replace(compress=compress)
 
 
-def _bits(job: gridlib.Job) -> Result:
-    """Logged uplink bits ≥ the bits of the uplink messages the compressor produced."""
-    seen: list[int] = []
-    per_round: list[int] = []
-
-    def hook(env: Any) -> Any:
-        return env._replace(uplink=_counting(env.uplink, seen))
-
+def _counted_rounds(job: gridlib.Job, link: str) -> list[tuple[Any, list[Tensor]]]:
+    """Each round's log with the bits `[r]` of every message the `link` compressor ("uplink"
+    or "downlink" of the Env) produced in that round (those of `init` are left out)."""
+    seen: list[Tensor] = []
     task, env, alg = runner.build(job, torch.device("cpu"))
-    env = hook(env)
+    counted = _counting(getattr(env, link), seen)
+    env = env._replace(uplink=counted) if link == "uplink" else env._replace(downlink=counted)
+    out = []
     with runner.rounds_mode(task.model, job.algorithm):
         state = alg.init(task.init_params(generator(0, 0, "init")), env, RoundRng(0, 0))
         for t in range(1, ROUNDS + 1):
             mark = len(seen)
             state, log = alg.round(state, env, RoundRng(0, t))
-            sent, logged = sum(seen[mark:]), int(log.bits_up.sum())
-            # a 0 logged for a client that sent nothing this round is right (one-shot merging,
-            # idle gossip nodes); a round whose messages cost bits must log some
-            if logged < sent or (sent > 0 and logged <= 0):
-                return Result("bits counted", False, f"round {t}: logged {logged} uplink bits "
-                              f"for messages of {sent} bits")  # fmt: skip
-            per_round.append(logged)
+            out.append((log, seen[mark:]))
+    return out
+
+
+def _bits(job: gridlib.Job) -> Result:
+    """Logged uplink bits ≥ the bits of the uplink messages the compressor produced."""
+    per_round: list[int] = []
+    for t, (log, msgs) in enumerate(_counted_rounds(job, "uplink"), 1):
+        sent, logged = sum(int(b.sum()) for b in msgs), int(log.bits_up.sum())
+        # a 0 logged for a client that sent nothing this round is right (one-shot merging,
+        # idle gossip nodes); a round whose messages cost bits must log some
+        if logged < sent or (sent > 0 and logged <= 0):
+            return Result("bits counted", False, f"round {t}: logged {logged} uplink bits "
+                          f"for messages of {sent} bits")  # fmt: skip
+        per_round.append(logged)
     return Result("bits counted", True, f"uplink bits per round {per_round[-1]} ≥ messages")
+
+
+def _downlink_bits(name: str) -> Result:
+    """Logged downlink bits cover the downlink messages (`_downlink_short`), run with the
+    first of `DOWNLINKS` the method admits (builds and runs six rounds with)."""
+    refused: list[str] = []
+    why = ""
+    for down in DOWNLINKS:
+        try:
+            rounds = _counted_rounds(_job(name, {}, down=down), "downlink")
+        except Exception as e:  # the method refuses this downlink (or fails with any)
+            refused.append(down)
+            why = _why(e)
+            continue
+        for t, (log, msgs) in enumerate(rounds, 1):
+            short = _downlink_short(msgs, log.bits_down.to("cpu", torch.int64).reshape(-1))
+            if short:
+                return Result("downlink bits counted", False, f"{down} downlink, round {t}: "
+                              + short)  # fmt: skip
+        refusing = f" (refuses {', '.join(refused)})" if refused else ""
+        if not any(msgs for _, msgs in rounds):  # gossip, or a method sending its model dense
+            return Result("downlink bits counted", True, f"{down} downlink{refusing}: no "
+                          "messages through the downlink compressor")  # fmt: skip
+        log, msgs = rounds[-1]
+        sent, k = sum(int(b.sum()) for b in msgs), log.bits_down.numel()
+        return Result("downlink bits counted", True, f"{down} downlink{refusing}: round "
+                      f"{ROUNDS} logs {int(log.bits_down.sum())} bits for {k} receivers of "
+                      f"messages of {sent} bits")  # fmt: skip
+    return Result("downlink bits counted", False, f"runs with no downlink of {DOWNLINKS}: {why}")
+
+
+def _downlink_short(msgs: list[Tensor], logged: Tensor) -> str:
+    """What one round's logged downlink bits (`logged` `[k]`, one entry per receiving client,
+    DESIGN §3) miss of its downlink messages (`msgs`: the bits `[r]` of each), "" when
+    nothing. A one-row message is a broadcast, which every receiving client gets: each entry
+    holds at least its b bits, b·k in all. A message of several rows goes row by row to
+    receivers: the log holds at least its bits. Several one-row messages in a round count as
+    the largest, since a method may ask its downlink for a size without sending (the
+    asynchronous methods' `model_bits`)."""
+    rows = sum(int(b.sum()) for b in msgs if b.numel() > 1)
+    b = max((int(b.sum()) for b in msgs if b.numel() == 1), default=0)
+    k, total = logged.numel(), int(logged.sum())
+    if rows + b > 0 and total <= 0:
+        return f"logged {total} downlink bits for messages of {rows + b} bits"
+    least = int(logged.min()) if k else 0
+    if b > 0 and least < b:
+        return (f"a receiving client logged {least} downlink bits for a broadcast of {b} bits "
+                f"({k} receivers: at least {b * k} in all, logged {total})")  # fmt: skip
+    if total < rows + b * k:
+        return f"logged {total} downlink bits for messages of {rows + b * k} bits to {k} receivers"
+    return ""
 
 
 def _checkpoint(job: gridlib.Job) -> Result:
@@ -199,7 +271,7 @@ def _reduces(name: str, other: str, params: Mapping[str, Any]) -> Result:
     a compressor with error feedback (the setting of tests/test_algorithms.py)."""
     shared = {k: v for k, v in ALGORITHMS[name].resolve({}).items()
               if k in ALGORITHMS[other].params}  # fmt: skip
-    setting = {"batch_size": 4, "participation": 0.5}
+    setting: dict[str, Any] = {"batch_size": 4, "participation": 0.5}
     up, up_params = "topk", {"ratio": 0.3, "error_feedback": True}
     try:
         a = _run(_job(name, {**shared, **params}, up, up_params, **setting))

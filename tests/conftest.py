@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import string
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -157,3 +158,62 @@ def _empty_data_cache(
     """Tests never read the user's dataset cache (`fedbench data fetch`): an empty one."""
     monkeypatch.setenv("FEDBENCH_DATA", str(tmp_path_factory.getbasetemp() / "no-data-cache"))
     monkeypatch.delenv("FEDBENCH_DATA_MIRROR", raising=False)
+
+
+# A plugin module written against fedbench.api only (the public names): FedAvg whose server
+# step is scaled by a parameter, and a scaled-sign compressor ($-fields: `plugin_source`).
+_PLUGIN = '''
+"""$doc"""
+from typing import Any, NamedTuple
+
+from fedbench.api import (
+    ALGORITHMS, COMPRESSORS, FLOAT_BITS, LOCAL_PARAMS, Algorithm, Component, Compressed,
+    Compressor, Param, broadcast, broadcast_init, cohort_log, constant_bits, local_sgd,
+    no_state, sample_cohort, update_compressor,
+)
+
+
+class State(NamedTuple):
+    x: Any  # [d]
+    down: Any
+    up: Any
+
+
+def $method(lr: float, local_steps: int, $param: float) -> Algorithm:
+    def init(x0, env, rng):
+        up = update_compressor(env).init(env.n, env.d, env.device)
+        return State(x0, broadcast_init(env, x0), up)
+
+    def round(s, env, rng):
+        ids = sample_cohort(env, rng)  # [m]
+        down, bits_down = broadcast(env, s.x, s.down, rng("downlink"))
+        y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng("batches"))  # [m, d]
+        msg, up = update_compressor(env).compress(y - down.x_hat, ids, s.up, rng("uplink"))
+        x = s.x + $param * msg.value.mean(0)
+        return State(x, down, up), cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
+
+    return Algorithm(init, round, lambda s: s.x)
+
+
+def scaled_sign(d: int, values_only: bool = False) -> Compressor:
+    def compress(x, ids, state, gen):
+        scale = x.abs().mean(1, keepdim=True)  # [m, 1]
+        bits = constant_bits(x.shape[0], FLOAT_BITS + d, x.device)  # scale + one bit each
+        return Compressed(scale * x.sign(), bits), state
+
+    return Compressor("scaled_sign", no_state, compress, "biased", 0.0)
+
+
+ALGORITHMS.add(Component("$method", $method,
+    {**LOCAL_PARAMS, "$param": Param($value, "server step", low=0.0, low_open=True)},
+    "FedAvg with a $param server step"))
+COMPRESSORS.add(Component("scaled_sign", scaled_sign, {}, "sign times mean |x|", kind="biased"))
+'''
+
+
+def plugin_source(method: str, param: str, value: float, doc: str) -> str:
+    """The text of a plugin module registering the algorithm `method` (FedAvg with its server
+    step scaled by the parameter `param`, default `value`: a new value is an edit of the
+    plugin) and the compressor `scaled_sign`, with the module docstring `doc`."""
+    fields = {"method": method, "param": param, "value": repr(value), "doc": doc}
+    return string.Template(_PLUGIN).substitute(fields)

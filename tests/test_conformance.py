@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedbench import conformance, plugins
 from fedbench.algorithms import ALGORITHMS
@@ -56,6 +57,13 @@ BROKEN = {
         "",
         "deterministic per seed",
     ),
+    # the broadcast counted once for the whole cohort, not per receiving client
+    "down_once": (
+        "x = s.x + msg.value.mean(0)\n        bd = bd // ids.numel()",
+        "",
+        "downlink bits counted",
+    ),
+    "down_uncounted": ("x = s.x + msg.value.mean(0)\n        bd = 0", "", "downlink bits counted"),
     "false_case": (
         "x = s.x + 0.9 * msg.value.mean(0)",
         ', extra={"reduces_to": ("fedavg", {})}',
@@ -100,3 +108,29 @@ def test_a_broken_plugin_fails_on_the_property_it_breaks(tmp_path: Path, case: s
     assert names[:1] == [failing], [r.line() for r in results]
     assert set(names) <= {failing, "checkpoint round trip"}
     assert failed[0].line().startswith(f"FAIL {failing}")
+    if failing == "downlink bits counted":  # run with a compressed downlink, caught at once
+        assert failed[0].detail.startswith("topk downlink, round 1: "), failed[0].line()
+
+
+def _bits(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+@pytest.mark.parametrize(
+    ("msgs", "logged", "short"),
+    [
+        ([_bits(100)], _bits(100, 100, 100), False),  # a broadcast to 3 receivers
+        ([_bits(100)], _bits(100, 100, 99), True),  # one receiver short
+        ([_bits(100)], _bits(300), False),  # one entry: one receiver
+        ([_bits(100)], _bits(), True),  # a broadcast nobody is logged to have got
+        ([_bits(0)], _bits(), False),  # nothing that costs bits
+        ([], _bits(0, 0), False),  # nothing down (gossip)
+        ([_bits(100), _bits(100)], _bits(100, 100), False),  # a size query and the message
+        ([_bits(50, 70)], _bits(50, 70), False),  # a row per receiver (paths)
+        ([_bits(50, 70)], _bits(50, 50), True),
+        ([_bits(50, 70), _bits(10)], _bits(60, 70), True),  # rows and a broadcast to 2
+        ([_bits(50, 70), _bits(10)], _bits(60, 80), False),
+    ],
+)
+def test_downlink_relation(msgs: list[torch.Tensor], logged: torch.Tensor, short: bool) -> None:
+    assert bool(conformance._downlink_short(msgs, logged)) == short

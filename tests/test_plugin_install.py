@@ -22,6 +22,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import plugin_source
 from typer.testing import CliRunner
 
 from fedbench import plugins
@@ -29,53 +30,7 @@ from fedbench.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PLUGIN = '''
-"""Half-step FedAvg and a scaled-sign compressor (an outside plugin)."""
-from typing import Any, NamedTuple
-
-from fedbench.api import (
-    ALGORITHMS, COMPRESSORS, FLOAT_BITS, LOCAL_PARAMS, Algorithm, Component, Compressed,
-    Compressor, Param, broadcast, broadcast_init, cohort_log, constant_bits, local_sgd,
-    no_state, sample_cohort, update_compressor,
-)
-
-
-class State(NamedTuple):
-    x: Any  # [d]
-    down: Any
-    up: Any
-
-
-def half_avg(lr: float, local_steps: int, step: float) -> Algorithm:
-    def init(x0, env, rng):
-        up = update_compressor(env).init(env.n, env.d, env.device)
-        return State(x0, broadcast_init(env, x0), up)
-
-    def round(s, env, rng):
-        ids = sample_cohort(env, rng)  # [m]
-        down, bits_down = broadcast(env, s.x, s.down, rng("downlink"))
-        y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng("batches"))  # [m, d]
-        msg, up = update_compressor(env).compress(y - down.x_hat, ids, s.up, rng("uplink"))
-        x = s.x + step * msg.value.mean(0)
-        return State(x, down, up), cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
-
-    return Algorithm(init, round, lambda s: s.x)
-
-
-def scaled_sign(d: int, values_only: bool = False) -> Compressor:
-    def compress(x, ids, state, gen):
-        scale = x.abs().mean(1, keepdim=True)  # [m, 1]
-        bits = constant_bits(x.shape[0], FLOAT_BITS + d, x.device)  # scale + one bit each
-        return Compressed(scale * x.sign(), bits), state
-
-    return Compressor("scaled_sign", no_state, compress, "biased", 0.0)
-
-
-ALGORITHMS.add(Component("half_avg", half_avg,
-    {**LOCAL_PARAMS, "step": Param(STEP, "server step", low=0.0, low_open=True)},
-    "FedAvg with a half server step"))
-COMPRESSORS.add(Component("scaled_sign", scaled_sign, {}, "sign times mean |x|", kind="biased"))
-'''
+DOC = "Half-step FedAvg and a scaled-sign compressor (an outside plugin)."
 
 GRID = """
 [experiment]
@@ -97,7 +52,7 @@ clients = 4
 
 def write_project(where: Path, step: float = 0.5) -> None:
     (where / "methods").mkdir(parents=True, exist_ok=True)
-    (where / "methods" / "outside.py").write_text(PLUGIN.replace("STEP", repr(step)))
+    (where / "methods" / "outside.py").write_text(plugin_source("half_avg", "step", step, DOC))
     (where / "grid.toml").write_text(GRID)
 
 

@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import plugin_source
 
 from fedbench import grid as gridlib
 from fedbench import plugins
@@ -20,58 +20,12 @@ from fedbench.compressors import COMPRESSORS
 ROOT = Path(__file__).resolve().parent.parent
 
 # A method and a compressor written against fedbench.api only (the public names).
-PLUGIN = '''
-"""Damped FedAvg and a scaled-sign compressor: a test plugin."""
-from typing import Any, NamedTuple
-
-import torch
-from torch import Tensor
-
-from fedbench.api import (
-    ALGORITHMS, COMPRESSORS, FLOAT_BITS, LOCAL_PARAMS, Algorithm, Component, Compressed,
-    Compressor, Param, broadcast, broadcast_init, cohort_log, constant_bits, local_sgd,
-    no_state, sample_cohort, update_compressor,
-)
-
-DAMPING = {damping}
+DOC = "Damped FedAvg and a scaled-sign compressor: a test plugin."
 
 
-class State(NamedTuple):
-    x: Tensor  # [d]
-    down: Any
-    up: Any
+def plugin(damping: float = 0.5) -> str:
+    return plugin_source("damped_avg", "damping", damping, DOC)
 
-
-def damped_avg(lr: float, local_steps: int, damping: float) -> Algorithm:
-    def init(x0, env, rng):
-        up = update_compressor(env).init(env.n, env.d, env.device)
-        return State(x0, broadcast_init(env, x0), up)
-
-    def round(s, env, rng):
-        ids = sample_cohort(env, rng)
-        down, bits_down = broadcast(env, s.x, s.down, rng("downlink"))
-        y, loss = local_sgd(env, down.x_hat, ids, local_steps, lr, rng("batches"))
-        msg, up = update_compressor(env).compress(y - down.x_hat, ids, s.up, rng("uplink"))
-        x = s.x + damping * msg.value.mean(0)
-        return State(x, down, up), cohort_log(env, msg.bits, ids.numel(), bits_down, loss)
-
-    return Algorithm(init, round, lambda s: s.x)
-
-
-def scaled_sign(d: int, values_only: bool = False) -> Compressor:
-    def compress(x, ids, state, gen):
-        scale = x.abs().mean(1, keepdim=True)  # [m, 1]
-        bits = constant_bits(x.shape[0], FLOAT_BITS + d, x.device)  # scale + one bit each
-        return Compressed(scale * x.sign(), bits), state
-
-    return Compressor("scaled_sign", no_state, compress, "biased", 0.0)
-
-
-ALGORITHMS.add(Component("damped_avg", damped_avg,
-    {{**LOCAL_PARAMS, "damping": Param(DAMPING, "server step on the mean update", low=0.0)}},
-    "FedAvg with a damped server step"))
-COMPRESSORS.add(Component("scaled_sign", scaled_sign, {{}}, "sign times mean |x|", kind="biased"))
-'''
 
 GRID = """
 [experiment]
@@ -94,7 +48,7 @@ clients = 4
 def write_plugin(dir: Path, damping: float = 0.5) -> Path:
     path = dir / "methods" / "damped.py"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(PLUGIN.format(damping=damping))
+    path.write_text(plugin(damping))
     return path
 
 
@@ -261,7 +215,7 @@ def test_entry_point_modules_load_like_files(
     """An installed package's module (here: one on sys.path) loads by name."""
     pkg = tmp_path / "myplug_pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent(PLUGIN.format(damping=0.5)))
+    (pkg / "__init__.py").write_text(plugin())
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         p = plugins.load("myplug_pkg")
