@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import plugin_source
 from test_cli import assert_same_numbers, fail_in_round, invoke, run_metrics, runs, words, write
 from test_store import POSTGRES, fresh_postgres_database
 
-from fedbench import checkpoint
+from fedbench import checkpoint, plugins
 from fedbench import grid as gridlib
 
 GRID = """
@@ -71,19 +72,38 @@ def test_pool_of_workers_gives_the_in_process_numbers(tmp_path: Path) -> None:
         assert_same_numbers(run_metrics(pool, job.key), run_metrics(ref, job.key))
 
 
+def ray_grid(tmp_path: Path) -> Path:
+    """FedAvg with identity and top-k, and a plugin's method and compressor (a variant), 3
+    rounds: the plugin's file sits beside the grid, as a user's own method would."""
+    source = plugin_source("damped_avg", "damping", 0.5, "A test plugin run on Ray.")
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "damped.py").write_text(source)
+    text = GRID.format(rounds=3, ckpt=0, seeds=[0])
+    text = text.replace("[experiment]\n", '[experiment]\nplugins = ["methods/damped.py"]\n')
+    text = text.replace('"algorithm.name" = ["fedavg", "scaffold"]', "")
+    variant = '[[variant]]\n"algorithm.name" = "damped_avg"\n"compressor.name" = "scaled_sign"\n'
+    return write(tmp_path, text + variant)
+
+
 def test_ray_executor_gives_the_in_process_numbers(tmp_path: Path) -> None:
     """A local Ray started by fedbench runs each job as a task writing to the same SQLite file
-    (dev installs include Ray, so CI runs this)."""
+    (dev installs include Ray, so CI runs this); its workers import the grid's plugin before
+    building a job, so a user's own method runs there with the in-process numbers."""
     pytest.importorskip("ray")
-    grid_path = write(tmp_path, GRID.format(rounds=3, ckpt=0, seeds=[0]))
+    grid_path = ray_grid(tmp_path)
     ref, on_ray = tmp_path / "ref.db", tmp_path / "ray.db"
-    only = ("--only", "algorithm.name=fedavg")
-    assert invoke("run", grid_path, "--db", ref, *only).exit_code == 0
-    result = invoke("run", grid_path, "--db", on_ray, "--executor", "ray", *only)
-    assert result.exit_code == 0, result.output
-    assert "Ray (local)" in words(result.output)
-    jobs = gridlib.filter_jobs(gridlib.load(grid_path).jobs, ["algorithm.name=fedavg"])
-    assert set(runs(on_ray)["status"]) == {"done"} and len(jobs) == 2
+    try:
+        assert invoke("run", grid_path, "--db", ref).exit_code == 0
+        result = invoke("run", grid_path, "--db", on_ray, "--executor", "ray")
+        assert result.exit_code == 0, result.output
+        assert "Ray (local)" in words(result.output)
+        jobs = gridlib.load(grid_path).jobs
+    finally:
+        for p in plugins.loaded():
+            plugins._forget(p)
+    by = {(j.algorithm, j.compressor) for j in jobs}
+    assert by == {("fedavg", "identity"), ("fedavg", "topk"), ("damped_avg", "scaled_sign")}
+    assert set(runs(on_ray)["status"]) == {"done"} and len(runs(on_ray)["status"]) == 3
     for job in jobs:
         assert_same_numbers(run_metrics(on_ray, job.key), run_metrics(ref, job.key))
 
