@@ -35,6 +35,11 @@ def _params(params: Mapping[str, Param]) -> None:
         )
 
 
+def _downlink_tag(kinds: tuple[str, ...] | None) -> str:
+    """An algorithm's downlink restriction (`extra["downlink"]`), as validation applies it."""
+    return f"{' or '.join(kinds)} downlink only" if kinds else ""
+
+
 PluginOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -88,7 +93,10 @@ def _emit(
             out[title] = [
                 {"name": c.name, "summary": c.summary, "paper": c.paper, "kind": c.kind,
                  "requires": c.requires, "source": c.source or "built-in",
-                 "params": _param_json(c.params)}
+                 "params": _param_json(c.params),
+                 # algorithms: the downlink kinds admitted (validation refuses the others)
+                 **({"downlink": list(c.extra.get("downlink", ["any"]))}
+                    if reg.what == "algorithm" else {})}
                 for c in (reg[n] for n in reg)
             ]  # fmt: skip
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -100,11 +108,12 @@ def _emit(
         console.rule(f"[bold]{title}")
         for name in reg:
             c = reg[name]
-            tags = " ".join(
+            tags = ", ".join(
                 t
                 for t in (
                     c.kind,
                     f"needs {c.requires} compressor" if c.requires != "any" else "",
+                    _downlink_tag(c.extra.get("downlink")),
                     f"plugin {c.source}" if c.source else "",
                 )
                 if t
