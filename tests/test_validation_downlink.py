@@ -6,7 +6,9 @@ bits follow the configured compressor)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -146,3 +148,18 @@ def test_every_method_applies_a_configured_downlink_or_refuses_it(name: str) -> 
     assert any(b > 0 for b in dense), f"{name} sends nothing down: declare its downlink"
     for t, (b, c) in enumerate(zip(dense, squeezed, strict=True), 1):
         assert b == 0 or c < b, f"{name} round {t}: {c} bits with topk, {b} with identity"
+
+
+def test_a_declared_kind_may_be_one_string() -> None:
+    assert downlink_kinds(SimpleNamespace(extra={"downlink": "exact"})) == ("exact",)
+    assert downlink_kinds(SimpleNamespace(extra={})) is None
+
+
+def test_the_catalog_shows_the_restriction() -> None:
+    r = invoke("algorithms", "--format", "json")
+    assert r.exit_code == 0, r.output
+    listed = {a["name"]: a["downlink"] for a in json.loads(r.stdout)["algorithms"]}
+    assert listed["co2"] == ["exact"] and listed["fedavg"] == ["any"]
+    assert listed["ef21_bc"] == ["exact", "contractive"]
+    r = invoke("algorithms")
+    assert "exact downlink only" in " ".join(r.output.split())

@@ -17,7 +17,7 @@ from fedbench.commands.common import (
     emit_rows,
     one_line_errors,
 )
-from fedbench.params import Param, Registry
+from fedbench.params import Component, Param, Registry
 
 
 def _param_json(params: Mapping[str, Param]) -> dict[str, dict[str, object]]:
@@ -35,9 +35,19 @@ def _params(params: Mapping[str, Param]) -> None:
         )
 
 
-def _downlink_tag(kinds: tuple[str, ...] | None) -> str:
-    """An algorithm's downlink restriction (`extra["downlink"]`), as validation applies it."""
-    return f"{' or '.join(kinds)} downlink only" if kinds else ""
+def _downlink(c: Component) -> list[str]:
+    """The downlink kinds an algorithm admits (`extra["downlink"]`), as validation applies
+    them; ["any"] without a restriction."""
+    if "downlink" not in c.extra:
+        return ["any"]
+    from fedbench.grid.resolution import downlink_kinds
+
+    return list(downlink_kinds(c) or ["any"])
+
+
+def _downlink_tag(c: Component) -> str:
+    kinds = _downlink(c)
+    return "" if kinds == ["any"] else f"{' or '.join(kinds)} downlink only"
 
 
 PluginOption = Annotated[
@@ -95,8 +105,7 @@ def _emit(
                  "requires": c.requires, "source": c.source or "built-in",
                  "params": _param_json(c.params),
                  # algorithms: the downlink kinds admitted (validation refuses the others)
-                 **({"downlink": list(c.extra.get("downlink", ["any"]))}
-                    if reg.what == "algorithm" else {})}
+                 **({"downlink": _downlink(c)} if reg.what == "algorithm" else {})}
                 for c in (reg[n] for n in reg)
             ]  # fmt: skip
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -113,7 +122,7 @@ def _emit(
                 for t in (
                     c.kind,
                     f"needs {c.requires} compressor" if c.requires != "any" else "",
-                    _downlink_tag(c.extra.get("downlink")),
+                    _downlink_tag(c),
                     f"plugin {c.source}" if c.source else "",
                 )
                 if t

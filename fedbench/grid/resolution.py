@@ -147,12 +147,15 @@ def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]
 
 
 def downlink_kinds(alg: Any) -> tuple[str, ...] | None:
-    """The kinds of downlink compressor a method admits (`extra["downlink"]`), None for any.
-    Methods whose downlink is their own declare it (issue: a configured downlink they never
-    apply would label their results with it): the exact model only ("exact",), as
-    asynchronous, gossip and all-reduce methods, or a kind their paper analyses."""
+    """The kinds of downlink compressor a method admits (`extra["downlink"]`: a kind or a
+    tuple of kinds), None for any. Methods whose downlink is their own declare ("exact",), so
+    that a configured downlink they would never apply is refused instead of labelling their
+    results (asynchronous, gossip, all-reduce methods); others the kinds their paper
+    analyses (EF21-BC: a contractive C_M)."""
     kinds = alg.extra.get("downlink")
-    return tuple(kinds) if kinds is not None else None
+    if kinds is None:
+        return None
+    return (kinds,) if isinstance(kinds, str) else tuple(kinds)
 
 
 def downlink_check(alg: Any, down: Mapping[str, Any]) -> list[str]:
