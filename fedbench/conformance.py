@@ -7,11 +7,12 @@ An algorithm: deterministic per seed; its training loss decreases on a small con
 admits; every uplink message is counted (the logged uplink bits of a round are at least the
 bits of every message its uplink compressor produced, and more than 0 when it produced
 any); every downlink message is counted, with a compressed downlink where the method admits
-one (`DOWNLINKS`): `bits_down` holds what each receiving client got (DESIGN §3), so every
-receiving client's entry is at least the bits of the round's broadcast (a one-row message:
-b bits to k clients cost at least b·k), a message of a row per receiver (DiPaCo's paths) is
-in the log at least once, and a round whose messages cost bits logs more than 0; a method
-that sends nothing through its downlink compressor (gossip) has nothing to miss; its state
+one (`DOWNLINKS`, of the kinds its `extra["downlink"]` declares): `bits_down` holds what each
+receiving client got (DESIGN §3), so every receiving client's entry is at least the bits of
+the round's broadcast (a one-row message: b bits to k clients cost at least b·k), a message
+of a row per receiver (DiPaCo's paths) is in the log at least once, and a round whose
+messages cost bits logs more than 0; a method that sends nothing through its downlink
+compressor (gossip, or a downlink of its own, declared exact) has nothing to miss; its state
 survives a checkpoint round trip (fedbench.checkpoint); the special cases it
 declares in `extra["reduces_to"] = (other, params)` hold bit for bit. A compressor:
 deterministic per generator seed, exact-sized bits `[m]` > 0, the value's shape, its kind's
@@ -34,6 +35,7 @@ from fedbench import checkpoint, runner
 from fedbench import grid as gridlib
 from fedbench.algorithms import ALGORITHMS
 from fedbench.compressors import COMPRESSORS, Compressor, compressor_kind
+from fedbench.grid.resolution import downlink_kinds
 from fedbench.seeding import RoundRng, generator
 
 ROUNDS = 6
@@ -46,8 +48,9 @@ TASKS: tuple[dict[str, Any], ...] = (
 )
 # full local batches first (no sampling noise), then minibatches for methods that draw them
 BATCHES: tuple[int | str, ...] = ("full", 8)
-# the downlink of the downlink-bits check, the first the method admits: compressed ones first
-# (a method may refuse a kind, as EF21-BC an unbiased and asynchronous methods any but exact)
+# the downlink of the downlink-bits check, the first whose kind the method admits
+# (`extra["downlink"]`: EF21-BC a contractive one, asynchronous and gossip methods the exact
+# model only): compressed ones first
 DOWNLINKS: tuple[str, ...] = ("topk", "randk", "identity")
 
 
@@ -176,31 +179,30 @@ def _bits(job: gridlib.Job) -> Result:
 
 def _downlink_bits(name: str) -> Result:
     """Logged downlink bits cover the downlink messages (`_downlink_short`), run with the
-    first of `DOWNLINKS` the method admits (builds and runs six rounds with)."""
-    refused: list[str] = []
-    why = ""
-    for down in DOWNLINKS:
-        try:
-            rounds = _counted_rounds(_job(name, {}, down=down), "downlink")
-        except Exception as e:  # the method refuses this downlink (or fails with any)
-            refused.append(down)
-            why = _why(e)
-            continue
-        for t, (log, msgs) in enumerate(rounds, 1):
-            short = _downlink_short(msgs, log.bits_down.to("cpu", torch.int64).reshape(-1))
-            if short:
-                return Result("downlink bits counted", False, f"{down} downlink, round {t}: "
-                              + short)  # fmt: skip
-        refusing = f" (refuses {', '.join(refused)})" if refused else ""
-        if not any(msgs for _, msgs in rounds):  # gossip, or a method sending its model dense
-            return Result("downlink bits counted", True, f"{down} downlink{refusing}: no "
-                          "messages through the downlink compressor")  # fmt: skip
-        log, msgs = rounds[-1]
-        sent, k = sum(int(b.sum()) for b in msgs), log.bits_down.numel()
-        return Result("downlink bits counted", True, f"{down} downlink{refusing}: round "
-                      f"{ROUNDS} logs {int(log.bits_down.sum())} bits for {k} receivers of "
-                      f"messages of {sent} bits")  # fmt: skip
-    return Result("downlink bits counted", False, f"runs with no downlink of {DOWNLINKS}: {why}")
+    first of `DOWNLINKS` the method admits (`downlink_kinds`)."""
+    kinds = downlink_kinds(ALGORITHMS[name])
+    fits = [d for d in DOWNLINKS if kinds is None or compressor_kind(d, {}) in kinds]
+    if not fits:
+        return Result("downlink bits counted", False, f"admits no downlink of {DOWNLINKS}")
+    down = fits[0]
+    try:
+        rounds = _counted_rounds(_job(name, {}, down=down), "downlink")
+    except Exception as e:
+        return Result("downlink bits counted", False, f"{down} downlink: {_why(e)}")
+    for t, (log, msgs) in enumerate(rounds, 1):
+        short = _downlink_short(msgs, log.bits_down.to("cpu", torch.int64).reshape(-1))
+        if short:
+            return Result("downlink bits counted", False, f"{down} downlink, round {t}: "
+                          + short)  # fmt: skip
+    admits = f" (admits {'/'.join(kinds)} only)" if kinds is not None else ""
+    if not any(msgs for _, msgs in rounds):  # gossip, or a method sending its model dense
+        return Result("downlink bits counted", True, f"{down} downlink{admits}: no "
+                      "messages through the downlink compressor")  # fmt: skip
+    log, msgs = rounds[-1]
+    sent, k = sum(int(b.sum()) for b in msgs), log.bits_down.numel()
+    return Result("downlink bits counted", True, f"{down} downlink{admits}: round "
+                  f"{ROUNDS} logs {int(log.bits_down.sum())} bits for {k} receivers of "
+                  f"messages of {sent} bits")  # fmt: skip
 
 
 def _downlink_short(msgs: list[Tensor], logged: Tensor) -> str:

@@ -149,10 +149,9 @@ def dispatch(
 
 
 def model_bits(env: Env) -> int:
-    """Bits of one dense model message down (the downlink compressor must be exact: an
-    asynchronous client receives the current model, not a tracked difference)."""
-    if env.downlink.kind != "exact":
-        raise ValueError("[downlink] name: asynchronous methods need an exact downlink")
+    """Bits of one dense model message down (the downlink compressor is exact: an
+    asynchronous client receives the current model, not a tracked difference; the methods
+    declare `extra["downlink"] = ("exact",)`, so validation refuses any other)."""
     x = torch.zeros(1, env.d, device=env.device)
     state = env.downlink.init(1, env.d, env.device)
     gen = torch.Generator(device=env.device)  # an exact compressor draws nothing

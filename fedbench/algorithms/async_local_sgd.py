@@ -145,6 +145,11 @@ def _build(delayed_nesterov: bool, **kw: Any) -> Algorithm:
     return async_local_sgd(delayed_nesterov_=delayed_nesterov, **kw)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "starts each worker from the exact current model (asynchronous: no model all workers track)"
+)
+
 ALGORITHMS.add(
     Component(
         "async_local_sgd",
@@ -163,6 +168,11 @@ ALGORITHMS.add(
         "workers of different speeds update the server on arrival (simulated time); DN, DyLU",
         paper="Liu et al. 2024 (arXiv 2401.09135)",
         requires="exact",
-        extra={"error_feedback": False, "availability": False},  # draws its own clients
+        extra={
+            "error_feedback": False,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },  # draws its own clients
     )
 )

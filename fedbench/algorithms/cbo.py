@@ -106,6 +106,9 @@ def cbo(
     return Algorithm(init, round, lambda s: s.v)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = "broadcasts the exact consensus point the particles step toward"
+
 ALGORITHMS.add(
     Component(
         "cbo",
@@ -121,6 +124,11 @@ ALGORITHMS.add(
         "consensus-based optimisation: per-client particle swarms drift to a weighted consensus",
         paper="Riedl, Klock, Geldhauser, Fornasier 2023 (arXiv 2306.09778)",
         requires="exact",
-        extra={"error_feedback": False, "local": False},
+        extra={
+            "error_feedback": False,
+            "local": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
     )
 )

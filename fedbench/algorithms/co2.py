@@ -108,6 +108,12 @@ def co2(
     return Algorithm(init, round, lambda s: s.theta)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "all-reduces the pseudo-gradients: each worker gets back what it sent through the uplink "
+    "compressor (its paper's protocol)"
+)
+
 ALGORITHMS.add(
     Component(
         "co2",
@@ -127,5 +133,6 @@ ALGORITHMS.add(
         },
         "local SGD; outer momentum on the one-round-stale all-reduced pseudo-gradient (overlap)",
         paper="Sun et al., ICLR 2024 (arXiv 2401.16265)",
+        extra={"downlink": ("exact",), "downlink_why": DOWNLINK_WHY},
     )
 )

@@ -82,6 +82,9 @@ def d_sgd(lr: float, local_steps: int, topology: str, degree: int) -> Algorithm:
     return Algorithm(init, round, lambda s: s.x_i.mean(0), metrics)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = "has no server to send down: clients gossip exact models with their neighbours"
+
 ALGORITHMS.add(
     Component(
         "d_sgd",
@@ -97,6 +100,12 @@ ALGORITHMS.add(
         "decentralised SGD: τ local steps on own model x_i, then one gossip step X ← W X",
         paper="Koloskova, Loizou, Boreiri, Jaggi, Stich, ICML 2020 (arXiv 2003.02818)",
         requires="exact",
-        extra={"error_feedback": False, "local": True, "availability": False},
+        extra={
+            "error_feedback": False,
+            "local": True,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
     )
 )

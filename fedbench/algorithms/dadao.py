@@ -270,6 +270,9 @@ def requirements(cfg: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return problems
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = "has no server to send down: clients gossip exact models with their neighbours"
+
 ALGORITHMS.add(
     Component(
         "dadao",
@@ -303,7 +306,13 @@ ALGORITHMS.add(
         "decentralised asynchronous accelerated: Poisson clocks for gradients and for gossip",
         paper="Nabli, Oyallon, ICML 2023 (arXiv 2208.00779)",
         requires="exact",
-        extra={"error_feedback": False, "local": False, "availability": False},
+        extra={
+            "error_feedback": False,
+            "local": False,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
         check=requirements,
     )
 )

@@ -75,6 +75,9 @@ def dfedsam(
     return Algorithm(init, round, lambda s: s.x_i.mean(0), metrics)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = "has no server to send down: clients gossip exact models with their neighbours"
+
 ALGORITHMS.add(
     Component(
         "dfedsam",
@@ -89,6 +92,11 @@ ALGORITHMS.add(
         "decentralised: local SAM steps on own model x_i, then Q gossip steps x ← W x",
         paper="Shi et al., ICML 2023 (arXiv 2302.04083)",
         requires="exact",
-        extra={"error_feedback": False, "availability": False},  # draws its own clients
+        extra={
+            "error_feedback": False,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },  # draws its own clients
     )
 )

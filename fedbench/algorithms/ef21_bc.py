@@ -48,8 +48,6 @@ class EF21BCState(NamedTuple):
 
 def ef21_bc(lr: float | str) -> Algorithm:
     def init(x0: Tensor, env: Env, rng: RoundRng) -> EF21BCState:
-        if env.downlink.kind == "unbiased":
-            raise ValueError("ef21_bc needs a contractive (or identity) downlink compressor")
         g_i, _ = dense_start(env, x0, rng(seeding.ALGORITHM))
         g = g_i.mean(0)
         up = env.uplink.init(env.n, env.d, env.device)
@@ -87,6 +85,11 @@ ALGORITHMS.add(
         "EF21 both ways: clients send C(∇f_i − g_i), the server broadcasts C_M(g − b)",
         paper="Fatkhullin, Sokolov, Gorbunov, Li, Richtárik 2021 (arXiv 2110.03294)",
         requires="contractive",
-        extra={"error_feedback": False, "local": False},
+        extra={
+            "error_feedback": False,
+            "local": False,
+            "downlink": ("exact", "contractive"),  # C_M: EF21 on the downlink
+            "downlink_why": "runs EF21 on the downlink: it needs a contractive C_M there",
+        },
     )
 )

@@ -124,6 +124,11 @@ def fedasync(
     return Algorithm(init, round, lambda s: s.x)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "starts each client from the exact current model (asynchronous: no model all clients track)"
+)
+
 ALGORITHMS.add(
     Component(
         "fedasync",
@@ -139,6 +144,6 @@ ALGORITHMS.add(
         },
         "asynchronous clients on the simulated clock; x ← (1 − α_t)x + α_t y on each arrival",
         paper="Xie, Koyejo, Gupta 2019 (arXiv 1903.03934)",
-        extra={"own_cohort": True},
+        extra={"own_cohort": True, "downlink": ("exact",), "downlink_why": DOWNLINK_WHY},
     )
 )

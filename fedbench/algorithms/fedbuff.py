@@ -137,6 +137,11 @@ def fedbuff(
     return Algorithm(init, round, lambda s: s.x)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "starts each client from the exact current model (asynchronous: no model all clients track)"
+)
+
 ALGORITHMS.add(
     Component(
         "fedbuff",
@@ -155,6 +160,6 @@ ALGORITHMS.add(
         },
         "asynchronous clients on the simulated clock; server step after K buffered updates",
         paper="Nguyen et al., AISTATS 2022 (arXiv 2106.06639)",
-        extra={"own_cohort": True},
+        extra={"own_cohort": True, "downlink": ("exact",), "downlink_why": DOWNLINK_WHY},
     )
 )

@@ -118,6 +118,11 @@ def fedfix(lr: float, local_steps: int, concurrency: int, slot_s: float, weights
     return Algorithm(init, round, lambda s: s.x)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "starts each client from the exact current model (asynchronous: no model all clients track)"
+)
+
 ALGORITHMS.add(
     Component(
         "fedfix",
@@ -134,6 +139,6 @@ ALGORITHMS.add(
         },
         "asynchronous clients; the server aggregates what arrived at fixed time slots",
         paper="Fraboni et al., JMLR 2023 (arXiv 2206.10189)",
-        extra={"own_cohort": True},
+        extra={"own_cohort": True, "downlink": ("exact",), "downlink_why": DOWNLINK_WHY},
     )
 )

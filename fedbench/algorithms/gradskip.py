@@ -101,6 +101,9 @@ def gradskip(lr: float | str, p: float, q: float) -> Algorithm:
     return Algorithm(init, round, lambda s: s.x_i.mean(0))
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = "averages the exact models at each communication (ProxSkip's protocol)"
+
 ALGORITHMS.add(
     Component(
         "gradskip",
@@ -125,6 +128,12 @@ ALGORITHMS.add(
         "ProxSkip/Scaffnew local training where clients skip gradient steps with prob. 1 − q",
         paper="Maranjyan, Safaryan, Richtárik, arXiv 2210.16402",
         requires="exact",
-        extra={"error_feedback": False, "local": True, "availability": False},
+        extra={
+            "error_feedback": False,
+            "local": True,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
     )
 )

@@ -86,6 +86,11 @@ def noloco(
     return Algorithm(init, round, lambda s: s.phi.mean(0))
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "has no server: workers exchange exact models with random partners (its paper's protocol)"
+)
+
 ALGORITHMS.add(
     Component(
         "noloco",
@@ -102,7 +107,12 @@ ALGORITHMS.add(
         "no all-reduce: random groups of G average outer weights and pseudo-gradients",
         paper="Kolehmainen et al. 2025 (arXiv 2506.10911)",
         requires="exact",
-        extra={"error_feedback": False, "availability": False},  # draws its own clients
+        extra={
+            "error_feedback": False,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },  # draws its own clients
         check=lambda cfg: (
             []
             if cfg["task"]["clients"] % cfg["algorithm"]["group_size"] == 0

@@ -86,6 +86,12 @@ def onebit_adam(
     return Algorithm(init, round, lambda s: s.x)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "compresses its own downlink: the server's sign-compressed momentum with error feedback, "
+    "built in (its paper's protocol)"
+)
+
 ALGORITHMS.add(
     Component(
         "onebit_adam",
@@ -101,6 +107,11 @@ ALGORITHMS.add(
         "Adam warm-up, then frozen variance and sign-compressed momentum with 2-sided EF",
         paper="Tang et al., ICML 2021 (arXiv 2102.02888)",
         requires="exact",
-        extra={"error_feedback": False, "local": False},
+        extra={
+            "error_feedback": False,
+            "local": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
     )
 )

@@ -74,6 +74,11 @@ def single_merge(
     return Algorithm(init, round, lambda s: s.x_i.mean(0), metrics)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "has no server to send down: clients gossip exact models and merge them by an exact all-reduce"
+)
+
 ALGORITHMS.add(
     Component(
         "single_merge",
@@ -96,6 +101,12 @@ ALGORITHMS.add(
         "decentralised local SGD, gossip only late, one global merge x_i ← x̄ at round T",
         paper="Zhu et al., ICLR 2026 (arXiv 2507.06542)",
         requires="exact",
-        extra={"error_feedback": False, "local": True, "availability": False},
+        extra={
+            "error_feedback": False,
+            "local": True,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
     )
 )

@@ -166,6 +166,12 @@ def _build(fragments: int, overlap: int, **kw: Any) -> Algorithm:
     return streaming_diloco(fragments_p=fragments, overlap=overlap, **kw)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "compresses its own downlink: the all-reduce's second half in `precision` (its paper's "
+    "protocol)"
+)
+
 ALGORITHMS.add(
     Component(
         "streaming_diloco",
@@ -187,6 +193,11 @@ ALGORITHMS.add(
         "DiLoCo syncing P fragments in turn, overlapped by τ steps, in fp4/int4/int8/bf16/fp32",
         paper="Douillard et al. 2025 (arXiv 2501.18512)",
         requires="exact",
-        extra={"error_feedback": False, "availability": False},  # draws its own clients
+        extra={
+            "error_feedback": False,
+            "availability": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },  # draws its own clients
     )
 )

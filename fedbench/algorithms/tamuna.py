@@ -104,6 +104,9 @@ def tamuna(lr: float, local_steps: int, s: int, eta: float | str) -> Algorithm:
     return Algorithm(init, round, lambda s_: s_.x_bar)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = "sends the exact x̄ down (its paper compresses the uplink only)"
+
 ALGORITHMS.add(
     Component(
         "tamuna",
@@ -126,6 +129,11 @@ ALGORITHMS.add(
         "local steps with control variates, each coordinate uploaded by s cohort clients",
         paper="Condat, Agarský, Malinovsky, Richtárik, 2023 (arXiv 2302.09832)",
         requires="exact",
-        extra={"error_feedback": False, "local": True},
+        extra={
+            "error_feedback": False,
+            "local": True,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
     )
 )

@@ -109,6 +109,12 @@ def zo_spsa(lr: float, eps: float, samples: int) -> Algorithm:
     return Algorithm(init, round, lambda s: s.x)
 
 
+# the downlink is its own: a configured compressor would never be applied
+DOWNLINK_WHY = (
+    "sends the clients' bytes down, not a model: each replica rebuilds the step from the "
+    "shared seed (its paper's protocol)"
+)
+
 ALGORITHMS.add(
     Component(
         "zo_spsa",
@@ -121,6 +127,11 @@ ALGORITHMS.add(
         "zeroth order: one byte per shared-seed perturbation (two forward passes each)",
         paper="Zelikman et al. 2023 (arXiv 2306.10015)",
         requires="exact",
-        extra={"error_feedback": False, "local": False},
+        extra={
+            "error_feedback": False,
+            "local": False,
+            "downlink": ("exact",),
+            "downlink_why": DOWNLINK_WHY,
+        },
     )
 )

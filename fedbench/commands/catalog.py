@@ -17,7 +17,7 @@ from fedbench.commands.common import (
     emit_rows,
     one_line_errors,
 )
-from fedbench.params import Param, Registry
+from fedbench.params import Component, Param, Registry
 
 
 def _param_json(params: Mapping[str, Param]) -> dict[str, dict[str, object]]:
@@ -33,6 +33,21 @@ def _params(params: Mapping[str, Param]) -> None:
             f"{escape(p.allowed())}[/dim]",
             highlight=False,
         )
+
+
+def _downlink(c: Component) -> list[str]:
+    """The downlink kinds an algorithm admits (`extra["downlink"]`), as validation applies
+    them; ["any"] without a restriction."""
+    if "downlink" not in c.extra:
+        return ["any"]
+    from fedbench.grid.resolution import downlink_kinds
+
+    return list(downlink_kinds(c) or ["any"])
+
+
+def _downlink_tag(c: Component) -> str:
+    kinds = _downlink(c)
+    return "" if kinds == ["any"] else f"{' or '.join(kinds)} downlink only"
 
 
 PluginOption = Annotated[
@@ -88,7 +103,9 @@ def _emit(
             out[title] = [
                 {"name": c.name, "summary": c.summary, "paper": c.paper, "kind": c.kind,
                  "requires": c.requires, "source": c.source or "built-in",
-                 "params": _param_json(c.params)}
+                 "params": _param_json(c.params),
+                 # algorithms: the downlink kinds admitted (validation refuses the others)
+                 **({"downlink": _downlink(c)} if reg.what == "algorithm" else {})}
                 for c in (reg[n] for n in reg)
             ]  # fmt: skip
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -100,11 +117,12 @@ def _emit(
         console.rule(f"[bold]{title}")
         for name in reg:
             c = reg[name]
-            tags = " ".join(
+            tags = ", ".join(
                 t
                 for t in (
                     c.kind,
                     f"needs {c.requires} compressor" if c.requires != "any" else "",
+                    _downlink_tag(c),
                     f"plugin {c.source}" if c.source else "",
                 )
                 if t

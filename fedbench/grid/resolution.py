@@ -146,6 +146,38 @@ def _system_checks(alg: Any, cfg: dict[str, dict[str, Any]], problems: list[str]
         )
 
 
+def downlink_kinds(alg: Any) -> tuple[str, ...] | None:
+    """The kinds of downlink compressor a method admits (`extra["downlink"]`: a kind or a
+    tuple of kinds), None for any. Methods whose downlink is their own declare ("exact",), so
+    that a configured downlink they would never apply is refused instead of labelling their
+    results (asynchronous, gossip, all-reduce methods); others the kinds their paper
+    analyses (EF21-BC: a contractive C_M)."""
+    kinds = alg.extra.get("downlink")
+    if kinds is None:
+        return None
+    return (kinds,) if isinstance(kinds, str) else tuple(kinds)
+
+
+def downlink_check(alg: Any, down: Mapping[str, Any]) -> list[str]:
+    """The configured downlink (`down`: the resolved [downlink] section) against what the
+    method admits: one line naming the compressors it does, with the method's reason
+    (`extra["downlink_why"]`), or nothing."""
+    kinds = downlink_kinds(alg)
+    if kinds is None or down["name"] not in COMPRESSORS:
+        return []
+    kind = compressor_kind(down["name"], down)
+    if kind in kinds:
+        return []
+    fitting = [c for c in COMPRESSORS if COMPRESSORS[c].kind in kinds]
+    why = alg.extra.get("downlink_why", f"needs a {' or '.join(kinds)} downlink compressor")
+    is_kind = "" if kinds == ("exact",) else f"; {down['name']} is {kind}"
+    hint = " (or randk with unbiased = false)" if "contractive" in kinds else ""
+    return [
+        f"downlink.name = {_show(down['name'])}: {alg.name} {why}{is_kind}; "
+        f"allowed: {', '.join(fitting)}{hint}"
+    ]
+
+
 def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[str]) -> None:
     """Checks across fields, skipped where a field involved was itself refused."""
     alg = ALGORITHMS.get(cfg["algorithm"]["name"])
@@ -159,6 +191,8 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
                 f"compressor.name = {_show(up['name'])}: {alg.name} needs a {alg.requires} "
                 f"compressor and {up['name']} is {kind}; allowed: {', '.join(fitting)}{hint}"
             )
+    if alg is not None and not any(b.startswith("downlink.") for b in bad):
+        problems.extend(downlink_check(alg, cfg["downlink"]))
     task = cfg["task"]
     ds = DATASETS.get(dataset_name(task["dataset"]))
     if ds is not None and "task.partition" not in bad:
