@@ -196,6 +196,12 @@ def _downlink_bits(name: str) -> Result:
                           + short)  # fmt: skip
     admits = f" (admits {'/'.join(kinds)} only)" if kinds is not None else ""
     if not any(msgs for _, msgs in rounds):  # gossip, or a method sending its model dense
+        logged = sum(int(log.bits_down.sum()) for log, _ in rounds)
+        if compressor_kind(down, {}) != "exact" and logged > 0:  # a silently ignored [downlink]
+            return Result("downlink bits counted", False, f"a {down} downlink was admitted but "
+                          f"nothing went through it while {logged} downlink bits were logged: "
+                          "a method that sends its model its own way declares extra["
+                          '"downlink"] = "exact" (and "downlink_why")')  # fmt: skip
         return Result("downlink bits counted", True, f"{down} downlink{admits}: no "
                       "messages through the downlink compressor")  # fmt: skip
     log, msgs = rounds[-1]

@@ -112,6 +112,34 @@ def test_a_broken_plugin_fails_on_the_property_it_breaks(tmp_path: Path, case: s
         assert failed[0].detail.startswith("topk downlink, round 1: "), failed[0].line()
 
 
+def test_a_plugin_ignoring_the_configured_downlink_fails(tmp_path: Path) -> None:
+    """A method that sends its model dense its own way, never through `broadcast`, while it
+    admits any downlink: a grid's top-k downlink would label its results and change nothing
+    (the silent ignore validation now refuses for the built-ins that declare it)."""
+    sent = 'down, bd = broadcast(env, s.x, s.down, rng("downlink"))'
+    dense = "down, bd = s.down._replace(x_hat=s.x), 32 * env.d"
+    text = BASE.replace(sent, dense).replace("{body}", "x = s.x + msg.value.mean(0)")
+    path = tmp_path / "broken_ignores_down.py"
+    path.write_text(text.replace("{name}", "broken_ignores_down").replace("{extra}", ""))
+    plugin = plugins.load(str(path))
+    try:
+        results = conformance.check("broken_ignores_down", full=False)
+    finally:
+        plugins._forget(plugin)
+    failed = [r for r in results if not r.ok]
+    assert [r.name for r in failed] == ["downlink bits counted"], [r.line() for r in results]
+    assert "topk downlink was admitted but nothing went through it" in failed[0].detail
+    # declared, the same method passes: validation refuses the compressed downlink instead
+    declared = text.replace("{extra}", ', extra={"downlink": "exact"}')
+    path.write_text(declared.replace("{name}", "broken_ignores_down"))
+    plugin = plugins.load(str(path))
+    try:
+        results = conformance.check("broken_ignores_down", full=False)
+    finally:
+        plugins._forget(plugin)
+    assert all(r.ok for r in results), [r.line() for r in results]
+
+
 def _bits(*values: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
 
