@@ -195,25 +195,63 @@ def _is_state_class(obj: object) -> bool:
 # page table says which pages were ever written: in private anonymous memory a page neither
 # resident nor swapped out (`/proc/self/pagemap`, bits 63 and 62) reads as zeros, whoever wrote
 # the others (scatter_rows, `fill_`, a plugin's indexing): nothing to track, no write missed.
-# Only the rows on the other pages are read. Where pagemap cannot be read (not Linux, a
-# sandbox), or fails its probe, every row is read.
+# Only the other pages are read, and no page beyond them. Where pagemap cannot be read (not
+# Linux, a sandbox), or fails its probe, every page is read.
 
 PAGE = mmap.PAGESIZE
 PAGEMAP = Path("/proc/self/pagemap")
 _PAGEMAP_CHUNK = 1 << 20  # entries read at a time (8 MiB)
-_SCAN_BYTES = 16 * 2**20  # rows read at a time when looking for non-zero ones
+_SCAN_BYTES = 16 * 2**20  # pages read at a time when looking for non-zero rows
 
 
 def written_rows(rows: torch.Tensor) -> torch.Tensor:
-    """The indices `[k]` (int64, ascending) of the rows of `rows` `[n, d]`, a tensor of
-    mapped zero pages, that hold a bit other than zero."""
-    n, row_bytes = rows.shape[0], rows.shape[1] * rows.element_size()
-    address = rows.data_ptr()
-    live = _live_pages(address, n * row_bytes) if _pagemap_works() else None
-    candidates = (
-        torch.arange(n) if live is None else _rows_on(live, address % PAGE, row_bytes, n)
-    )  # [c]
-    return candidates[_nonzero(rows, candidates)]
+    """The indices `[k]` (int64, ascending) of the rows of `rows` `[n, d]` that hold a bit
+    other than zero; `rows` is a tensor of mapped zero pages (`mapped_zero_pages`: it starts
+    its mapping, on a page boundary). Reads only the pages the kernel holds (`_live_pages`),
+    every page where that is unknown."""
+    flat = _bits(rows).view(-1)  # [n · w] integers, w of them a row
+    nbytes = flat.numel() * flat.element_size()
+    live = _live_pages(rows.data_ptr(), nbytes) if _pagemap_works() else None
+    pages = torch.arange(-(-nbytes // PAGE)) if live is None else live.nonzero().squeeze(1)
+    step = max(1, _SCAN_BYTES // PAGE)
+    found = [_rows_on(flat, pages[a : a + step], rows) for a in range(0, pages.numel(), step)]
+    return torch.cat(found).unique() if found else torch.zeros(0, dtype=torch.int64)
+
+
+def _rows_on(flat: torch.Tensor, pages: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The rows (some twice) with a non-zero element on `pages` (ascending page numbers) of
+    `flat`, the integers of `rows`. A page's first and last non-zero elements name two such
+    rows; any other lies wholly between them, on that page, and is read (no page faulted)."""
+    w, per_page = flat.numel() // rows.shape[0], PAGE // flat.element_size()
+    mask = _pages_of(flat, pages, per_page).ne(0)  # [c, per_page]
+    some = mask.any(1)
+    pages, mask = pages[some], mask[some].to(torch.uint8)
+    first = pages * per_page + mask.argmax(1)  # element index of each page's first non-zero
+    last = pages * per_page + (per_page - 1) - mask.flip(1).argmax(1)
+    lo, hi = first // w, last // w
+    between = _ranges(lo + 1, hi)  # rows strictly inside a page (rows shorter than a page)
+    return torch.cat([lo, hi, between[_nonzero(rows, between)]])
+
+
+def _pages_of(flat: torch.Tensor, pages: torch.Tensor, per_page: int) -> torch.Tensor:
+    """`[c, per_page]`: the elements of `flat` on `pages` (ascending), a partial last page
+    padded with zeros; a view where the pages are consecutive."""
+    full = flat.numel() // per_page
+    grid = flat[: full * per_page].view(full, per_page)  # [full, per_page]
+    if pages.numel() == 0 or int(pages[-1]) < full:
+        if pages.numel() and int(pages[-1] - pages[0]) + 1 == pages.numel():
+            return grid[int(pages[0]) : int(pages[-1]) + 1]
+        return grid.index_select(0, pages)
+    tail = flat.new_zeros(1, per_page)
+    tail[0, : flat.numel() - full * per_page] = flat[full * per_page :]
+    return torch.cat([grid.index_select(0, pages[:-1]), tail])
+
+
+def _ranges(starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """The integers of every range [starts[j], ends[j]), one after another."""
+    counts = (ends - starts).clamp(min=0)
+    skip = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    return torch.repeat_interleave(starts, counts) + torch.arange(int(counts.sum())) - skip
 
 
 def _live_pages(address: int, nbytes: int) -> torch.Tensor | None:
@@ -244,18 +282,6 @@ def _pagemap_works() -> bool:
     view[0] = 1
     live = _live_pages(view.data_ptr(), 2 * PAGE)
     return live is not None and live.tolist() == [True, False]
-
-
-def _rows_on(live: torch.Tensor, offset: int, row_bytes: int, n: int) -> torch.Tensor:
-    """The rows `[c]` (ascending) with a byte on a live page; rows of `row_bytes` bytes start
-    `offset` bytes into the first page."""
-    pages = live.nonzero().squeeze(1)  # [p]
-    lo = (pages * PAGE - offset).clamp(min=0) // row_bytes  # first row on each page
-    hi = (((pages + 1) * PAGE - 1 - offset) // row_bytes).clamp(max=n - 1)  # last
-    ones = torch.ones_like(pages)
-    edges = torch.zeros(n + 1, dtype=torch.int64).index_add_(0, lo, ones)
-    edges.index_add_(0, hi + 1, -ones)
-    return (edges.cumsum(0)[:n] > 0).nonzero().squeeze(1)
 
 
 def _nonzero(rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,26 @@ def test_a_sparse_state_round_trips_bit_for_bit(
     assert n_ == n and tensors[i].tolist() == want and tensors[j].shape == (len(want), d)
 
 
+@pytest.mark.parametrize("pagemap", [True, False])
+def test_rows_shorter_than_a_page_are_found_one_by_one(
+    lazy: None, monkeypatch: pytest.MonkeyPatch, pagemap: bool
+) -> None:
+    """128 rows of 8 float32 a page: written rows between a page's first and last non-zero
+    rows are found, zero rows between them are not; a non-zero element in a row's last
+    word, a row across a page edge (rows of 37 floats)."""
+    if not pagemap:
+        monkeypatch.setattr(checkpoint, "_pagemap_works", lambda: False)
+    small = zeroed_host((1_000, 8), torch.float32)
+    small[[1, 5, 127]] = 1.0
+    small[130, 7] = -0.0
+    small[999, 0] = 3.0
+    assert checkpoint.written_rows(small).tolist() == [1, 5, 127, 130, 999]
+    edge = zeroed_host((1_000, 37), torch.float32)  # row 27: bytes 3,996-4,143
+    edge[27, 36] = 1.0  # on the second page only
+    edge[28, 0] = 1.0
+    assert checkpoint.written_rows(edge).tolist() == [27, 28]
+
+
 def test_rows_only_read_are_not_stored_and_pages_only_read_lose_nothing(
     tmp_path: Path, lazy: None
 ) -> None:
