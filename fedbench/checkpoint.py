@@ -213,19 +213,21 @@ def written_rows(rows: torch.Tensor) -> torch.Tensor:
     nbytes = flat.numel() * flat.element_size()
     live = _live_pages(rows.data_ptr(), nbytes) if _pagemap_works() else None
     pages = torch.arange(-(-nbytes // PAGE)) if live is None else live.nonzero().squeeze(1)
+    written = torch.zeros(rows.shape[0], dtype=torch.bool)  # [n]
     step = max(1, _SCAN_BYTES // PAGE)
-    found = [_rows_on(flat, pages[a : a + step], rows) for a in range(0, pages.numel(), step)]
-    return torch.cat(found).unique() if found else torch.zeros(0, dtype=torch.int64)
+    for a in range(0, pages.numel(), step):  # (nothing kept between blocks: no heap grows)
+        written[_rows_on(flat, pages[a : a + step], rows)] = True
+    return written.nonzero().squeeze(1)
 
 
 def _rows_on(flat: torch.Tensor, pages: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The rows (some twice) with a non-zero element on `pages` (ascending page numbers) of
+    """The rows (some more than once) with a non-zero element on `pages` (ascending page numbers) of
     `flat`, the integers of `rows`. A page's first and last non-zero elements name two such
     rows; any other lies wholly between them, on that page, and is read (no page faulted)."""
     w, per_page = flat.numel() // rows.shape[0], PAGE // flat.element_size()
-    mask = _pages_of(flat, pages, per_page).ne(0)  # [c, per_page]
-    some = mask.any(1)
-    pages, mask = pages[some], mask[some].to(torch.uint8)
+    block = _pages_of(flat, pages, per_page)  # [c, per_page]
+    some = block.any(1)  # [c]
+    pages, mask = pages[some], block[some].ne(0).to(torch.uint8)  # the pages not zero
     first = pages * per_page + mask.argmax(1)  # element index of each page's first non-zero
     last = pages * per_page + (per_page - 1) - mask.flip(1).argmax(1)
     lo, hi = first // w, last // w
