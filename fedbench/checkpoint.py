@@ -19,8 +19,22 @@ ignored and the run starts over. A checkpoint that loads is then checked against
 structure, tensor shapes and dtypes those of a fresh state); an invalid one is ignored with a
 one-line warning and the run starts from round 0 (issue 23: round = −3 wrote rounds −2, −1).
 
+Per-client state of cross-device runs (an `[n, d]` tensor of `zeroed_host`'s mapped zero
+pages, e.g. SCAFFOLD's c_i for 10⁵-10⁶ clients) is stored row-sparse: the indices of its rows
+that hold a bit other than zero and those rows, found from the kernel's page table without
+reading the pages never written (see "row-sparse state" below), and rebuilt on load as mapped
+zero pages in host memory (where the fresh state keeps them, whatever the run's device). A
+row written with +0.0 equals one never written and is not stored; the tensor comes back bit
+for bit. The file holds the written rows, not n × d: SCAFFOLD over 10⁶ clients × 4,554
+float32 with 1,000 rows written, 17 MiB and 0.1-0.6 s instead of 17 GB (10⁵ clients: 1.7 GB,
+7-11 s, +1.7 GB RSS before). The file is streamed to its temporary file (no second copy of the
+state in memory). The stored indices are untrusted: int64 `[k]`, ascending, unique, in
+0..n − 1, with rows `[k, d]`, else the file is ignored (one warning line, the run starts over)
+before any row is written. Files of format 2 (every tensor whole) start over likewise.
+
 A checkpoint that cannot be written (disk full, read-only directory) is reported once with
-the reason and the run goes on without checkpoints.
+the reason and the run goes on without checkpoints. A file of the job that cannot be read or
+decoded is ignored with one warning line and the run starts from round 0.
 
 `<dir>` is `$FEDBENCH_CHECKPOINTS`, else `checkpoints/` beside a SQLite database file, else
 `results/checkpoints` (set `FEDBENCH_CHECKPOINTS` to a shared directory on a cluster).
@@ -191,7 +205,8 @@ def _is_state_class(obj: object) -> bool:
 # stores only the rows that hold a bit other than zero, with their indices, and loading writes
 # them into a fresh `zeroed_host` tensor: the same tensor bit for bit (a row written with +0.0
 # is one never written; −0.0 and NaN rows are stored). To find those rows without reading all
-# n rows (a read maps every page: 0.8-1.7 s for 10⁵ × 4,554 float32, ~10× at 10⁶), the kernel's
+# n rows (a read maps every page: 0.8-1.7 s for 10⁵ × 4,554 float32 on the 2-core EPYC, 14-23 s
+# at 10⁶ with other work on it, against 0.2-0.6 s for 1,000 written rows), the kernel's
 # page table says which pages were ever written: in private anonymous memory a page neither
 # resident nor swapped out (`/proc/self/pagemap`, bits 63 and 62) reads as zeros, whoever wrote
 # the others (scatter_rows, `fill_`, a plugin's indexing): nothing to track, no write missed.
