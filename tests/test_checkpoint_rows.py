@@ -160,6 +160,21 @@ def test_a_state_filled_everywhere_is_stored_whole(tmp_path: Path, lazy: None) -
     assert same_bits(save_and_load(tmp_path, state_of(rows)).state.c_i, rows)
 
 
+def test_mapped_rows_load_into_host_memory_whatever_the_runs_device(
+    tmp_path: Path, lazy: None
+) -> None:
+    """A run on an accelerator keeps its too-large client rows on the host (client_rows):
+    loaded for another device ("meta" stands in for CUDA here), the model goes there and the
+    rows stay mapped zero pages on the host."""
+    rows = zeroed_host((2_000, 16), torch.float32)
+    rows[[3, 1_999]] = 1.0
+    checkpoint.save(tmp_path, KEY, checkpoint.Checkpoint(3, state_of(rows), 0.0, 0.0, 0.0, {}))
+    back = checkpoint.load(tmp_path, KEY, torch.device("meta"))
+    assert back is not None and back.state.x.device.type == "meta"
+    assert back.state.c_i.device == CPU and mapped_zero_pages(back.state.c_i)
+    assert same_bits(back.state.c_i, rows)
+
+
 def test_dense_and_device_state_is_stored_as_before(tmp_path: Path) -> None:
     """State below LAZY_ZERO_BYTES (torch.zeros) is no mapped zero pages: stored whole."""
     rows = zeroed_host((100, 8), torch.float32)
