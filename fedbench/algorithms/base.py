@@ -18,6 +18,7 @@ import inspect
 import math
 import mmap
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -339,13 +340,45 @@ def zeroed_host(shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
     """A zeroed host tensor. From LAZY_ZERO_BYTES up it is fresh anonymous memory (zero pages
     the kernel fills when a row is first written), so rows of clients never sampled cost neither
     time nor memory: SCAFFOLD's [n, d] c_i for 10⁵ clients took 4.7 s to zero before the first
-    round (page faults of 1.8 GB), of which a 1% round touches 1%."""
+    round (page faults of 1.8 GB), of which a 1% round touches 1%. Such a tensor is recorded
+    (`mapped_zero_pages`): checkpoints store only its rows that are not zero."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if nbytes < LAZY_ZERO_BYTES:
         return torch.zeros(shape, dtype=dtype)
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE  # committed when written
     buf = mmap.mmap(-1, nbytes, flags=flags)
-    return torch.frombuffer(buf, dtype=dtype).view(shape)  # keeps `buf` alive
+    rows = torch.frombuffer(buf, dtype=dtype).view(shape)  # keeps `buf` alive
+    _MAPPED[rows.data_ptr()] = (nbytes, weakref.ref(buf, _forget(rows.data_ptr())))
+    return rows
+
+
+# zeroed_host's live mappings: address -> (bytes, the mmap object while it is alive)
+_MAPPED: dict[int, tuple[int, weakref.ref[mmap.mmap]]] = {}
+
+
+def _forget(address: int) -> Callable[[weakref.ref[mmap.mmap]], None]:
+    """Drops the record of the mapping at `address` when its mmap is freed (then unmapped)."""
+
+    def drop(ref: weakref.ref[mmap.mmap]) -> None:
+        if _MAPPED.get(address, (0, None))[1] is ref:
+            del _MAPPED[address]
+
+    return drop
+
+
+def mapped_zero_pages(rows: Tensor) -> bool:
+    """Whether `rows` is a whole tensor of `zeroed_host`'s mapped zero pages (contiguous, on
+    the host, its mapping alive): private anonymous memory, in which a page the kernel has
+    neither resident nor swapped out has never been written and reads as zeros, whatever
+    code wrote the other rows (scatter_rows, `fill_`, a plugin's indexing)."""
+    entry = _MAPPED.get(rows.data_ptr()) if rows.device.type == "cpu" else None
+    return (
+        entry is not None
+        and entry[1]() is not None
+        and rows.dim() == 2
+        and rows.is_contiguous()
+        and rows.numel() * rows.element_size() == entry[0]
+    )
 
 
 def gather_rows(rows: Tensor, ids: Tensor, device: torch.device) -> Tensor:
