@@ -308,6 +308,8 @@ LAZY_STATE = {  # the methods whose state holds client_rows, and params that mak
     "fedgamma": {},  # SCAFFOLD with SAM steps
     "scafcom": {},
     "scallion": {},
+    "feddyn": {},
+    "fedspeed": {},
     "fedsmoo": {},
     "tamuna": {},
     "mifa": {},

@@ -11,6 +11,7 @@ from fedbench import grid, runner
 from fedbench.cli import app
 from fedbench.memory import MemoryEstimate, data_bytes, memory_estimate
 from fedbench.models import build_model
+from fedbench.seeding import RoundRng
 from fedbench.task import eval_sample
 
 GRID = """
@@ -95,3 +96,20 @@ def test_validate_prints_the_estimate(tmp_path: Path) -> None:
     assert text.count("memory estimate") == 1
     assert "memory estimate, scaffold (float32 state), 40 clients: data" in text
     assert "per-client state 2.4 KiB × 40 = 95.3 KiB" in text  # d = 610 floats of 4 bytes
+
+
+def test_feddyn_and_fedspeed_keep_their_rows_in_the_client_state_dtype() -> None:
+    """Their [n, d] duals are client rows: `client_state = "float16"` halves the estimate and
+    the rows are stored in float16 (gathered as float32 for the arithmetic); a round writes
+    only its cohort's rows."""
+    for name in ("feddyn", "fedspeed"):
+        full = estimate_of(job(algorithm=f'name = "{name}"'))
+        half_job = job(algorithm=f'name = "{name}"\nclient_state = "float16"')
+        half = estimate_of(half_job)
+        assert half.state_bytes_per_client * 2 == full.state_bytes_per_client > 0
+        task, env, alg = runner.build(half_job, torch.device("cpu"))
+        s = alg.init(task.init_params(torch.Generator().manual_seed(0)), env, RoundRng(0, 0))
+        s, _ = alg.round(s, env, RoundRng(0, 1))
+        rows = s[3]  # grad_i / g_hat, [n, d]
+        assert rows.dtype == torch.float16 and rows.shape == (40, task.d)
+        assert 0 < int(rows.abs().sum(1).gt(0).sum()) <= 4  # the cohort's rows, 10% of 40

@@ -28,9 +28,12 @@ from fedbench.algorithms.base import (
     RoundLog,
     broadcast,
     broadcast_init,
+    client_rows,
     cohort_log,
+    gather_rows,
     local_sgd,
     sample_cohort,
+    scatter_rows,
     update_compressor,
 )
 from fedbench.parallel import rowwise
@@ -42,7 +45,7 @@ class FedDynState(NamedTuple):
     t: int
     theta: Tensor  # [d] server model θ^t
     h: Tensor  # [d] server state, = mean_i ∇_i
-    grad_i: Tensor  # [n, d] client gradient memories ∇_i (rows updated in place)
+    grad_i: Tensor  # [n, d] client gradient memories ∇_i (`client_rows`: rows written per cohort)
     down: Broadcast
     up: Any  # uplink compressor state
 
@@ -53,7 +56,7 @@ def feddyn(lr: float, local_steps: int, alpha: float) -> Algorithm:
             0,
             x0,
             torch.zeros_like(x0),
-            torch.zeros(env.n, env.d, device=env.device),
+            client_rows(env),
             broadcast_init(env, x0),
             update_compressor(env).init(env.n, env.d, env.device),
         )
@@ -62,7 +65,7 @@ def feddyn(lr: float, local_steps: int, alpha: float) -> Algorithm:
         ids = sample_cohort(env, rng)  # [m]
         down, bits_down = broadcast(env, s.theta, s.down, rng(seeding.DOWNLINK))
         anchor = down.x_hat  # θ^{t−1} as the clients hold it
-        grad_i = s.grad_i[ids]  # [m, d]
+        grad_i = gather_rows(s.grad_i, ids, env.device)  # [m, d] float32
 
         @rowwise
         def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
@@ -70,7 +73,7 @@ def feddyn(lr: float, local_steps: int, alpha: float) -> Algorithm:
 
         y, loss = local_sgd(env, anchor, ids, local_steps, lr, rng(seeding.BATCHES), corr)
         msg, up = update_compressor(env).compress(y - anchor, ids, s.up, rng(seeding.UPLINK))
-        s.grad_i[ids] = grad_i - alpha * msg.value
+        scatter_rows(s.grad_i, ids, grad_i - alpha * msg.value)
         h = s.h - (alpha / env.n) * msg.value.sum(0)
         theta = s.theta + msg.value.mean(0) - h / alpha
         m = ids.numel()

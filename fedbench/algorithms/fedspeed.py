@@ -35,9 +35,12 @@ from fedbench.algorithms.base import (
     RoundLog,
     broadcast,
     broadcast_init,
+    client_rows,
     cohort_log,
+    gather_rows,
     local_sgd,
     sample_cohort,
+    scatter_rows,
     update_compressor,
 )
 from fedbench.params import Component, Param
@@ -48,7 +51,7 @@ class FedSpeedState(NamedTuple):
     t: int
     x: Tensor  # [d] server model
     g_bar: Tensor  # [d] server state, = mean_i ĝ_i
-    g_hat: Tensor  # [n, d] prox-corrections ĝ_i (rows updated in place)
+    g_hat: Tensor  # [n, d] prox-corrections ĝ_i (`client_rows`: rows written per cohort)
     down: Broadcast
     up: Any  # uplink compressor state
 
@@ -59,7 +62,7 @@ def fedspeed(lr: float, local_steps: int, rho: float, inv_lambda: float) -> Algo
             0,
             x0,
             torch.zeros_like(x0),
-            torch.zeros(env.n, env.d, device=env.device),
+            client_rows(env),
             broadcast_init(env, x0),
             update_compressor(env).init(env.n, env.d, env.device),
         )
@@ -68,7 +71,7 @@ def fedspeed(lr: float, local_steps: int, rho: float, inv_lambda: float) -> Algo
         ids = sample_cohort(env, rng)  # [m]
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         x = down.x_hat
-        g_hat = s.g_hat[ids]  # [m, d]
+        g_hat = gather_rows(s.g_hat, ids, env.device)  # [m, d] float32
 
         def corr(y: Tensor, g: Tensor, rows: slice) -> Tensor:
             return g.sub_(g_hat[rows]).add_(y - x, alpha=inv_lambda)  # [c, d]
@@ -78,7 +81,7 @@ def fedspeed(lr: float, local_steps: int, rho: float, inv_lambda: float) -> Algo
         msg, up = update_compressor(env).compress(y - x, ids, s.up, rng(seeding.UPLINK))
         x_new, g_bar = s.x + msg.value.mean(0), s.g_bar
         if inv_lambda > 0.0:
-            s.g_hat[ids] = g_hat - inv_lambda * msg.value
+            scatter_rows(s.g_hat, ids, g_hat - inv_lambda * msg.value)
             g_bar = g_bar - (inv_lambda / env.n) * msg.value.sum(0)
             x_new = x_new - g_bar / inv_lambda  # − λ mean_i ĝ_i
         m = ids.numel()
