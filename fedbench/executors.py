@@ -35,6 +35,7 @@ import multiprocessing.connection as mp_connection
 import os
 import queue as queue_mod
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -222,10 +223,13 @@ class WorkerDiedError(RuntimeError):
     workers (stopped with the pool, to be requeued without blame: issue 23 fault 7, a healthy
     job used to be failed when its neighbour's worker died twice)."""
 
-    def __init__(self, keys: list[str], others: list[str] | None = None) -> None:
+    def __init__(
+        self, keys: list[str], others: list[str] | None = None, silent: float = 0.0
+    ) -> None:
         super().__init__(f"a worker process died with {len(keys)} job(s) in flight")
         self.keys = keys
         self.others = others or []
+        self.silent = silent  # > 0: killed here after its job's lease went this many s stale
 
 
 def _ignore_sigint() -> None:
@@ -285,11 +289,14 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
     the caller puts the runs they had started back to pending. A kill loses at most the round
     in flight (or, for rounds under runner.FLUSH_SECONDS, the rounds of the last 50 ms). A
     worker that dies (killed, out of memory) breaks the pool: the others are stopped and
-    `WorkerDiedError` names the jobs in flight, for the caller to requeue. Workers exit by
-    themselves when this process dies."""
+    `WorkerDiedError` names the jobs in flight, for the caller to requeue. A worker whose job's
+    lease goes stale (no heartbeat for the lease timeout: stopped with SIGSTOP, or hung) is
+    killed here and handled as one that died (`_SilentWorkers`); without this, the pool waited
+    for it forever. Workers exit by themselves when this process dies."""
     ctx = mp.get_context("spawn")  # no forked CUDA or OpenMP state
     manager = SyncManager(ctx=ctx)
     manager.start(_ignore_sigint)
+    silent = _SilentWorkers(url, runner.Launch.current().timeout)
     try:
         slot_q, events = manager.Queue(), manager.Queue()
         for s in slots:
@@ -323,6 +330,7 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
                     # worker a submit adds, so a death of that worker went unseen until the
                     # next result (its neighbour's job ran to its end first). Watched here too.
                     workers |= getattr(pool, "_processes", None) or {}
+                    silent.kill_stale(in_flight)
                     if _dead_workers(workers):
                         raise BrokenProcessPool("a worker process died")
                 _drain(events, relay)
@@ -336,7 +344,8 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
                 dead = _dead_workers(workers) if _alive(manager) else set()
                 blamed = sorted(k for k, pid in in_flight.items() if pid in dead)
                 others = sorted(k for k in in_flight if k not in blamed)
-                raise WorkerDiedError(blamed, others) from None
+                stale = silent.timeout if set(silent.killed) & dead else 0.0
+                raise WorkerDiedError(blamed, others, stale) from None
         except BaseException:
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
@@ -344,7 +353,53 @@ def run_pool(jobs: Sequence[Job], url: str, slots: Sequence[Slot], on_event: OnE
             raise
         pool.shutdown(wait=True)
     finally:
+        silent.close()
         manager.shutdown()
+
+
+class _SilentWorkers:
+    """Watches the leases of the jobs in flight (every timeout/4 s, one read of the store): a
+    job whose lease went stale while its worker is alive (no heartbeat for the lease timeout:
+    the worker was stopped with SIGSTOP, or hangs) has its worker killed (SIGKILL works on a
+    stopped process), so that the pool breaks as for a worker that died and the job is
+    requeued (failed after a second time), instead of the pool waiting for it forever."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url, self.timeout = url, timeout
+        self.killed: list[int] = []
+        self._next = time.monotonic() + timeout / 4
+        self._store: Store | None = None
+
+    def kill_stale(self, in_flight: dict[str, int]) -> None:
+        if not in_flight or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.timeout / 4
+        try:
+            if self._store is None:
+                self._store = Store(self.url)
+            stale = self._store.claimable(list(in_flight), self.timeout, ())
+        except Exception:  # a busy or unreachable database: look again at the next turn
+            return
+        for key in stale:
+            pid = in_flight[key]
+            if not self._holds(key, pid):  # another launcher's stale lease, before our claim
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
+
+    def _holds(self, key: str, pid: int) -> bool:
+        """Whether worker `pid` of this host holds run `key`'s lease (its owner "host:pid")."""
+        assert self._store is not None
+        try:
+            owner = str(self._store.get_run(key).get("lease_owner") or "")
+        except Exception:
+            return False
+        return owner == f"{socket.gethostname()}:{pid}"
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 # What a call on a manager queue raises once the manager process is gone: the jobs in flight

@@ -76,8 +76,11 @@ def resume(pids: set[int]) -> None:
     pids.clear()
 
 
-def two_jobs_on_two_workers(tmp_path: Path, db: Path, rounds: int, ckpt: int) -> subprocess.Popen:
-    """A real `fedbench run` of a two-job grid (one seed, two algorithms) on 2 workers."""
+def two_jobs_on_two_workers(
+    tmp_path: Path, db: Path, rounds: int, ckpt: int, **env: str
+) -> subprocess.Popen:
+    """A real `fedbench run` of a two-job grid (one seed, two algorithms) on 2 workers, with
+    `env` added to its environment."""
     grid = tmp_path / "g.toml"
     grid.write_text(
         GRID.replace('"compressor.name" = ["identity", "topk"]\n', "").format(
@@ -86,7 +89,11 @@ def two_jobs_on_two_workers(tmp_path: Path, db: Path, rounds: int, ckpt: int) ->
     )
     cmd = fedbench("run", str(grid), "--db", str(db), "--workers", "2")
     return subprocess.Popen(
-        cmd, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        env=child_env(tmp_path) | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -225,3 +232,42 @@ def test_killing_the_pools_manager_process_requeues_the_jobs(tmp_path: Path) -> 
     assert "back in the queue" in out
     assert {s for s, _ in status_and_rounds(db).values()} == {"done"}
     assert all(r == list(range(rounds + 1)) for r in rows_per_run(db).values())
+
+
+def test_a_stopped_worker_is_killed_and_its_job_requeued(tmp_path: Path) -> None:
+    """Fault 6, the hung variant: a pool worker stopped with SIGSTOP mid-job (alive, its run
+    held `running`, its heartbeats stopped) kept the pool waiting for it forever. With a lease
+    timeout of 4 s the launcher kills it once its job's lease is stale, says so, requeues the
+    job and finishes the grid: both jobs done with rounds 0..R exactly once, the neighbour
+    (in flight beside it) never blamed."""
+    rounds, timeout = 1500, 4
+    db = tmp_path / "stopped.db"
+    proc = two_jobs_on_two_workers(
+        tmp_path, db, rounds, ckpt=100, FEDBENCH_LEASE_TIMEOUT=str(timeout)
+    )
+    stopped: set[int] = set()
+
+    def stop_one_mid_way() -> int | None:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before a worker was stopped: {proc.communicate()[0]}")
+        mid_way = [p for p, r in holders(db).values() if 10 <= r <= rounds - 300]
+        if mid_way and mid_way[0] != proc.pid and pause(db, proc.pid, mid_way[0]):
+            stopped.add(mid_way[0])
+            return mid_way[0]
+        return None
+
+    try:
+        victim = _wait_for(stop_one_mid_way, 300, "a worker mid-job to stop")
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        resume(stopped)  # only if the launcher did not kill it (the failure this test catches)
+        if proc.poll() is None:
+            proc.kill()
+    text = " ".join(out.split())
+    assert proc.returncode == 0, out
+    assert "a worker process stopped responding (no heartbeat for 4s" in text, out
+    assert state_and_parent(victim) is None  # killed (and reaped), not continued
+    assert "Traceback" not in out
+    assert {s for s, _ in status_and_rounds(db).values()} == {"done"}, out
+    assert all(r == list(range(rounds + 1)) for r in rows_per_run(db).values())
+    assert "2 done, 0 failed" in text, out

@@ -323,10 +323,10 @@ def _until_finished(
             except executors.WorkerDiedError as e:
                 store.release(launch.prefix)  # every run of this launcher back in the queue
                 deaths.update(e.keys)  # only the jobs of the dead worker: the others are healthy
-                display.worker_died(e.keys, e.others)
+                display.worker_died(e.keys, e.others, e.silent)
                 dead = [k for k in e.keys if deaths[k] >= 2]
                 if dead:
-                    why = "its worker process died twice (killed or out of memory)"
+                    why = "its worker process died twice (killed, out of memory, or stopped responding)"
                     store.fail_runs(dead, why)
                     for k in dead:  # counted in the summary like any failed job
                         display.on_event(
@@ -489,13 +489,18 @@ class _Display:
         if rnd < rounds and (rnd // step > last // step or time.monotonic() - when >= 60):
             self._plain(key, "progress", f"round {rnd}/{rounds}{tail}", rnd)
 
-    def worker_died(self, keys: list[str], others: list[str]) -> None:
+    def worker_died(self, keys: list[str], others: list[str], silent: float = 0.0) -> None:
         for key in list(self.running):
             self.bar.remove_task(self.running.pop(key))
         running = f" running {', '.join(keys)}" if keys else ""
+        what = (
+            f"[yellow]a worker process stopped responding[/yellow] (no heartbeat for "
+            f"{silent:g}s: stopped or hung; killed){running}"
+            if silent > 0
+            else f"[yellow]a worker process died[/yellow] (killed or out of memory){running}"
+        )
         console.print(
-            f"[yellow]a worker process died[/yellow] (killed or out of memory){running}; "
-            f"{len(keys) + len(others)} job(s) in flight: back in the queue",
+            f"{what}; {len(keys) + len(others)} job(s) in flight: back in the queue",
             highlight=False,
         )
 
