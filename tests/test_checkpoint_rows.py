@@ -312,6 +312,12 @@ LAZY_STATE = {  # the methods whose state holds client_rows, and params that mak
     "fedspeed": {},
     "fedsmoo": {},
     "tamuna": {},
+    "diana": {},
+    "cofig": {},  # DIANA-PP's updates with its own step size
+    "diana_nastya": {},
+    "frecon": {},
+    "dgc": {},
+    "onebit_adam": {"freeze_step": 1},  # e_i written from the compression stage on
     "mifa": {},
     "masha2": {},  # masha with error feedback
     "local_rmsprop": {"precond": "local"},  # D_i filled with 1 (every row written)
