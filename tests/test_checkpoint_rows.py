@@ -318,6 +318,12 @@ LAZY_STATE = {  # the methods whose state holds client_rows, and params that mak
     "frecon": {},
     "dgc": {},
     "onebit_adam": {"freeze_step": 1},  # e_i written from the compression stage on
+    "ef21": {},  # g_i⁰ fills every row (EF21-PP, -BC, -W, RARE alike)
+    "ef21_pp": {},
+    "ef21_bc": {},
+    "ef21_w": {},
+    "ef21_rare": {},
+    "econtrol": {},  # h_i⁰ fills every row, e_i starts at 0
     "mifa": {},
     "masha2": {},  # masha with error feedback
     "local_rmsprop": {"precond": "local"},  # D_i filled with 1 (every row written)
