@@ -15,7 +15,8 @@ momentum: momentum SGD. Compression is built in: the uplink compressor must be i
 Bits: Σ_ℓ 32k_ℓ + index bits of k_ℓ in the layer (k_ℓ ⌈log2 d_ℓ⌉ or a d_ℓ-bit mask).
 u_i and v_i are `client_rows`: gathered and written back per cohort (host memory when they do
 not fit the device, zero pages until a client is first sampled on a CPU, stored in
-`client_state`).
+`client_state`). v_i accumulates small residuals: bfloat16 rounds them away (final model 10%
+off float32's after 30 rounds of an 8-client MLP, float16 0.02%): prefer float16.
 """
 
 from __future__ import annotations

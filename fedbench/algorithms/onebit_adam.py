@@ -16,7 +16,9 @@ compressor must be identity. Bits then d + 32·chunks each way; the broadcast go
 replicas (each applies the step). freeze_step ≥ rounds is Adam.
 The worker errors e_i are `client_rows`: gathered and written back per cohort in the
 compression stage (host memory when they do not fit the device, zero pages until a client is
-first sampled there on a CPU, stored in `client_state`).
+first sampled there on a CPU, stored in `client_state`). e_i carries small residuals:
+bfloat16 rounds them away (final model 60% off float32's after 30 rounds of an 8-client MLP,
+float16 0.007%): prefer float16.
 """
 
 from __future__ import annotations
