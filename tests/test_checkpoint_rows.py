@@ -303,7 +303,8 @@ def test_a_checkpoint_of_the_previous_format_starts_over_with_a_warning(
 # -------------------------------------------------------------------------- algorithms
 
 
-LAZY_STATE = {  # the methods whose state holds client_rows, and params that make them use it
+# the methods whose state holds client_rows, and params that make them use it
+LAZY_STATE: dict[str, dict[str, object]] = {
     "scaffold": {},
     "fedgamma": {},  # SCAFFOLD with SAM steps
     "scafcom": {},
