@@ -303,7 +303,8 @@ def test_a_checkpoint_of_the_previous_format_starts_over_with_a_warning(
 # -------------------------------------------------------------------------- algorithms
 
 
-LAZY_STATE = {  # the methods whose state holds client_rows, and params that make them use it
+# the methods whose state holds client_rows, and params that make them use it
+LAZY_STATE: dict[str, dict[str, object]] = {
     "scaffold": {},
     "fedgamma": {},  # SCAFFOLD with SAM steps
     "scafcom": {},
@@ -312,6 +313,18 @@ LAZY_STATE = {  # the methods whose state holds client_rows, and params that mak
     "fedspeed": {},
     "fedsmoo": {},
     "tamuna": {},
+    "diana": {},
+    "cofig": {},  # DIANA-PP's updates with its own step size
+    "diana_nastya": {},
+    "frecon": {},
+    "dgc": {},
+    "onebit_adam": {"freeze_step": 1},  # e_i written from the compression stage on
+    "ef21": {},  # g_i⁰ fills every row (EF21-PP, -BC, -W, RARE alike)
+    "ef21_pp": {},
+    "ef21_bc": {},
+    "ef21_w": {},
+    "ef21_rare": {},
+    "econtrol": {},  # h_i⁰ fills every row, e_i starts at 0
     "mifa": {},
     "masha2": {},  # masha with error feedback
     "local_rmsprop": {"precond": "local"},  # D_i filled with 1 (every row written)

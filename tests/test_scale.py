@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from fedbench import grid, runner
 from fedbench.cli import app
+from fedbench.cohort import sample_cohort
 from fedbench.memory import MemoryEstimate, data_bytes, memory_estimate
 from fedbench.models import build_model
 from fedbench.seeding import RoundRng
@@ -113,3 +114,52 @@ def test_feddyn_and_fedspeed_keep_their_rows_in_the_client_state_dtype() -> None
         rows = s[3]  # grad_i / g_hat, [n, d]
         assert rows.dtype == torch.float16 and rows.shape == (40, task.d)
         assert 0 < int(rows.abs().sum(1).gt(0).sum()) <= 4  # the cohort's rows, 10% of 40
+
+
+# the methods whose shifts / errors / momenta / estimators became client rows: their [n, d]
+# fields, and the params that make a round write them (1-bit Adam writes e_i from its
+# compression stage on); the EF21 family's g_i⁰ and EControl's h_i⁰ fill every row at init
+ROW_FIELDS = {
+    "diana": (("h_i",), ""),
+    "cofig": (("h_i",), ""),
+    "diana_nastya": (("h_i",), ""),
+    "frecon": (("h_i",), ""),
+    "dgc": (("u", "v"), ""),
+    "onebit_adam": (("e",), "freeze_step = 1"),
+    "ef21": (("g_i",), ""),
+    "ef21_pp": (("g_i",), ""),
+    "ef21_bc": (("g_i",), ""),
+    "ef21_w": (("g_i",), ""),
+    "ef21_rare": (("g_i",), "lr = 0.1"),  # its theory step needs a linear model
+    "econtrol": (("h_i", "e_i"), 'eta = 0.2\n[compressor]\nname = "topk"'),  # e_i ≠ 0
+}
+
+
+def test_shift_and_error_methods_keep_their_rows_in_the_client_state_dtype() -> None:
+    """DIANA (and COFIG, DIANA-NASTYA, FRECON), DGC, 1-bit Adam, the EF21 family and EControl:
+    `client_state = "float16"` halves each [n, d] field's share of the estimate, the rows are
+    stored in float16, and a round changes only its cohort's rows (4 of 40 clients); rows start
+    at zero but for the dense starts g_i⁰ / h_i⁰."""
+    for name, (fields, params) in ROW_FIELDS.items():
+        lines = f'name = "{name}"\n{params}'
+        full = estimate_of(job(algorithm=lines))
+        half_job = job(algorithm=f'client_state = "float16"\n{lines}')
+        half = estimate_of(half_job)
+        task, env, alg = runner.build(half_job, torch.device("cpu"))
+        rows_bytes = len(fields) * 4 * task.d  # float32 bytes per client of the [n, d] fields
+        assert full.state_bytes_per_client - half.state_bytes_per_client == rows_bytes // 2, name
+        s = alg.init(task.init_params(torch.Generator().manual_seed(0)), env, RoundRng(0, 0))
+        last = 2 if name == "onebit_adam" else 1  # its round 0 is the full-precision warm-up
+        for t in range(last - 1):
+            s, _ = alg.round(s, env, RoundRng(0, t + 1))
+        before = [getattr(s, field).clone() for field in fields]
+        s, _ = alg.round(s, env, RoundRng(0, last))
+        cohort = set(sample_cohort(env, RoundRng(0, last)).tolist())
+        assert len(cohort) == 4
+        for field, old in zip(fields, before, strict=True):
+            rows = getattr(s, field)
+            assert rows.dtype == torch.float16 and rows.shape == (40, task.d), (name, field)
+            filled = field == "g_i" or (name, field) == ("econtrol", "h_i")  # g_i⁰, h_i⁰
+            assert bool(old.any()) == filled, (name, field)  # else zero until first sampled
+            written = set(rows.ne(old).any(1).nonzero().flatten().tolist())
+            assert written and written <= cohort, (name, field)

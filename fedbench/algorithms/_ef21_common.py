@@ -4,7 +4,9 @@
   Theorem 1; the reference code `IgorSokoloff/ef21_experiments_source_code` computes the same):
   γ = 1/(L + L̃·√(β/θ)) with θ = 1 − √(1 − α), β = (1 − α)/(1 − √(1 − α));
 - the contraction α of the configured uplink compressor;
-- the dense start g_i⁰ = ∇f_i(x⁰) of every client, charged to the first round;
+- the dense start g_i⁰ = ∇f_i(x⁰) of every client, charged to the first round, and its
+  storage as `client_rows` (every row written: host memory when it does not fit the device,
+  `client_state` honoured, but no row stays zero pages);
 - a smoothness estimate for models without a known bound (EF21-W's weights).
 """
 
@@ -15,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from fedbench.algorithms.base import Env, bits_vector, gradients
+from fedbench.algorithms.base import Env, bits_vector, client_rows, gradients
 from fedbench.compressors.base import FLOAT_BITS, Compressor
 
 
@@ -62,6 +64,13 @@ def dense_start(env: Env, x0: Tensor, gen: torch.Generator) -> tuple[Tensor, Ten
     everyone = torch.arange(env.n, device=env.device)
     _, g = gradients(env, x0.expand(env.n, -1), everyone, gen)
     return g, bits_vector(env.n, FLOAT_BITS * env.d, env.device)
+
+
+def dense_rows(env: Env, values: Tensor) -> Tensor:
+    """`values` `[n, d]` (a row for every client, such as g_i⁰) stored as `client_rows`: in
+    `env.state_dtype`, in host memory when it does not fit the device. Every row is written, so
+    none stays zero pages; server quantities (mean_i g_i) are taken from `values` beforehand."""
+    return client_rows(env).copy_(values)
 
 
 def estimate_smoothness(env: Env, x: Tensor, gen: torch.Generator, iters: int = 20) -> Tensor:

@@ -13,6 +13,10 @@ rounds each, then `sparsity` (the paper's schedule over its first four epochs). 
 sends every coordinate and, as the reference code falls back to dense all-reduce, keeps the
 momentum: momentum SGD. Compression is built in: the uplink compressor must be identity.
 Bits: Σ_ℓ 32k_ℓ + index bits of k_ℓ in the layer (k_ℓ ⌈log2 d_ℓ⌉ or a d_ℓ-bit mask).
+u_i and v_i are `client_rows`: gathered and written back per cohort (host memory when they do
+not fit the device, zero pages until a client is first sampled on a CPU, stored in
+`client_state`). v_i accumulates small residuals: bfloat16 rounds them away (final model 10%
+off float32's after 30 rounds of an 8-client MLP, float16 0.02%): prefer float16.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from fedbench.algorithms.base import (
     bits_vector,
     broadcast,
     broadcast_init,
+    client_rows,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.compressors.base import FLOAT_BITS, index_bits
 from fedbench.params import Component, Param
@@ -46,8 +53,8 @@ WARMUP = (0.75, 0.9375, 0.984375, 0.99609375)  # 1 − 4^{-j}: the paper's 75% �
 class DGCState(NamedTuple):
     t: int
     x: Tensor  # [d]
-    u: Tensor  # [n, d] velocity
-    v: Tensor  # [n, d] accumulated velocity (what is not sent yet)
+    u: Tensor  # [n, d] velocity (`client_rows`: rows written per cohort)
+    v: Tensor  # [n, d] accumulated velocity, what is not sent yet (`client_rows`, likewise)
     down: Broadcast
 
 
@@ -79,8 +86,7 @@ def dgc(
     masking: bool,
 ) -> Algorithm:
     def init(x0: Tensor, env: Env, rng: RoundRng) -> DGCState:
-        zeros = torch.zeros(env.n, env.d, device=env.device)
-        return DGCState(0, x0, zeros, zeros.clone(), broadcast_init(env, x0))
+        return DGCState(0, x0, client_rows(env), client_rows(env), broadcast_init(env, x0))
 
     def round(s: DGCState, env: Env, rng: RoundRng) -> tuple[DGCState, RoundLog]:
         ids = sample_cohort(env, rng)  # [m]
@@ -89,15 +95,15 @@ def dgc(
         loss, g = gradients(env, down.x_hat.expand(m, -1), ids, rng(seeding.BATCHES))
         if clip > 0:  # local clipping at clip/√m
             g = g * (clip / math.sqrt(m) / g.norm(dim=1, keepdim=True)).clamp(max=1.0)
-        u = momentum * s.u[ids] + g  # [m, d]
-        v = s.v[ids] + u
+        u = momentum * gather_rows(s.u, ids, env.device) + g  # [m, d] float32
+        v = gather_rows(s.v, ids, env.device) + u
         spec = env.task.model.spec
         layers = [(o, sh.numel()) for o, sh in zip(spec.offsets, spec.shapes, strict=True)]
         sp = sparsity_at(s.t, sparsity, warmup_rounds)
         mask, bits = layer_topk(v, layers, sp)
         sent = v * mask
-        s.v[ids] = v - sent
-        s.u[ids] = u * ~mask if masking and sp > 0 else u
+        scatter_rows(s.v, ids, v - sent)
+        scatter_rows(s.u, ids, u * ~mask if masking and sp > 0 else u)
         x = s.x - lr * sent.mean(0)
         extra = {"local_loss": float(loss.mean()), "sparsity": sp}
         log = RoundLog(

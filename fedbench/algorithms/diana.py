@@ -7,7 +7,10 @@ and variance reduction", Horváth, Kovalev, Mishchenko, Stich, Richtárik 2019, 
 Variant (Alg. 1, no prox; partial participation as DIANA-PP): client i ∈ S_t sends
 m_i = Q(g_i(x^t) − h_i) and sets h_i ← h_i + α m_i; the server steps with
 ĝ = h + (1/s) Σ_{S_t} m_i, x^{t+1} = x^t − γ ĝ, and keeps h ← h + (α/n) Σ_{S_t} m_i, so that
-h = mean_i h_i always. h_i⁰ = 0. α = 1/(1+ω) by default ("auto").
+h = mean_i h_i always (a float32 running sum, whatever the rows' storage). h_i⁰ = 0.
+α = 1/(1+ω) by default ("auto"). The shifts h_i are `client_rows`: gathered and written back
+per cohort (host memory when they do not fit the device, zero pages until a client is first
+sampled on a CPU, stored in `client_state`).
 Theory γ (FL_PyTorch's strongly convex choice): 1/(max_i L_i · (1 + 4ω/s)).
 Q = I with α = 1 is gradient descent; α = 0 is DCGD.
 """
@@ -29,10 +32,13 @@ from fedbench.algorithms.base import (
     RoundLog,
     broadcast,
     broadcast_init,
+    client_rows,
     cohort_log,
     cohort_size,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.params import Component, Param, theory_lr
 from fedbench.seeding import RoundRng
@@ -69,7 +75,7 @@ class DianaState(NamedTuple):
     alpha: float  # α
     x: Tensor  # [d]
     h: Tensor  # [d] server shift = mean_i h_i
-    h_i: Tensor  # [n, d] client shifts (rows updated in place)
+    h_i: Tensor  # [n, d] client shifts (`client_rows`: rows written per cohort)
     down: Broadcast
     up: object
 
@@ -85,7 +91,7 @@ def diana(lr: float | str, alpha: float | str, formula: Formula = diana_gamma) -
             shift_rate(alpha, env.uplink.param),
             x0,
             torch.zeros_like(x0),
-            torch.zeros(env.n, env.d, device=env.device),
+            client_rows(env),
             broadcast_init(env, x0),
             env.uplink.init(env.n, env.d, env.device),
         )
@@ -95,9 +101,9 @@ def diana(lr: float | str, alpha: float | str, formula: Formula = diana_gamma) -
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         m = ids.numel()
         loss, g = gradients(env, down.x_hat.expand(m, -1), ids, rng(seeding.BATCHES))  # [m, d]
-        h_i = s.h_i[ids]  # [m, d]
+        h_i = gather_rows(s.h_i, ids, env.device)  # [m, d] float32
         q, up = env.uplink.compress(g - h_i, ids, s.up, rng(seeding.UPLINK))  # m_i
-        s.h_i[ids] = h_i + s.alpha * q.value
+        scatter_rows(s.h_i, ids, h_i + s.alpha * q.value)
         x = s.x - s.gamma * (s.h + q.value.mean(0))
         h = s.h + s.alpha * q.value.sum(0) / env.n
         log = cohort_log(env, q.bits, m, bits_down, loss)

@@ -10,6 +10,9 @@ c_i = C(∇f_i(x^{t+1}) − g_i^t), g_i^{t+1} = g_i^t + c_i and sends c_i; the s
 g^{t+1} = g^t + (1/n) Σ_i c_i = mean_i g_i. Gradients are full local ones with
 batch_size = "full" (the paper) or minibatches (EF21-SGD). Under partial participation only
 the cohort refreshes its g_i (EF21-PP style). C = identity is gradient descent.
+The estimators g_i are `client_rows` (gathered and written back per cohort, `client_state`
+honoured, host memory when they do not fit the device); g_i⁰ writes every row, so none stays
+zero pages. g is a float32 running sum, whatever the rows' storage.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._ef21_common import step_size
+from fedbench.algorithms._ef21_common import dense_rows, step_size
 from fedbench.algorithms.base import (
     ALGORITHMS,
     Algorithm,
@@ -31,8 +34,10 @@ from fedbench.algorithms.base import (
     broadcast,
     broadcast_init,
     cohort_log,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.compressors.base import FLOAT_BITS
 from fedbench.params import Component, theory_lr
@@ -44,7 +49,7 @@ class EF21State(NamedTuple):
     gamma: float  # step size γ (a number, or the theory step from L, L_i and α)
     x: Tensor  # [d]
     g: Tensor  # [d] server estimator = mean_i g_i
-    g_i: Tensor  # [n, d] client estimators (rows updated in place)
+    g_i: Tensor  # [n, d] client estimators (`client_rows`: rows written per cohort)
     down: Broadcast
     up: object
     init_bits: Tensor  # [n] bits of the dense g_i⁰, charged to the first round
@@ -59,7 +64,7 @@ def ef21(lr: float | str) -> Algorithm:
             step_size(lr, env),
             x0,
             g_i.mean(0),
-            g_i,
+            dense_rows(env, g_i),
             broadcast_init(env, x0),
             env.uplink.init(env.n, env.d, env.device),
             bits_vector(env.n, FLOAT_BITS * env.d, env.device),
@@ -70,9 +75,9 @@ def ef21(lr: float | str) -> Algorithm:
         ids = sample_cohort(env, rng)
         down, bits_down = broadcast(env, x, s.down, rng(seeding.DOWNLINK))
         loss, grad = gradients(env, down.x_hat.expand(ids.numel(), -1), ids, rng(seeding.BATCHES))
-        g_i = s.g_i[ids]  # [m, d]
+        g_i = gather_rows(s.g_i, ids, env.device)  # [m, d] float32
         c, up = env.uplink.compress(grad - g_i, ids, s.up, rng(seeding.UPLINK))
-        s.g_i[ids] = g_i + c.value
+        scatter_rows(s.g_i, ids, g_i + c.value)
         g = s.g + c.value.sum(0) / env.n
         m = ids.numel()
         bits_up = torch.cat([s.init_bits, c.bits]) if s.t == 0 else c.bits

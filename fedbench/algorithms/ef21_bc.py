@@ -10,6 +10,9 @@ sends c_i = C(∇f_i(x^{t+1}) − g_i^t), g_i ← g_i + c_i; the server keeps g 
 broadcasts q = C_M(g^{t+1} − b^t) to all n clients, b^{t+1} = b^t + q (EF21 on the downlink:
 b tracks g). Uplink C = `[compressor]`, downlink C_M = `[downlink]` (identity or contractive).
 C_M = identity is EF21 (b = g); both identity is GD.
+The estimators g_i are `client_rows` (gathered and written back per cohort, `client_state`
+honoured, host memory when they do not fit the device); g_i⁰ writes every row, so none stays
+zero pages. g is a float32 running sum, whatever the rows' storage.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._ef21_common import dense_start, step_size
+from fedbench.algorithms._ef21_common import dense_rows, dense_start, step_size
 from fedbench.algorithms.base import (
     ALGORITHMS,
     Algorithm,
     Env,
     RoundLog,
     bits_vector,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.compressors.base import FLOAT_BITS
 from fedbench.params import Component, theory_lr
@@ -40,7 +45,7 @@ class EF21BCState(NamedTuple):
     x: Tensor  # [d] the model every client holds
     b: Tensor  # [d] the broadcast estimator every client holds
     g: Tensor  # [d] server: mean_i g_i
-    g_i: Tensor  # [n, d]
+    g_i: Tensor  # [n, d] client estimators (`client_rows`: rows written per cohort)
     up: Any
     down: Any  # downlink compressor state
     gamma: float
@@ -52,16 +57,17 @@ def ef21_bc(lr: float | str) -> Algorithm:
         g = g_i.mean(0)
         up = env.uplink.init(env.n, env.d, env.device)
         down = env.downlink.init(1, env.d, env.device)
-        return EF21BCState(0, x0, g.clone(), g, g_i, up, down, step_size(lr, env))
+        rows = dense_rows(env, g_i)
+        return EF21BCState(0, x0, g.clone(), g, rows, up, down, step_size(lr, env))
 
     def round(s: EF21BCState, env: Env, rng: RoundRng) -> tuple[EF21BCState, RoundLog]:
         x = s.x - s.gamma * s.b  # x^{t+1}, on every client
         ids = sample_cohort(env, rng)
         m = ids.numel()
         loss, grad = gradients(env, x.expand(m, -1), ids, rng(seeding.BATCHES))
-        g_i = s.g_i[ids]  # [m, d]
+        g_i = gather_rows(s.g_i, ids, env.device)  # [m, d] float32
         c, up = env.uplink.compress(grad - g_i, ids, s.up, rng(seeding.UPLINK))
-        s.g_i[ids] = g_i + c.value
+        scatter_rows(s.g_i, ids, g_i + c.value)
         g = s.g + c.value.sum(0) / env.n
         server = torch.zeros(1, dtype=torch.int64, device=env.device)
         q, down = env.downlink.compress(

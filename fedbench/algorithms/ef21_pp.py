@@ -11,6 +11,9 @@ reference code (`IgorSokoloff/ef21_b-w_experiements_source_code`, ef21_pp.py) ru
 trajectory as `ef21` with participation p); `"independent"`: each client joins w.p. p on its own,
 as the paper's analysis samples (a round may have no participant: the server still steps).
 `lr = "theory"`: EF21's γ, which the reference code uses for EF21-PP too.
+The estimators g_i are `client_rows` (gathered and written back per cohort, `client_state`
+honoured, host memory when they do not fit the device); g_i⁰ writes every row, so none stays
+zero pages. g is a float32 running sum, whatever the rows' storage.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._ef21_common import dense_start, step_size
+from fedbench.algorithms._ef21_common import dense_rows, dense_start, step_size
 from fedbench.algorithms.base import (
     ALGORITHMS,
     Algorithm,
@@ -31,8 +34,10 @@ from fedbench.algorithms.base import (
     bits_vector,
     broadcast,
     broadcast_init,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.params import Component, Param, theory_lr
 from fedbench.seeding import RoundRng
@@ -42,7 +47,7 @@ class EF21PPState(NamedTuple):
     t: int
     x: Tensor  # [d]
     g: Tensor  # [d] = mean_i g_i
-    g_i: Tensor  # [n, d]
+    g_i: Tensor  # [n, d] client estimators (`client_rows`: rows written per cohort)
     down: Broadcast
     up: object
     init_bits: Tensor  # [n]
@@ -62,7 +67,8 @@ def ef21_pp(lr: float | str, sampling: str) -> Algorithm:
         g_i, init_bits = dense_start(env, x0, rng(seeding.ALGORITHM))
         up = env.uplink.init(env.n, env.d, env.device)
         down = broadcast_init(env, x0)
-        return EF21PPState(0, x0, g_i.mean(0), g_i, down, up, init_bits, step_size(lr, env))
+        rows, gamma = dense_rows(env, g_i), step_size(lr, env)
+        return EF21PPState(0, x0, g_i.mean(0), rows, down, up, init_bits, gamma)
 
     def round(s: EF21PPState, env: Env, rng: RoundRng) -> tuple[EF21PPState, RoundLog]:
         x = s.x - s.gamma * s.g  # x^{t+1}: the server steps whoever joins
@@ -74,9 +80,9 @@ def ef21_pp(lr: float | str, sampling: str) -> Algorithm:
             return s._replace(t=s.t + 1, x=x), RoundLog(bits_up, none, 0, {})
         down, bits_down = broadcast(env, x, s.down, rng(seeding.DOWNLINK))
         loss, grad = gradients(env, down.x_hat.expand(m, -1), ids, rng(seeding.BATCHES))
-        g_i = s.g_i[ids]  # [m, d]
+        g_i = gather_rows(s.g_i, ids, env.device)  # [m, d] float32
         c, up = env.uplink.compress(grad - g_i, ids, s.up, rng(seeding.UPLINK))
-        s.g_i[ids] = g_i + c.value
+        scatter_rows(s.g_i, ids, g_i + c.value)
         g = s.g + c.value.sum(0) / env.n
         bits_up = torch.cat([s.init_bits, c.bits]) if s.t == 0 else c.bits
         extra = {"local_loss": float(loss.mean())}

@@ -10,6 +10,9 @@ g^{t+1} = g^t + Σ_{i∈S} w_i c_i = Σ_i w_i g_i (an unbiased mean of the ∇f_
 w_i = 1/n: EF21. `lr = "theory"`: EF21's γ with L̃ = arithmetic mean of the L_i (the paper's
 improvement over the quadratic mean). L_i come from `Task.smoothness()` (linear models) or,
 for other models, a power-iteration estimate at x⁰.
+The estimators g_i are `client_rows` (gathered and written back per cohort, `client_state`
+honoured, host memory when they do not fit the device); g_i⁰ writes every row, so none stays
+zero pages. g is a float32 running sum (Σ_i w_i g_i⁰ taken before the rows are stored).
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms._ef21_common import dense_start, estimate_smoothness, step_size
+from fedbench.algorithms._ef21_common import (
+    dense_rows,
+    dense_start,
+    estimate_smoothness,
+    step_size,
+)
 from fedbench.algorithms.base import (
     ALGORITHMS,
     Algorithm,
@@ -30,8 +38,10 @@ from fedbench.algorithms.base import (
     broadcast,
     broadcast_init,
     cohort_log,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.params import Component, theory_lr
 from fedbench.seeding import RoundRng
@@ -41,7 +51,7 @@ class EF21WState(NamedTuple):
     t: int
     x: Tensor  # [d]
     g: Tensor  # [d] = Σ_i w_i g_i
-    g_i: Tensor  # [n, d] client estimators of ∇f_i/(n w_i)
+    g_i: Tensor  # [n, d] client estimators of ∇f_i/(n w_i) (`client_rows`)
     w: Tensor  # [n] weights, sum 1
     down: Broadcast
     up: object
@@ -58,7 +68,8 @@ def ef21_w(lr: float | str) -> Algorithm:
         g_i = grad / (env.n * w).unsqueeze(1)  # [n, d]
         up = env.uplink.init(env.n, env.d, env.device)
         gamma = step_size(lr, env, "arithmetic")
-        return EF21WState(0, x0, w @ g_i, g_i, w, broadcast_init(env, x0), up, init_bits, gamma)
+        g, rows, down = w @ g_i, dense_rows(env, g_i), broadcast_init(env, x0)
+        return EF21WState(0, x0, g, rows, w, down, up, init_bits, gamma)
 
     def round(s: EF21WState, env: Env, rng: RoundRng) -> tuple[EF21WState, RoundLog]:
         x = s.x - s.gamma * s.g  # x^{t+1}
@@ -66,9 +77,9 @@ def ef21_w(lr: float | str) -> Algorithm:
         down, bits_down = broadcast(env, x, s.down, rng(seeding.DOWNLINK))
         loss, grad = gradients(env, down.x_hat.expand(ids.numel(), -1), ids, rng(seeding.BATCHES))
         w = s.w[ids].unsqueeze(1)  # [m, 1]
-        g_i = s.g_i[ids]  # [m, d]
+        g_i = gather_rows(s.g_i, ids, env.device)  # [m, d] float32
         c, up = env.uplink.compress(grad / (env.n * w) - g_i, ids, s.up, rng(seeding.UPLINK))
-        s.g_i[ids] = g_i + c.value
+        scatter_rows(s.g_i, ids, g_i + c.value)
         g = s.g + (w * c.value).sum(0)
         m = ids.numel()
         bits_up = torch.cat([s.init_bits, c.bits]) if s.t == 0 else c.bits

@@ -7,7 +7,9 @@ Variant: client i ∈ S_t sends u_i = Q(∇f_i(x^t) − h_i) (then h_i ← h_i +
 and q_i = Q(∇f_i(x^t) − ∇f_i(x^{t−1})) (same minibatch at both points); the server forms
 g^t = (1 − λ)(g^{t−1} + mean_{S_t} q_i) + λ(h + mean_{S_t} u_i), steps x^{t+1} = x^t − γ g^t
 and keeps h ← h + α (s/n) mean_{S_t} u_i = mean_i h_i. g^{−1} = ∇f(x⁰) dense from every client
-(charged to the first round), x^{−1} = x⁰, h_i⁰ = 0.
+(charged to the first round), x^{−1} = x⁰, h_i⁰ = 0. The shifts h_i are `client_rows`:
+gathered and written back per cohort (host memory when they do not fit the device, zero pages
+until a client is first sampled on a CPU, stored in `client_state`); h is a float32 running sum.
 NOTE: FL_PyTorch adds mean q_i without the (1 − λ) factor; with it (used here) the estimator
 error contracts by (1 − λ) per round, and λ = 1 is COFIG (s = n, Q = I: gradient descent).
 λ = "auto": s/(2(1+ω)n); theory γ = 1/(L_max(1 + √(10(1+ω)² n/s²))) (FL_PyTorch).
@@ -33,9 +35,12 @@ from fedbench.algorithms.base import (
     bits_vector,
     broadcast,
     broadcast_init,
+    client_rows,
     cohort_size,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.compressors.base import FLOAT_BITS
 from fedbench.params import Component, Param, theory_lr
@@ -63,7 +68,7 @@ class FreconState(NamedTuple):
     x: Tensor  # [d] x^t
     g: Tensor  # [d] g^{t−1}
     h: Tensor  # [d] = mean_i h_i
-    h_i: Tensor  # [n, d]
+    h_i: Tensor  # [n, d] client shifts (`client_rows`: rows written per cohort)
     down: Broadcast  # x̂^{t−1} (as broadcast last round)
     up: object
     init_bits: Tensor  # [n]
@@ -82,7 +87,7 @@ def frecon(lr: float | str, lam: float | str) -> Algorithm:
             x0,
             g_i.mean(0),
             torch.zeros_like(x0),
-            torch.zeros(env.n, env.d, device=env.device),
+            client_rows(env),
             broadcast_init(env, x0),
             env.uplink.init(env.n, env.d, env.device),
             bits_vector(env.n, FLOAT_BITS * env.d, env.device),
@@ -94,11 +99,11 @@ def frecon(lr: float | str, lam: float | str) -> Algorithm:
         down, bits_down = broadcast(env, s.x, s.down, rng(seeding.DOWNLINK))
         gen = rng(seeding.BATCHES)
         loss, g_new, g_old = gradient_pair(env, down.x_hat, s.down.x_hat, ids, gen)  # [m, d]
-        h_i = s.h_i[ids]
+        h_i = gather_rows(s.h_i, ids, env.device)  # [m, d] float32
         both = torch.cat([g_new - h_i, g_new - g_old])  # [2m, d]: u_i then q_i
         c, up = env.uplink.compress(both, torch.cat([ids, ids]), s.up, rng(seeding.UPLINK))
         u, q = c.value[:m], c.value[m:]
-        s.h_i[ids] = h_i + s.alpha * u
+        scatter_rows(s.h_i, ids, h_i + s.alpha * u)
         g = (1 - s.lam) * (s.g + q.mean(0)) + s.lam * (s.h + u.mean(0))  # g^t
         h = s.h + s.alpha * u.sum(0) / env.n
         x = s.x - s.gamma * g

@@ -14,6 +14,11 @@ Variant, one gradient per client per round on the model x every client holds:
 C is the `onebit` compressor (scaled sign per chunk, ‖·‖₁/|chunk|), built in: the uplink
 compressor must be identity. Bits then d + 32·chunks each way; the broadcast goes to all n
 replicas (each applies the step). freeze_step ≥ rounds is Adam.
+The worker errors e_i are `client_rows`: gathered and written back per cohort in the
+compression stage (host memory when they do not fit the device, zero pages until a client is
+first sampled there on a CPU, stored in `client_state`). e_i carries small residuals:
+bfloat16 rounds them away (final model 60% off float32's after 30 rounds of an 8-client MLP,
+float16 0.007%): prefer float16.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from fedbench.algorithms.base import (
     Env,
     RoundLog,
     bits_vector,
+    client_rows,
+    gather_rows,
     gradients,
     sample_cohort,
+    scatter_rows,
 )
 from fedbench.compressors.base import FLOAT_BITS
 from fedbench.compressors.onebit import onebit
@@ -44,7 +52,7 @@ class OneBitAdamState(NamedTuple):
     x: Tensor  # [d] every replica's model
     m: Tensor  # [d] momentum
     v: Tensor  # [d] second moment (frozen from freeze_step on)
-    e: Tensor  # [n, d] worker errors
+    e: Tensor  # [n, d] worker errors e_i (`client_rows`: rows written per cohort)
     e_s: Tensor  # [d] server error
 
 
@@ -53,8 +61,7 @@ def onebit_adam(
 ) -> Algorithm:
     def init(x0: Tensor, env: Env, rng: RoundRng) -> OneBitAdamState:
         zero = torch.zeros_like(x0)
-        e = torch.zeros(env.n, env.d, device=env.device)
-        return OneBitAdamState(0, x0, zero, zero.clone(), e, zero.clone())
+        return OneBitAdamState(0, x0, zero, zero.clone(), client_rows(env), zero.clone())
 
     def round(s: OneBitAdamState, env: Env, rng: RoundRng) -> tuple[OneBitAdamState, RoundLog]:
         ids = sample_cohort(env, rng)  # [m]
@@ -67,9 +74,9 @@ def onebit_adam(
             e, e_s, bits = s.e, s.e_s, FLOAT_BITS * env.d
         else:  # frozen v, error-compensated 1-bit momentum both ways
             C = onebit(env.d, chunks)
-            p = beta1 * s.m + (1 - beta1) * g + s.e[ids]  # [m, d] m_i + e_i
-            c_i, _ = C.compress(p, ids, None, rng(seeding.UPLINK))
-            s.e[ids] = p - c_i.value
+            p = beta1 * s.m + (1 - beta1) * g + gather_rows(s.e, ids, env.device)  # [m, d]
+            c_i, _ = C.compress(p, ids, None, rng(seeding.UPLINK))  # p = m_i + e_i
+            scatter_rows(s.e, ids, p - c_i.value)
             q = c_i.value.mean(0) + s.e_s  # [d]
             c, _ = C.compress(q.unsqueeze(0), ids[:1], None, rng(seeding.DOWNLINK))
             m, v, e, e_s = c.value[0], s.v, s.e, q - c.value[0]

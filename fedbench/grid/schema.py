@@ -123,9 +123,10 @@ COMMON: dict[str, dict[str, Param]] = {
         "client_state": Param(
             "float32",
             "storage of the per-client [n, d] rows of scaffold, fedgamma, scallion, scafcom, "
-            "feddyn, fedspeed, fedsmoo, tamuna, masha and local_adam/local_rmsprop (precond = "
-            "local); other methods keep float32: float16 / bfloat16 halve it, arithmetic stays "
-            "float32",
+            "feddyn, fedspeed, fedsmoo, tamuna, masha, diana, cofig, diana_nastya, frecon, dgc, "
+            "onebit_adam, ef21, ef21_pp, ef21_bc, ef21_w, ef21_rare, econtrol and "
+            "local_adam/local_rmsprop (precond = local); other methods keep float32: float16 / "
+            "bfloat16 halve it, arithmetic stays float32",
             "str",
             choices=("float32", "float16", "bfloat16"),
             since="0.2",
