@@ -34,8 +34,9 @@ class MemoryEstimate(NamedTuple):
     data_bytes: int  # training and test samples, labels and client index, on the device
     state_bytes_per_client: int  # persistent per-client rows of the method ([n, d] state)
     cohort_bytes: int  # the cohort's model rows plus one memory-budget chunk of activations
-    # share of the state rows the run writes (host state from LAZY_ZERO_BYTES up is mapped
-    # zero pages: a client's row costs memory once written, 1 − (1 − p)^rounds of them)
+    # share of the state the run writes (host state from LAZY_ZERO_BYTES up is mapped zero
+    # pages: a client's row costs memory once written, 1 − (1 − p)^rounds of them, plus the
+    # rows every client's state holds from the start)
     written: float = 1.0
 
     @property
@@ -81,6 +82,13 @@ def state_bytes_per_client(cfg: dict, model: Model, x: np.ndarray, y: np.ndarray
     on a stand-in task of PROBE_CLIENTS clients (two of the real samples each, the real model):
     every state tensor whose leading dimension is the number of clients counts. Methods that
     cannot start without their full setting (a network, privacy) count 0."""
+    return state_bytes(cfg, model, x, y)[0]
+
+
+def state_bytes(cfg: dict, model: Model, x: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """`state_bytes_per_client`, and of those the bytes already written when the method
+    starts (rows not zero after `init`: EF21's g_i⁰ = ∇f_i(x⁰), a preconditioner filled with
+    ones), which zero pages do not spare."""
     from fedbench.algorithms import Env, build_algorithm
     from fedbench.compressors import build_compressor
 
@@ -107,9 +115,11 @@ def state_bytes_per_client(cfg: dict, model: Model, x: np.ndarray, y: np.ndarray
             torch.zeros(model.d), env, seeding.RoundRng(0, 0, "cpu")
         )
     except Exception:  # an estimate never stops validation: the run reports its own error
-        return 0
-    per_client = sum(t.nbytes for t in _tensors(state) if t.ndim and t.shape[0] == k)
-    return per_client // k
+        return 0, 0
+    rows = [t for t in _tensors(state) if t.ndim and t.shape[0] == k]
+    per_client = sum(t.nbytes for t in rows)
+    started = sum(t.nbytes // k * int(t.reshape(k, -1).ne(0).any(1).sum()) for t in rows)
+    return per_client // k, started // k
 
 
 def _tensors(obj: object) -> list[Tensor]:
@@ -143,11 +153,12 @@ def memory_estimate(
     per_client = 4 * (3 * model.d + 3 * batch * act)  # as Task._client_bytes
     budget = float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB)) * 2**30
     cohort = COHORT_COPIES * 4 * model.d * m + min(m * per_client, int(budget))
-    state = state_bytes_per_client(cfg, model, x, y)
+    state, started = state_bytes(cfg, model, x, y)
     written = 1.0
     if n * state >= LAZY_ZERO_BYTES:  # host state (the CPU path; a GPU holds it dense)
         p = min(1.0, float(a["participation"]))
-        written = 1.0 - (1.0 - p) ** int(cfg["experiment"]["rounds"])
+        sampled = 1.0 - (1.0 - p) ** int(cfg["experiment"]["rounds"])
+        written = (started + (state - started) * sampled) / state  # rows set at init: all
     return MemoryEstimate(
         clients=n,
         data_bytes=data_bytes(x, y, x_test, y_test, n),

@@ -334,6 +334,34 @@ def test_the_memory_estimate_counts_the_state_rows_a_run_writes() -> None:
     assert small.written == 1.0 and "held as" not in small.line()
 
 
+@pytest.mark.parametrize(
+    ("method", "written"),
+    [
+        ('name = "ef21"', 1.0),  # g_i⁰ = ∇f_i(x⁰) for every client at the start
+        ('name = "local_rmsprop"\nprecond = "local"', 1.0),  # D_i filled with ones
+        ('name = "econtrol"', (1 + (1 - 0.99**3)) / 2),  # h_i⁰ set for all, e_i zero pages
+    ],
+)
+def test_the_memory_estimate_counts_rows_set_at_the_start(method: str, written: float) -> None:
+    """Rows a method sets for every client in `init` are written whatever the participation:
+    the estimate counts them in full, not 1 − (1 − p)^rounds of them."""
+    from fedbench.memory import memory_estimate
+    from fedbench.models import build_model
+
+    text = GRID.format(rounds=3, eval_clients=0, clients=30_000, participation=0.01)
+    text = text.replace('name = "scaffold"', method)
+    if "ef21" in method or "econtrol" in method:
+        text += '[compressor]\nname = "topk"\n'
+    (j,) = grid.parse(text, Path("lazy.toml")).jobs
+    t = j.config["task"]
+    fd = runner.load_dataset(t)
+    model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
+    est = memory_estimate(j.config, model, fd.x, fd.y, fd.x_test, fd.y_test, fd.counts)
+    assert est.clients * est.state_bytes_per_client >= LAZY_ZERO_BYTES
+    # within 1%: small per-client tensors ([n] counters) are zero at the start too
+    assert est.written == pytest.approx(written, rel=0.01)
+
+
 def test_show_says_the_partition_labels_were_counted_over_a_sample(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
