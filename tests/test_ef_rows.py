@@ -53,6 +53,29 @@ def test_below_the_threshold_they_are_plain_zeros() -> None:
     assert not mapped_zero_pages(e) and not e.any()
 
 
+def test_on_an_accelerator_the_rows_stay_there_when_they_fit_the_budget(
+    lazy: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As an algorithm's client_rows: on the device within FEDBENCH_MEMORY_GB (what a run's
+    Task.memory_bytes is), else host memory (mapped zero pages), PowerSGD's flags beside its
+    Q ("meta" stands in for CUDA)."""
+    meta, shapes = torch.device("meta"), ((6, 5), (6,))
+    ef = error_feedback(build_compressor("topk", {"ratio": 0.2}, 36, shapes))
+    psgd = build_compressor("powersgd", {"rank": 2}, 36, shapes)
+    monkeypatch.setenv("FEDBENCH_MEMORY_GB", "1")
+    assert ef.init(50, 36, meta).e.device == meta
+    s = psgd.init(50, 36, meta)
+    assert s.Q.device == meta and s.started.device == meta
+    monkeypatch.setenv("FEDBENCH_MEMORY_GB", str(50 * 12 * 4 / 2**30))  # 50 × 12 floats
+    e = ef.init(50, 36, meta).e
+    assert e.device == CPU and mapped_zero_pages(e)
+    s = psgd.init(50, 36, meta)  # 50 × 10 floats: the device
+    assert s.Q.device == meta and s.started.device == meta
+    monkeypatch.setenv("FEDBENCH_MEMORY_GB", str(50 * 4 / 2**30))
+    s = psgd.init(50, 36, meta)
+    assert mapped_zero_pages(s.Q) and s.started.device == CPU
+
+
 @pytest.mark.parametrize(("comp", "params"), [("topk", {"ratio": 0.1}), ("powersgd", {"rank": 1})])
 def test_mapped_rows_give_the_numbers_of_dense_ones_bit_for_bit(
     lazy: None, monkeypatch: pytest.MonkeyPatch, comp: str, params: dict[str, Any]
