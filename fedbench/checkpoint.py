@@ -55,7 +55,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fedbench.algorithms.base import mapped_zero_pages, zeroed_host
+from fedbench.rows import mapped_zero_pages, zeroed_host
 
 FORMAT = "fedbench-checkpoint-3"  # 3: row-sparse host state ("R"); a file of 2 starts over
 

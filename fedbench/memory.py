@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from fedbench import seeding
-from fedbench.algorithms.base import LAZY_ZERO_BYTES
 from fedbench.data.lazy import is_lazy
 from fedbench.models.base import Model
+from fedbench.rows import LAZY_ZERO_BYTES
 from fedbench.task import DEFAULT_MEMORY_GB, ClientData, Task, _activation_floats
 
 PROBE_CLIENTS = 13  # clients of the stand-in task whose state is measured (prime: no clash with d)

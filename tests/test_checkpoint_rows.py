@@ -22,9 +22,12 @@ from test_reliability import rows_per_run
 
 from fedbench import checkpoint
 from fedbench import grid as gridlib
+from fedbench import rows as rowslib
 from fedbench.algorithms import ALGORITHMS, base
 from fedbench.algorithms.base import mapped_zero_pages, scatter_rows, zeroed_host
 from fedbench.algorithms.scaffold import ScaffoldState
+from fedbench.compressors import Compressor
+from fedbench.compressors.error_feedback import EFState
 from fedbench.seeding import RoundRng
 
 CPU = torch.device("cpu")
@@ -34,7 +37,7 @@ KEY = "k" * 16
 @pytest.fixture
 def lazy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every zeroed_host tensor, however small, mapped zero pages (the 10⁶-client path)."""
-    monkeypatch.setattr(base, "LAZY_ZERO_BYTES", 1)
+    monkeypatch.setattr(rowslib, "LAZY_ZERO_BYTES", 1)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -329,6 +332,7 @@ LAZY_STATE: dict[str, dict[str, object]] = {
     "masha2": {},  # masha with error feedback
     "local_rmsprop": {"precond": "local"},  # D_i filled with 1 (every row written)
     "local_adam": {"precond": "local"},  # D_i start at 0
+    "ef14": {},  # error_feedback(C)'s e_i
 }
 
 
@@ -364,6 +368,73 @@ def test_every_algorithm_with_mapped_client_rows_resumes_bit_for_bit(
     back = save_and_load(tmp_path, state).state
     for a, b in zip(held, mapped(back), strict=True):
         assert same_bits(a, b)
+    assert _same(back, state)
+    for t in (4, 5):
+        state, _ = alg.round(state, env, RoundRng(0, t))
+        back, _ = alg.round(back, env, RoundRng(0, t))
+    assert _same(back, state)
+
+
+# the methods that honour `[compressor] error_feedback` (their uplink of model updates)
+EF_METHODS = sorted(n for n in ALGORITHMS if ALGORITHMS[n].extra.get("error_feedback", True))
+
+
+def recording(inner: Compressor, seen: set[int]) -> Compressor:
+    """`inner`, noting the clients of every message it compresses in `seen`."""
+
+    def compress(x: torch.Tensor, ids: torch.Tensor, state: Any, gen: torch.Generator) -> Any:
+        seen.update(ids.tolist())
+        return inner.compress(x, ids, state, gen)
+
+    return inner._replace(compress=compress)
+
+
+def ef_states(state: Any) -> list[EFState]:
+    if isinstance(state, EFState):
+        return [state]
+    if isinstance(state, (tuple, list)):
+        return [e for v in state for e in ef_states(v)]
+    if isinstance(state, dict):
+        return [e for v in state.values() for e in ef_states(v)]
+    return []
+
+
+def sparse_entries(meta: Any) -> list[list[int]]:
+    """Every row-sparse entry `[n, index ref, rows ref]` of a checkpoint's JSON."""
+    if isinstance(meta, dict):
+        own = [meta["R"]] if "R" in meta else []
+        return own + [e for v in meta.values() for e in sparse_entries(v)]
+    if isinstance(meta, list):
+        return [e for v in meta for e in sparse_entries(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", EF_METHODS)
+def test_every_method_with_error_feedback_stores_its_error_rows_row_sparse(
+    tmp_path: Path, lazy: None, name: str
+) -> None:
+    """`[compressor] error_feedback = true` with TopK, 300 clients, 4 a round for 3 rounds: the
+    e_i of error_feedback(C) are mapped zero pages (LAZY_ZERO_BYTES patched); the rows the page
+    table finds are those a full read finds, and only clients that sent a message; the file
+    stores those rows only (≤ the clients that sent), it round-trips bit for bit, and two more
+    rounds from the loaded state and from the original give the same state."""
+    n, seen = 300, set[int]()
+    task = make_task(model="mlp", n=n, per_client=4)
+    env = make_env(task, "topk", {"ratio": 0.25}, ef=True, participation=4 / n, batch_size=4)
+    env = env._replace(uplink=recording(env.uplink, seen))
+    params = {**SWEEP_PARAMS.get(name, {"lr": 0.1}), **LAZY_STATE.get(name, {})}
+    state, _, alg = run_rounds(name, params, env, 3)
+    (ef,) = ef_states(state)
+    assert mapped_zero_pages(ef.e) and ef.e.shape == (n, task.d)
+    written = checkpoint.written_rows(ef.e).tolist()
+    assert 0 < len(written) <= len(seen) < n and set(written) <= seen
+    assert written == full_scan(ef.e).tolist()
+    back = save_and_load(tmp_path, state).state
+    meta, tensors = stored(tmp_path)
+    kept = [j for _, i, j in sparse_entries(meta["state"]) if tensors[i].tolist() == written]
+    assert kept and all(tensors[j].shape == (len(written), task.d) for j in kept)  # e_i's rows
+    (ef_back,) = ef_states(back)
+    assert mapped_zero_pages(ef_back.e) and same_bits(ef_back.e, ef.e)
     assert _same(back, state)
     for t in (4, 5):
         state, _ = alg.round(state, env, RoundRng(0, t))

@@ -15,10 +15,6 @@ those imports this package.
 from __future__ import annotations
 
 import inspect
-import math
-import mmap
-import sys
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -32,6 +28,12 @@ from fedbench.compressors import Compressed, Compressor, error_feedback
 from fedbench.models import Model
 from fedbench.parallel import block_threads, for_each_block, is_rowwise
 from fedbench.params import Param, Registry
+from fedbench.rows import LAZY_ZERO_BYTES as LAZY_ZERO_BYTES  # re-exported: older imports
+from fedbench.rows import gather_rows as gather_rows
+from fedbench.rows import mapped_zero_pages as mapped_zero_pages
+from fedbench.rows import scatter_rows as scatter_rows
+from fedbench.rows import state_rows
+from fedbench.rows import zeroed_host as zeroed_host
 from fedbench.seeding import RoundRng
 from fedbench.server_opt import ServerOpt
 from fedbench.task import Task, take
@@ -324,71 +326,9 @@ def sam_point(y: Tensor, g: Tensor, rho: float) -> Tensor:
 
 def client_rows(env: Env) -> Tensor:
     """Zeroed persistent per-client state `[n, d]` in `env.state_dtype`: on the device when it
-    fits the task's memory budget, else in host memory (rows are gathered per cohort)."""
-    itemsize = torch.empty((), dtype=env.state_dtype).element_size()
-    fits = env.device.type == "cpu" or env.n * env.d * itemsize <= env.task.memory_bytes
-    if fits and env.device.type != "cpu":
-        return torch.zeros(env.n, env.d, dtype=env.state_dtype, device=env.device)
-    return zeroed_host((env.n, env.d), env.state_dtype)
-
-
-_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
-LAZY_ZERO_BYTES = 64 * 2**20  # host state from this size up is mapped zero pages, not memset
-
-
-def zeroed_host(shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
-    """A zeroed host tensor. From LAZY_ZERO_BYTES up it is fresh anonymous memory (zero pages
-    the kernel fills when a row is first written), so rows of clients never sampled cost neither
-    time nor memory: SCAFFOLD's [n, d] c_i for 10⁵ clients took 4.7 s to zero before the first
-    round (page faults of 1.8 GB), of which a 1% round touches 1%. Such a tensor is recorded
-    (`mapped_zero_pages`): checkpoints store only its rows that are not zero."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if nbytes < LAZY_ZERO_BYTES:
-        return torch.zeros(shape, dtype=dtype)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE  # committed when written
-    buf = mmap.mmap(-1, nbytes, flags=flags)
-    rows = torch.frombuffer(buf, dtype=dtype).view(shape)  # keeps `buf` alive
-    _MAPPED[rows.data_ptr()] = (nbytes, weakref.ref(buf, _forget(rows.data_ptr())))
-    return rows
-
-
-# zeroed_host's live mappings: address -> (bytes, the mmap object while it is alive)
-_MAPPED: dict[int, tuple[int, weakref.ref[mmap.mmap]]] = {}
-
-
-def _forget(address: int) -> Callable[[weakref.ref[mmap.mmap]], None]:
-    """Drops the record of the mapping at `address` when its mmap is freed (then unmapped)."""
-
-    def drop(ref: weakref.ref[mmap.mmap]) -> None:
-        if _MAPPED.get(address, (0, None))[1] is ref:
-            del _MAPPED[address]
-
-    return drop
-
-
-def mapped_zero_pages(rows: Tensor) -> bool:
-    """Whether `rows` is a whole tensor of `zeroed_host`'s mapped zero pages (contiguous, on
-    the host, its mapping alive): private anonymous memory, in which a page the kernel has
-    neither resident nor swapped out has never been written and reads as zeros, whatever
-    code wrote the other rows (scatter_rows, `fill_`, a plugin's indexing)."""
-    entry = _MAPPED.get(rows.data_ptr()) if rows.device.type == "cpu" else None
-    return (
-        entry is not None
-        and entry[1]() is not None
-        and rows.dim() == 2
-        and rows.is_contiguous()
-        and rows.numel() * rows.element_size() == entry[0]
-    )
-
-
-def gather_rows(rows: Tensor, ids: Tensor, device: torch.device) -> Tensor:
-    """The cohort's rows `[m, d]` as float32 on the compute device."""
-    return rows[ids.to(rows.device)].to(device=device, dtype=torch.float32)
-
-
-def scatter_rows(rows: Tensor, ids: Tensor, values: Tensor) -> None:
-    """Write the cohort's rows back (in place, in the storage dtype and place)."""
-    rows[ids.to(rows.device)] = values.to(device=rows.device, dtype=rows.dtype)
+    fits the task's memory budget, else in host memory (rows are gathered per cohort), mapped
+    zero pages on the host from LAZY_ZERO_BYTES up (fedbench.rows)."""
+    return state_rows((env.n, env.d), env.state_dtype, env.device, env.task.memory_bytes)
 
 
 class Broadcast(NamedTuple):

@@ -34,11 +34,15 @@ from fedbench.compressors.base import (
     layer_slices,
 )
 from fedbench.params import Component, Param
+from fedbench.rows import gather_rows, memory_budget, scatter_rows, state_rows
 
 
 class PowerSGDState(NamedTuple):
-    Q: Tensor  # [n, Σ_ℓ b_ℓ·r_ℓ] warm-start factors of every client, matrices side by side
-    started: Tensor  # [n] bool: the client has a warm-start Q
+    # [n, Σ_ℓ b_ℓ·r_ℓ] warm-start factors of every client, matrices side by side: persistent
+    # client rows (fedbench.rows.state_rows: host memory when they do not fit the device,
+    # mapped zero pages on the host, so only sampled clients' rows cost memory or checkpoint)
+    Q: Tensor
+    started: Tensor  # [n] bool: the client has a warm-start Q (n bytes, beside Q)
 
 
 class Matrix(NamedTuple):
@@ -75,26 +79,25 @@ def powersgd(d: int, shapes: Shapes = (), rank: int = 2, values_only: bool = Fal
     delta = min([mt.r / mt.b for mt in mats], default=1.0)
 
     def init(rows: int, d: int, device: torch.device) -> PowerSGDState:
-        return PowerSGDState(
-            torch.zeros(rows, q_len, device=device),
-            torch.zeros(rows, dtype=torch.bool, device=device),
-        )
+        Q = state_rows((rows, q_len), torch.float32, device, memory_budget())  # [n, q_len]
+        return PowerSGDState(Q, torch.zeros(rows, dtype=torch.bool, device=Q.device))
 
     def compress(
         x: Tensor, ids: Tensor, state: PowerSGDState, gen: torch.Generator
     ) -> tuple[Compressed, PowerSGDState]:
         m = x.shape[0]
         fresh = torch.randn(q_len, generator=gen, device=gen.device).to(x)  # shared init
-        started = state.started[ids].unsqueeze(1)  # [m, 1]
-        Q_all = torch.where(started, state.Q[ids].to(x), fresh)  # [m, q_len]
+        host_ids = ids.to(state.started.device)
+        started = state.started[host_ids].to(x.device).unsqueeze(1)  # [m, 1]
+        Q_all = torch.where(started, gather_rows(state.Q, ids, x.device).to(x), fresh)  # [m, q_len]
         value = x.clone()  # vectors pass through uncompressed
         for mt in mats:
             M = x[:, mt.cols].view(m, mt.a, mt.b)
             approx, Q_new = project(M, Q_all[:, mt.q].view(m, mt.b, mt.r))
             value[:, mt.cols] = approx.reshape(m, -1)
             Q_all[:, mt.q] = Q_new.reshape(m, -1)
-        state.Q[ids] = Q_all.to(state.Q.dtype)
-        state.started[ids] = True
+        scatter_rows(state.Q, ids, Q_all)
+        state.started[host_ids] = True
         return Compressed(value, constant_bits(m, bits, x.device)), state
 
     return Compressor("powersgd", init, compress, "contractive", delta)
