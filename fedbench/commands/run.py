@@ -326,7 +326,7 @@ def _until_finished(
                 display.worker_died(e.keys, e.others, e.silent)
                 dead = [k for k in e.keys if deaths[k] >= 2]
                 if dead:
-                    why = "its worker process died twice (killed, out of memory, or stopped responding)"
+                    why = "its worker process died twice (killed, out of memory, or hung)"
                     store.fail_runs(dead, why)
                     for k in dead:  # counted in the summary like any failed job
                         display.on_event(
