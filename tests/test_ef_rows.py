@@ -46,6 +46,14 @@ def test_error_feedback_and_powersgd_rows_are_mapped_zero_pages(lazy: None) -> N
     psgd = build_compressor("powersgd", {"rank": 2}, 36, shapes).init(50, 36, CPU)
     assert mapped_zero_pages(psgd.Q) and psgd.Q.shape == (50, 5 * 2)
     assert psgd.started.shape == (50,) and not psgd.started.any()
+    # the privacy wrapper's own error rows (error feedback inside, before the noise)
+    from fedbench.privacy.config import PrivacyConfig
+    from fedbench.privacy.dp import private
+
+    config = PrivacyConfig(1.0, 0.5, 1e-5, "central", False, 0.5, 0.2, "rdp", False, 32)
+    dp = private(topk, config, error_feedback=True)
+    e = dp.init(50, 36, CPU).e
+    assert e is not None and mapped_zero_pages(e) and not e.any()
 
 
 def test_below_the_threshold_they_are_plain_zeros() -> None:

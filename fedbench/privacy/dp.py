@@ -38,11 +38,12 @@ from torch import Tensor
 
 from fedbench.compressors.base import Compressed, Compressor
 from fedbench.privacy.config import PrivacyConfig, cohort, count_stddev
+from fedbench.rows import gather_rows, memory_budget, scatter_rows, state_rows
 
 
 class DPState(NamedTuple):
     inner: Any  # the wrapped compressor's state
-    e: Tensor | None  # [n, d] error-feedback rows (None without error feedback)
+    e: Tensor | None  # [n, d] error-feedback rows (state_rows; None without error feedback)
     clip: float  # the current clipping norm C_t (adaptive clipping moves it)
 
 
@@ -88,7 +89,12 @@ def private(
     grid checks z < 2σ_b for it; 0 = the realised cohort)."""
 
     def init(rows: int, d: int, device: torch.device) -> DPState:
-        e = torch.zeros(rows, d, device=device) if error_feedback else None
+        # [n, d] error rows, as error_feedback's: zero pages on a CPU, host memory if too big
+        e = (
+            state_rows((rows, d), torch.float32, device, memory_budget())
+            if error_feedback
+            else None
+        )
         return DPState(inner.init(rows, d, device), e, p.clip)
 
     def noise(shape: torch.Size, std: float, gen: torch.Generator, device: torch.device) -> Tensor:
@@ -100,11 +106,11 @@ def private(
         m, c = x.shape[0], s.clip
         sigma = update_noise_multiplier(p.noise_multiplier, cohort_m or m, p.adaptive_clip)
         if p.noise == "central":
-            q = x + s.e[ids] if s.e is not None else x  # p_i [m, d]
+            q = x + gather_rows(s.e, ids, x.device) if s.e is not None else x  # p_i [m, d]
             msg, inner_state = inner.compress(q, ids, s.inner, gen)
             v, norms = clip_rows(msg.value, c)
             if s.e is not None:
-                s.e[ids] = q - v
+                scatter_rows(s.e, ids, q - v)
             if sigma > 0:  # the server's N(0, σ²C²) on the sum, drawn as m shares
                 v = v + noise(v.shape, sigma * c / math.sqrt(m), gen, v.device)
             value, bits = v, msg.bits
@@ -112,10 +118,10 @@ def private(
             v, norms = clip_rows(x, c)
             if sigma > 0:
                 v = v + noise(v.shape, sigma * c, gen, v.device)
-            q = v + s.e[ids] if s.e is not None else v
+            q = v + gather_rows(s.e, ids, v.device) if s.e is not None else v
             msg, inner_state = inner.compress(q, ids, s.inner, gen)
             if s.e is not None:
-                s.e[ids] = q - msg.value
+                scatter_rows(s.e, ids, q - msg.value)
             value, bits = msg.value, msg.bits
         if secagg is not None:
             value, bits = secagg.encode_round(value, c, msg)
