@@ -217,3 +217,17 @@ def test_datasets_stats_covers_sequence_data() -> None:
     rows = {row["dataset"]: row for row in json.loads(r.stdout)["heterogeneity"]}
     assert "error" not in rows["grammar_text"], rows["grammar_text"]
     assert rows["grammar_text"]["clients"] == 10
+
+
+def test_bfloat16_state_is_noted_for_the_methods_it_breaks(tmp_path: Path) -> None:
+    """DGC and 1-bit Adam accumulate small residuals in their client rows: bfloat16 storage
+    rounds them away (their docstrings give the measured drift), so validation says so; float16,
+    or bfloat16 with a method that declares nothing, draws no note."""
+    path = tmp_path / "g.toml"
+    axis = '[grid]\n"algorithm.name" = ["dgc", "onebit_adam", "scaffold"]\n'
+    path.write_text(f'[algorithm]\nclient_state = "bfloat16"\n{axis}', encoding="utf-8")
+    notes = [n for n in gridlib.load(path).notes if "client_state" in n]
+    assert len(notes) == 2 and all("use float16" in n for n in notes), notes
+    assert 'client_state = "bfloat16" with dgc' in notes[0] and "onebit_adam" in notes[1]
+    path.write_text(f'[algorithm]\nclient_state = "float16"\n{axis}', encoding="utf-8")
+    assert not [n for n in gridlib.load(path).notes if "client_state" in n]

@@ -114,6 +114,10 @@ def dgc(
     return Algorithm(init, round, lambda s: s.x)
 
 
+# said by `fedbench validate` for `client_state = "bfloat16"` (see the module docstring)
+BF16_NOTE = "v_i's small residuals are rounded away (a test's model 10% off float32); use float16"
+
+
 ALGORITHMS.add(
     Component(
         "dgc",
@@ -131,6 +135,6 @@ ALGORITHMS.add(
         "per-layer top-k of locally accumulated momentum; clipping, masking, warm-up",
         paper="Lin, Han, Mao, Wang, Dally, ICLR 2018 (arXiv 1712.01887)",
         requires="exact",
-        extra={"error_feedback": False, "local": False},
+        extra={"error_feedback": False, "local": False, "state_notes": {"bfloat16": BF16_NOTE}},
     )
 )

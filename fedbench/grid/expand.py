@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fedbench import plugins
+from fedbench.algorithms import ALGORITHMS
 from fedbench.grid.keys import job_key
 from fedbench.grid.resolution import resolve
 from fedbench.grid.schema import (
@@ -187,6 +188,11 @@ def _notes(jobs: list[Job], path: Path, seeds: Any) -> list[str]:
                 f"{path}: [experiment] eval_every = {every} > rounds = {rounds}: evaluated "
                 "only before the first round and after the last"
             )
+    for name, state in sorted({(j.algorithm, j.config["algorithm"]["client_state"]) for j in jobs}):
+        comp = ALGORITHMS.get(name)  # a method's word on a storage dtype (extra["state_notes"])
+        said = comp.extra.get("state_notes", {}).get(state) if comp is not None else None
+        if said:
+            notes.append(f'{path}: [algorithm] client_state = "{state}" with {name}: {said}')
     return notes
 
 
