@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +19,7 @@ from fedbench import seeding
 from fedbench.data.lazy import is_lazy
 from fedbench.models.base import Model
 from fedbench.rows import LAZY_ZERO_BYTES
-from fedbench.task import DEFAULT_MEMORY_GB, ClientData, Task, _activation_floats
+from fedbench.task import ClientData, Task, _activation_floats, memory_budget
 
 PROBE_CLIENTS = 13  # clients of the stand-in task whose state is measured (prime: no clash with d)
 COHORT_COPIES = 4  # float32 [m, d] rows a cohort holds: models, updates, gathered state, spare
@@ -77,18 +76,13 @@ def data_bytes(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndar
     return int(samples + 8 * x.shape[0] + 16 * n)
 
 
-def state_bytes_per_client(cfg: dict, model: Model, x: np.ndarray, y: np.ndarray) -> int:
-    """Persistent per-client bytes of the job's method (`cfg`: its resolved sections), measured
-    on a stand-in task of PROBE_CLIENTS clients (two of the real samples each, the real model):
-    every state tensor whose leading dimension is the number of clients counts. Methods that
-    cannot start without their full setting (a network, privacy) count 0."""
-    return state_bytes(cfg, model, x, y)[0]
-
-
 def state_bytes(cfg: dict, model: Model, x: np.ndarray, y: np.ndarray) -> tuple[int, int]:
-    """`state_bytes_per_client`, and of those the bytes already written when the method
-    starts (rows not zero after `init`: EF21's g_i⁰ = ∇f_i(x⁰), a preconditioner filled with
-    ones), which zero pages do not spare."""
+    """Persistent per-client bytes of the job's method (`cfg`: its resolved sections), and of
+    those the bytes already written when the method starts (rows not zero after `init`: EF21's
+    g_i⁰ = ∇f_i(x⁰), a preconditioner filled with ones), which zero pages do not spare.
+    Measured on a stand-in task of PROBE_CLIENTS clients (two of the real samples each, the
+    real model): every state tensor whose leading dimension is the number of clients counts.
+    Methods that cannot start without their full setting (a network, privacy) count 0."""
     from fedbench.algorithms import Env, build_algorithm
     from fedbench.compressors import build_compressor
 
@@ -151,7 +145,7 @@ def memory_estimate(
     batch = a["batch_size"] if isinstance(a["batch_size"], int) else int(counts.max())
     act = _activation_floats(model, tuple(x.shape[1:]))
     per_client = 4 * (3 * model.d + 3 * batch * act)  # as Task._client_bytes
-    budget = float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB)) * 2**30
+    budget = memory_budget()
     cohort = COHORT_COPIES * 4 * model.d * m + min(m * per_client, int(budget))
     state, started = state_bytes(cfg, model, x, y)
     written = 1.0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import os
 import sys
 import weakref
 from collections.abc import Callable
@@ -23,16 +22,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fedbench.task import DEFAULT_MEMORY_GB
+from fedbench.task import memory_budget as memory_budget  # re-exported for the compressors
 
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
 LAZY_ZERO_BYTES = 64 * 2**20  # host state from this size up is mapped zero pages, not memset
-
-
-def memory_budget() -> float:
-    """The task's memory budget in bytes (`FEDBENCH_MEMORY_GB`, as `Task.memory_bytes` of a
-    run): for state built where no task is at hand (a compressor's `init`)."""
-    return float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB)) * 2**30
 
 
 def state_rows(

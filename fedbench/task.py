@@ -34,6 +34,13 @@ EVAL_CHUNK = 8192  # samples per evaluation forward pass
 FULL_BATCH_CACHE_BYTES = 64 * 2**20  # largest padded copy of all clients' data kept
 
 
+def memory_budget() -> float:
+    """The memory budget in bytes: `FEDBENCH_MEMORY_GB` (default DEFAULT_MEMORY_GB). A run's
+    `Task.memory_bytes`, and the budget of state built where no task is at hand (a
+    compressor's `init`, the memory estimate)."""
+    return float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB)) * 2**30
+
+
 @dataclass(frozen=True)
 class ClientData:
     """Training samples grouped by client plus the held-out test set, on one device."""
@@ -149,9 +156,7 @@ class Task:
         self.reg = reg
         self.lam = lam
         self.device = data.x.device
-        if memory_gb is None:
-            memory_gb = float(os.environ.get("FEDBENCH_MEMORY_GB", DEFAULT_MEMORY_GB))
-        self.memory_bytes = memory_gb * 2**30
+        self.memory_bytes = memory_budget() if memory_gb is None else memory_gb * 2**30
         self._act_floats = _activation_floats(model, tuple(data.x.shape[1:]))
         self._smoothness: Smoothness | None = None
         # `[experiment] eval_clients`: train_loss on this fixed sample of clients (None = all)
