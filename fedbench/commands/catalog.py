@@ -38,8 +38,6 @@ def _params(params: Mapping[str, Param]) -> None:
 def _downlink(c: Component) -> list[str]:
     """The downlink kinds an algorithm admits (`extra["downlink"]`), as validation applies
     them; ["any"] without a restriction."""
-    if "downlink" not in c.extra:
-        return ["any"]
     from fedbench.grid.resolution import downlink_kinds
 
     return list(downlink_kinds(c) or ["any"])

@@ -168,14 +168,20 @@ def downlink_check(alg: Any, down: Mapping[str, Any]) -> list[str]:
     kind = compressor_kind(down["name"], down)
     if kind in kinds:
         return []
-    fitting = [c for c in COMPRESSORS if COMPRESSORS[c].kind in kinds]
     why = alg.extra.get("downlink_why", f"needs a {' or '.join(kinds)} downlink compressor")
     is_kind = "" if kinds == ("exact",) else f"; {down['name']} is {kind}"
-    hint = " (or randk with unbiased = false)" if "contractive" in kinds else ""
     return [
         f"downlink.name = {_show(down['name'])}: {alg.name} {why}{is_kind}; "
-        f"allowed: {', '.join(fitting)}{hint}"
+        f"allowed: {_allowed(kinds)}"
     ]
+
+
+def _allowed(kinds: tuple[str, ...]) -> str:
+    """The compressors of `kinds`, as a refusal lists them (randk is unbiased by default and
+    contractive with `unbiased = false`)."""
+    fitting = [c for c in COMPRESSORS if COMPRESSORS[c].kind in kinds]
+    hint = " (or randk with unbiased = false)" if "contractive" in kinds else ""
+    return f"{', '.join(fitting)}{hint}"
 
 
 def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[str]) -> None:
@@ -185,11 +191,10 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], bad: set[str], problems: list[
     if alg is not None and up["name"] in COMPRESSORS and not bad & {"compressor.unbiased"}:
         kind = compressor_kind(up["name"], up)
         if alg.requires != "any" and kind not in ("exact", alg.requires):
-            fitting = [c for c in COMPRESSORS if COMPRESSORS[c].kind in ("exact", alg.requires)]
-            hint = " (or randk with unbiased = false)" if alg.requires == "contractive" else ""
             problems.append(
                 f"compressor.name = {_show(up['name'])}: {alg.name} needs a {alg.requires} "
-                f"compressor and {up['name']} is {kind}; allowed: {', '.join(fitting)}{hint}"
+                f"compressor and {up['name']} is {kind}; allowed: "
+                + _allowed(("exact", alg.requires))
             )
     if alg is not None and not any(b.startswith("downlink.") for b in bad):
         problems.extend(downlink_check(alg, cfg["downlink"]))
