@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_scale import estimate_of
 
 from fedbench import grid, runner
 from fedbench.algorithms.base import LAZY_ZERO_BYTES, zeroed_host
@@ -16,7 +17,7 @@ from fedbench.data import base as data_base
 from fedbench.data import load_federated
 from fedbench.data.builtin import SyntheticSource
 from fedbench.data.lazy import is_lazy, normals, stream_seed
-from fedbench.memory import data_bytes
+from fedbench.memory import MemoryEstimate, data_bytes
 from fedbench.seeding import numpy_rng
 from fedbench.store import Store
 
@@ -314,15 +315,9 @@ def test_zeroed_host_state_costs_memory_only_for_rows_written() -> None:
 
 def test_the_memory_estimate_counts_the_state_rows_a_run_writes() -> None:
     """Host state from LAZY_ZERO_BYTES up costs the rows written: 1 − (1 − p)^rounds of them."""
-    from fedbench.memory import memory_estimate
-    from fedbench.models import build_model
 
-    def estimate(rounds: int, clients: int) -> object:
-        j = job_of(rounds=rounds, clients=clients, participation=0.01)
-        t = j.config["task"]
-        fd = runner.load_dataset(t)
-        model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
-        return memory_estimate(j.config, model, fd.x, fd.y, fd.x_test, fd.y_test, fd.counts)
+    def estimate(rounds: int, clients: int) -> MemoryEstimate:
+        return estimate_of(job_of(rounds=rounds, clients=clients, participation=0.01))
 
     big = estimate(3, 30_000)
     assert big.clients * big.state_bytes_per_client >= LAZY_ZERO_BYTES
@@ -345,18 +340,12 @@ def test_the_memory_estimate_counts_the_state_rows_a_run_writes() -> None:
 def test_the_memory_estimate_counts_rows_set_at_the_start(method: str, written: float) -> None:
     """Rows a method sets for every client in `init` are written whatever the participation:
     the estimate counts them in full, not 1 − (1 − p)^rounds of them."""
-    from fedbench.memory import memory_estimate
-    from fedbench.models import build_model
-
     text = GRID.format(rounds=3, eval_clients=0, clients=30_000, participation=0.01)
     text = text.replace('name = "scaffold"', method)
     if "ef21" in method or "econtrol" in method:
         text += '[compressor]\nname = "topk"\n'
     (j,) = grid.parse(text, Path("lazy.toml")).jobs
-    t = j.config["task"]
-    fd = runner.load_dataset(t)
-    model = build_model(t["model"], t, fd.input_shape, fd.num_classes, fd.binary)
-    est = memory_estimate(j.config, model, fd.x, fd.y, fd.x_test, fd.y_test, fd.counts)
+    est = estimate_of(j)
     assert est.clients * est.state_bytes_per_client >= LAZY_ZERO_BYTES
     # within 1%: small per-client tensors ([n] counters) are zero at the start too
     assert est.written == pytest.approx(written, rel=0.01)

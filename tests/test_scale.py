@@ -99,27 +99,12 @@ def test_validate_prints_the_estimate(tmp_path: Path) -> None:
     assert "per-client state 2.4 KiB × 40 = 95.3 KiB" in text  # d = 610 floats of 4 bytes
 
 
-def test_feddyn_and_fedspeed_keep_their_rows_in_the_client_state_dtype() -> None:
-    """Their [n, d] duals are client rows: `client_state = "float16"` halves the estimate and
-    the rows are stored in float16 (gathered as float32 for the arithmetic); a round writes
-    only its cohort's rows."""
-    for name in ("feddyn", "fedspeed"):
-        full = estimate_of(job(algorithm=f'name = "{name}"'))
-        half_job = job(algorithm=f'name = "{name}"\nclient_state = "float16"')
-        half = estimate_of(half_job)
-        assert half.state_bytes_per_client * 2 == full.state_bytes_per_client > 0
-        task, env, alg = runner.build(half_job, torch.device("cpu"))
-        s = alg.init(task.init_params(torch.Generator().manual_seed(0)), env, RoundRng(0, 0))
-        s, _ = alg.round(s, env, RoundRng(0, 1))
-        rows = s[3]  # grad_i / g_hat, [n, d]
-        assert rows.dtype == torch.float16 and rows.shape == (40, task.d)
-        assert 0 < int(rows.abs().sum(1).gt(0).sum()) <= 4  # the cohort's rows, 10% of 40
-
-
-# the methods whose shifts / errors / momenta / estimators became client rows: their [n, d]
-# fields, and the params that make a round write them (1-bit Adam writes e_i from its
+# the methods whose duals / shifts / errors / momenta / estimators became client rows: their
+# [n, d] fields, and the params that make a round write them (1-bit Adam writes e_i from its
 # compression stage on); the EF21 family's g_i⁰ and EControl's h_i⁰ fill every row at init
 ROW_FIELDS = {
+    "feddyn": (("grad_i",), ""),
+    "fedspeed": (("g_hat",), ""),
     "diana": (("h_i",), ""),
     "cofig": (("h_i",), ""),
     "diana_nastya": (("h_i",), ""),
@@ -136,10 +121,10 @@ ROW_FIELDS = {
 
 
 def test_shift_and_error_methods_keep_their_rows_in_the_client_state_dtype() -> None:
-    """DIANA (and COFIG, DIANA-NASTYA, FRECON), DGC, 1-bit Adam, the EF21 family and EControl:
-    `client_state = "float16"` halves each [n, d] field's share of the estimate, the rows are
-    stored in float16, and a round changes only its cohort's rows (4 of 40 clients); rows start
-    at zero but for the dense starts g_i⁰ / h_i⁰."""
+    """FedDyn, FedSpeed, DIANA (and COFIG, DIANA-NASTYA, FRECON), DGC, 1-bit Adam, the EF21
+    family and EControl: `client_state = "float16"` halves each [n, d] field's share of the
+    estimate, the rows are stored in float16, and a round changes only its cohort's rows (4 of
+    40 clients); rows start at zero but for the dense starts g_i⁰ / h_i⁰."""
     for name, (fields, params) in ROW_FIELDS.items():
         lines = f'name = "{name}"\n{params}'
         full = estimate_of(job(algorithm=lines))
